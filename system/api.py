@@ -1,0 +1,171 @@
+"""The HTTP API: thin FastAPI routes over the ingest core, stats and health checks."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse, Response
+from redis.exceptions import RedisError
+
+from system import signatures
+from system.ingest import IngestReport
+from system.payloads import ParseResult, PayloadError, parse_gateway, parse_meta
+from system.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+GATEWAY_ROUTE = "/webhook/whatsapp/batched"
+META_ROUTE = "/webhook/whatsapp"
+RETRY_AFTER_S = "5"
+
+
+class HTTPProblem(Exception):
+    """An answer other than success, with a JSON body naming the problem."""
+
+    def __init__(self, status_code: int, code: str, message: str, *, errors: list[dict[str, str]] | None = None):
+        super().__init__(message)
+        self.status_code = status_code
+        self.body: dict[str, Any] = {"error": code, "message": message, "errors": errors or []}
+
+
+def json_response(body: dict[str, Any], status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status_code, media_type="application/json", headers=headers)
+
+
+async def read_body(request: Request, *, limit: int) -> bytes:
+    """The raw body, refusing anything over `limit` bytes before reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise HTTPProblem(413, "body_too_large", f"body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPProblem(413, "body_too_large", f"body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(rt: Runtime) -> FastAPI:
+    """The API of one process over the given runtime."""
+    settings = rt.settings
+    app = FastAPI(title="AI Admin", version="0.1.0", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(HTTPProblem)
+    async def _problem(_: Request, exc: HTTPProblem) -> Response:
+        return json_response(exc.body, exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+        errors = [{"field": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in exc.errors()]
+        return json_response({"error": "invalid_request", "message": "invalid request", "errors": errors}, 422)
+
+    @app.exception_handler(RedisError)
+    async def _redis_down(_: Request, exc: RedisError) -> Response:
+        log.error("redis_unavailable", error=str(exc))
+        body = {"error": "unavailable", "message": "storage is unavailable, retry later", "errors": []}
+        return json_response(body, 503, {"Retry-After": RETRY_AFTER_S})
+
+    async def ingest(
+        request: Request, route: str, secret: str | None, header: str, parse: Callable[..., ParseResult]
+    ) -> Response:
+        started = time.perf_counter()
+        status = 500
+        try:
+            raw = await read_body(request, limit=settings.max_body_bytes)
+            if secret:
+                try:
+                    signatures.verify(raw, request.headers.get(header), secret, header=header)
+                except signatures.SignatureError as exc:
+                    raise HTTPProblem(exc.status_code, "bad_signature", exc.message) from exc
+            try:
+                parsed = parse(raw, settings=settings, received_ms=rt.clock.now_ms())
+            except PayloadError as exc:
+                status = exc.status_code
+                return json_response(exc.body(), exc.status_code)
+            report = await rt.ingestor.ingest(parsed)
+            status = _status_of(report, gateway=route == GATEWAY_ROUTE)
+            headers = {"Retry-After": RETRY_AFTER_S} if status == 429 else None
+            return json_response(report.body(), status, headers)
+        except HTTPProblem as exc:
+            status = exc.status_code
+            raise
+        except RedisError:
+            status = 503
+            raise
+        finally:
+            rt.metrics.requests.labels(route, str(status)).inc()
+            rt.metrics.accept_seconds.labels(route).observe(time.perf_counter() - started)
+
+    @app.post(GATEWAY_ROUTE)
+    async def gateway_webhook(request: Request) -> Response:
+        secret = _secret(settings.webhook_secret)
+        return await ingest(request, GATEWAY_ROUTE, secret, "X-Signature", parse_gateway)
+
+    @app.post(META_ROUTE)
+    async def meta_webhook(request: Request) -> Response:
+        secret = _secret(settings.whatsapp_app_secret)
+        return await ingest(request, META_ROUTE, secret, "X-Hub-Signature-256", parse_meta)
+
+    @app.get(META_ROUTE)
+    async def meta_verify(request: Request) -> Response:
+        q = request.query_params
+        expected = _secret(settings.whatsapp_verify_token)
+        token = q.get("hub.verify_token", "")
+        if q.get("hub.mode") != "subscribe" or "hub.challenge" not in q:
+            raise HTTPProblem(400, "invalid_request", "hub.mode=subscribe and hub.challenge are required")
+        if not expected or not hmac.compare_digest(token.encode(), expected.encode()):
+            raise HTTPProblem(403, "forbidden", "hub.verify_token does not match")
+        return PlainTextResponse(q["hub.challenge"])
+
+    @app.get(f"{GATEWAY_ROUTE}/stats")
+    async def stats(request: Request) -> Response:
+        _check_bearer(request, _secret(settings.stats_token))
+        return json_response(await rt.stats.collect())
+
+    @app.get("/health")
+    async def health() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        checks = await rt.readiness()
+        ok = all(v == "ok" for v in checks.values())
+        return json_response({"status": "ready" if ok else "not_ready", "checks": checks}, 200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
+
+
+def _status_of(report: IngestReport, *, gateway: bool) -> int:
+    if report.rate_limited:
+        return 429  # the sender retries; what was accepted is de-duplicated then
+    if gateway and report.rejected and not (report.accepted or report.duplicates):
+        return 422
+    return 200  # Meta: what can never succeed is acknowledged (and recorded), not retried for days
+
+
+def _secret(value: Any) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+def _check_bearer(request: Request, token: str | None) -> None:
+    if not token:
+        return
+    header = request.headers.get("authorization", "")
+    if not header:
+        raise HTTPProblem(401, "unauthorized", "Authorization: Bearer <token> is required")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise HTTPProblem(403, "forbidden", "the bearer token does not match")

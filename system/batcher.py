@@ -1,0 +1,114 @@
+"""The batch processor: sleeps until the earliest deadline, is woken by earlier ones, claims due batches."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+from redis.asyncio import Redis
+
+from system.batching import BatchStore, ClaimResult
+from system.clock import Clock, wait_event
+from system.metrics import Metrics
+from system.notify import ChannelListener
+
+log = structlog.get_logger(__name__)
+
+CLAIM_CHUNK = 500
+
+
+class BatchProcessor:
+    """Claims every due batch of every shard; any number of processors may run at once."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        store: BatchStore,
+        clock: Clock,
+        metrics: Metrics,
+        processor_id: str,
+        heartbeat_interval_s: float,
+    ) -> None:
+        self._redis = redis
+        self._store = store
+        self._keys = store.keys
+        self._clock = clock
+        self._metrics = metrics
+        self._id = processor_id
+        self._heartbeat_interval_s = heartbeat_interval_s
+        self._last_beat_ms: int | None = None
+
+    async def tick(self) -> int:
+        """Claim everything due now; returns the number of jobs enqueued."""
+        enqueued = 0
+        for shard in self._keys.all_shards:
+            while True:
+                now_ms = self._clock.now_ms()
+                members = await self._store.due(shard, now_ms=now_ms, limit=CLAIM_CHUNK)
+                if not members:
+                    break
+                # Cost is CPU and round-trip time, so it is measured on the performance counter.
+                started = time.perf_counter()
+                results = await self._store.claim(shard, members, now_ms=now_ms)
+                per_claim_s = (time.perf_counter() - started) / len(members)
+                enqueued += self._record(results, per_claim_s)
+                if len(members) < CLAIM_CHUNK:
+                    break
+        return enqueued
+
+    def _record(self, results: list[ClaimResult], per_claim_s: float) -> int:
+        enqueued = 0
+        m = self._metrics
+        for r in results:
+            if r.status == 1:
+                enqueued += 1
+                m.batches_flushed.inc()
+                m.batch_fragments.observe(r.fragments)
+                m.flush_lateness_seconds.observe(r.lateness_ms / 1000)
+                m.claim_seconds.observe(per_claim_s)
+                log.debug("batch_flushed", batch_id=r.batch_id, fragments=r.fragments, lateness_ms=r.lateness_ms)
+            elif r.status == -1:
+                m.deferred.labels("turn_in_flight").inc()
+            elif r.status == -2:
+                m.deferred.labels("queue_full").inc()
+                log.warning("queue_full_backpressure", member_shard=r.member.partition(":")[0])
+        return enqueued
+
+    async def heartbeat(self) -> None:
+        now_ms = self._clock.now_ms()
+        if self._last_beat_ms is not None and now_ms - self._last_beat_ms < self._heartbeat_interval_s * 500:
+            return
+        self._last_beat_ms = now_ms
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self._keys.batchers, {self._id: now_ms})
+            # Forget processors silent for a minute; /ready only looks at the freshest one.
+            pipe.zremrangebyscore(self._keys.batchers, "-inf", now_ms - 60_000)
+            await pipe.execute()
+
+    async def retire(self) -> None:
+        await self._redis.zrem(self._keys.batchers, self._id)
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+        listener = ChannelListener(self._redis, [s.wake_channel for s in self._keys.all_shards])
+        await listener.start()
+        log.info("batcher_started", processor_id=self._id, shards=self._keys.shards)
+        try:
+            while True:
+                listener.event.clear()
+                await self.tick()
+                await self.heartbeat()
+                await wait_event(self._clock, listener.event, timeout_s=await self._idle_s())
+        finally:
+            await listener.stop()
+            await asyncio.shield(self.retire())
+            log.info("batcher_stopped", processor_id=self._id)
+
+    async def _idle_s(self) -> float:
+        wait_s = self._heartbeat_interval_s
+        deadline_ms = await self._store.next_deadline_ms()
+        if deadline_ms is not None:
+            wait_s = min(wait_s, (deadline_ms - self._clock.now_ms()) / 1000)
+        return wait_s

@@ -1,0 +1,198 @@
+"""The batch store: atomic append of fragments and atomic claim of due batches into the job queue."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+from redis.asyncio import Redis
+
+from system.keys import Keys, ShardKeys
+from system.models import InboundMessage
+from system.scripts import Scripts
+from system.settings import Settings
+
+LATENESS_KEPT = 1000
+
+
+class AppendOutcome(IntEnum):
+    ACCEPTED = 1
+    DUPLICATE = 2
+    SENDER_LIMITED = 3
+    COMPANY_LIMITED = 4
+
+    @property
+    def rate_limited(self) -> bool:
+        return self in (AppendOutcome.SENDER_LIMITED, AppendOutcome.COMPANY_LIMITED)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchConfig:
+    """The numbers that govern batching, derived once from the settings."""
+
+    timeout_ms: int
+    max_size: int
+    ttl_ms: int
+    dedup_ttl_ms: int
+    sender_burst: int
+    sender_refill_per_ms: float
+    company_burst: int
+    company_refill_per_ms: float
+    allowlist: frozenset[str]
+    queued_lease_ms: int
+    queue_max_len: int
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> BatchConfig:
+        shards = s.redis_shards
+        # The company-wide limit is split evenly over the shards so that each check stays in one slot.
+        company_per_s = s.rate_limit_global_per_s / shards
+        return cls(
+            timeout_ms=s.batch_timeout_ms,
+            max_size=s.max_batch_size,
+            ttl_ms=s.batch_ttl_s * 1000,
+            dedup_ttl_ms=s.dedup_ttl_s * 1000,
+            sender_burst=s.rate_limit_sender_burst,
+            sender_refill_per_ms=s.rate_limit_sender_per_min / 60_000,
+            company_burst=max(1, round(company_per_s)) if s.rate_limit_global_per_s > 0 else 0,
+            company_refill_per_ms=company_per_s / 1000,
+            allowlist=s.rate_limit_allowlist,
+            # A queued job holds its conversation's turn for as long as a fragment may wait.
+            queued_lease_ms=s.batch_ttl_s * 1000,
+            queue_max_len=s.queue_max_len,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    """What one claim attempt did."""
+
+    member: str
+    status: int  # 1 enqueued, 0 nothing due, -1 turn in flight, -2 queue full
+    lateness_ms: int = 0
+    fragments: int = 0
+    batch_id: str | None = None
+
+
+class BatchStore:
+    """Appends fragments and claims due batches; every step is one Lua script in one hash slot."""
+
+    def __init__(self, redis: Redis, *, keys: Keys, config: BatchConfig) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._config = config
+        self._scripts = Scripts.register(redis)
+
+    @property
+    def keys(self) -> Keys:
+        return self._keys
+
+    async def append(self, message: InboundMessage, *, now_ms: int) -> AppendOutcome:
+        return (await self.append_many([message], now_ms=now_ms))[0]
+
+    async def append_many(self, messages: Sequence[InboundMessage], *, now_ms: int) -> list[AppendOutcome]:
+        """Append each message to its conversation's open batch, in order, in one round-trip."""
+        if len(messages) == 1:
+            return [AppendOutcome(int((await self._append(messages[0], now_ms, self._redis))[0]))]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for message in messages:
+                await self._append(message, now_ms, pipe)
+            results = await pipe.execute()
+        return [AppendOutcome(int(r[0])) for r in results]
+
+    def _append(self, message: InboundMessage, now_ms: int, client: Redis) -> object:
+        c = self._config
+        shard, conv = self._keys.conversation(message.company_id, message.phone)
+        limited = message.phone not in c.allowlist
+        return self._scripts.append(
+            keys=[
+                conv.buf,
+                conv.sealed,
+                conv.meta,
+                shard.due,
+                conv.lease,
+                conv.seen(message.message_id),
+                conv.rate,
+                conv.rate_company,
+                shard.stats,
+            ],
+            args=[
+                now_ms,
+                c.timeout_ms,
+                c.max_size,
+                c.ttl_ms,
+                message.to_json(),
+                message.message_id,
+                c.dedup_ttl_ms,
+                c.sender_burst if limited else 0,
+                c.sender_refill_per_ms,
+                c.company_burst if limited else 0,
+                c.company_refill_per_ms,
+                conv.member,
+                shard.wake_channel,
+            ],
+            client=client,
+        )
+
+    async def due(self, shard: ShardKeys, *, now_ms: int, limit: int) -> list[str]:
+        raw = await self._redis.zrangebyscore(shard.due, "-inf", now_ms, start=0, num=limit)
+        return [m.decode() if isinstance(m, bytes) else m for m in raw]
+
+    async def claim(self, shard: ShardKeys, members: Sequence[str], *, now_ms: int) -> list[ClaimResult]:
+        """Claim each due conversation's batch into the queue; safe to race with other batchers."""
+        if not members:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for member in members:
+                _, conv = self._keys.conversation_of_member(member)
+                company, _, phone = member.partition(":")
+                await self._scripts.claim(
+                    keys=[
+                        shard.due,
+                        conv.buf,
+                        conv.sealed,
+                        conv.meta,
+                        conv.lease,
+                        shard.queue,
+                        shard.stats,
+                        shard.lateness,
+                    ],
+                    args=[
+                        member,
+                        now_ms,
+                        self._config.queued_lease_ms,
+                        self._config.queue_max_len,
+                        self._config.ttl_ms,
+                        company,
+                        phone,
+                        shard.jobs_channel,
+                        LATENESS_KEPT,
+                    ],
+                    client=pipe,
+                )
+            results = await pipe.execute()
+        return [_claim_result(member, raw) for member, raw in zip(members, results, strict=True)]
+
+    async def next_deadline_ms(self) -> int | None:
+        """The earliest scheduled deadline over all shards."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for shard in self._keys.all_shards:
+                pipe.zrange(shard.due, 0, 0, withscores=True)
+            results = await pipe.execute()
+        scores = [int(row[0][1]) for row in results if row]
+        return min(scores) if scores else None
+
+
+def _claim_result(member: str, raw: list[object]) -> ClaimResult:
+    status = int(raw[0])  # type: ignore[call-overload]
+    if status != 1:
+        return ClaimResult(member=member, status=status)
+    batch_id = raw[3].decode() if isinstance(raw[3], bytes) else str(raw[3])
+    return ClaimResult(
+        member=member,
+        status=1,
+        lateness_ms=int(raw[1]),  # type: ignore[call-overload]
+        fragments=int(raw[2]),  # type: ignore[call-overload]
+        batch_id=batch_id,
+    )

@@ -1,0 +1,216 @@
+"""The `aiadmin` command line: production processes here, other packages' commands as plugins."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from importlib.metadata import entry_points
+from typing import Annotated, Any
+
+import typer
+import uvicorn
+
+from system.api import create_app
+from system.batcher import BatchProcessor
+from system.logs import configure_logging
+from system.runtime import Runtime
+from system.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="AI Admin: a WhatsApp administrator for salons.")
+dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: jobs that failed for good.")
+app.add_typer(dlq_app, name="dlq")
+
+
+def settings_or_exit(*, require_redis: bool = False, command: str = "") -> Settings:
+    """Build the settings once; a bad value stops start-up with a message naming the variable."""
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if require_redis and not settings.redis_url:
+        typer.echo(
+            f"configuration error: REDIS_URL is required for `aiadmin {command}` as a separate process; "
+            "`aiadmin run` runs every component in one process on an embedded Redis",
+            err=True,
+        )
+        raise typer.Exit(2)
+    configure_logging(level=settings.log_level, json=settings.log_json)
+    return settings
+
+
+def run_async(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run on uvloop when it is installed (it is with uvicorn[standard])."""
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())
+
+
+def processor_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def serve_http(rt: Runtime, *, host: str, port: int, also: list[Awaitable[None]] | None = None) -> None:
+    """Serve the API until SIGINT/SIGTERM; `also` runs beside it and is cancelled afterwards."""
+    config = uvicorn.Config(
+        create_app(rt), host=host, port=port, log_config=None, access_log=False, lifespan="off", http="httptools"
+    )
+    server = uvicorn.Server(config)
+    tasks = [asyncio.ensure_future(a) for a in also or []]
+    try:
+        await server.serve()
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@app.command()
+def api(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8080, help="Port to listen on."),
+) -> None:
+    """Serve the webhooks, stats, health and metrics (needs REDIS_URL)."""
+    settings = settings_or_exit(require_redis=True, command="api")
+
+    async def main() -> None:
+        rt = Runtime.build(settings)
+        await rt.start()
+        try:
+            await serve_http(rt, host=host, port=port)
+        finally:
+            await rt.close()
+
+    run_async(main)
+
+
+@app.command()
+def batcher() -> None:
+    """Run the batch processor (needs REDIS_URL); any number may run at once."""
+    settings = settings_or_exit(require_redis=True, command="batcher")
+
+    async def main() -> None:
+        rt = Runtime.build(settings)
+        await rt.start()
+        processor = new_batch_processor(rt)
+        task = asyncio.ensure_future(processor.run())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        finally:
+            await rt.close()
+
+    run_async(main)
+
+
+@app.command()
+def run(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8080, help="Port to listen on."),
+) -> None:
+    """Run the API and the batch processor in one process (embedded Redis when REDIS_URL is unset)."""
+    settings = settings_or_exit()
+
+    async def main() -> None:
+        rt = Runtime.build(settings)
+        await rt.start()
+        try:
+            await serve_http(rt, host=host, port=port, also=[new_batch_processor(rt).run()])
+        finally:
+            await rt.close()
+
+    run_async(main)
+
+
+def new_batch_processor(rt: Runtime) -> BatchProcessor:
+    return BatchProcessor(
+        rt.redis,
+        store=rt.store,
+        clock=rt.clock,
+        metrics=rt.metrics,
+        processor_id=processor_id(),
+        heartbeat_interval_s=rt.settings.heartbeat_interval_s,
+    )
+
+
+@dlq_app.command("list")
+def dlq_list(limit: int = typer.Option(50, help="How many dead letters to show.")) -> None:
+    """List dead letters: shard, entry id, batch, attempts, error."""
+    settings = settings_or_exit(require_redis=True, command="dlq list")
+
+    async def main() -> None:
+        rt = Runtime.build(settings)
+        try:
+            for letter in await rt.queue.dead_letters(limit=limit):
+                batch = letter.job.batch_id if letter.job else "(unreadable job)"
+                attempts = letter.job.attempt if letter.job else "-"
+                typer.echo(f"{letter.shard}\t{letter.entry_id}\t{batch}\tattempts={attempts}\t{letter.error}")
+        finally:
+            await rt.close()
+
+    run_async(main)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    entries: Annotated[list[str] | None, typer.Argument(help="SHARD/ENTRY_ID as printed by `dlq list`.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
+) -> None:
+    """Put dead letters back into the queue (their idempotency records prevent double replies)."""
+    settings = settings_or_exit(require_redis=True, command="dlq replay")
+
+    async def main() -> None:
+        rt = Runtime.build(settings)
+        try:
+            targets = (
+                [(d.shard, d.entry_id) for d in await rt.queue.dead_letters(limit=100_000)]
+                if all_
+                else [_parse_entry(e) for e in entries or []]
+            )
+            replayed = sum([await rt.queue.replay(shard, entry_id) for shard, entry_id in targets])
+            typer.echo(f"replayed {replayed} of {len(targets)}")
+        finally:
+            await rt.close()
+
+    run_async(main)
+
+
+def _parse_entry(raw: str) -> tuple[int, str]:
+    shard, sep, entry_id = raw.partition("/")
+    if not sep or not shard.isdigit():
+        raise typer.BadParameter(f"{raw!r}: expected SHARD/ENTRY_ID, e.g. 0/1732550000000-0")
+    return int(shard), entry_id
+
+
+def _load_plugins() -> None:
+    """Commands of the simulator, benchmarks and reports register as `aiadmin.commands` entry points."""
+    for ep in entry_points(group="aiadmin.commands"):
+        try:
+            command = ep.load()
+        except ImportError as exc:  # an optional part that is not installed
+            print(f"aiadmin: command {ep.name!r} unavailable: {exc}", file=sys.stderr)
+            continue
+        if isinstance(command, typer.Typer):
+            app.add_typer(command, name=ep.name)
+        else:
+            app.command(ep.name)(command)
+
+
+def main() -> None:
+    _load_plugins()
+    app()

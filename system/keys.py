@@ -1,0 +1,125 @@
+"""Every Redis key, stream, group and channel name of the system, built in one place.
+
+Cluster layout: a conversation (company, phone) is assigned to one of `shards` slots by CRC32; every key
+an atomic script touches for that conversation carries the shard's hash tag `{sN}`, so each script
+stays inside one hash slot. Keys used only by single-key commands need no tag.
+
+| key | type | lifetime |
+|---|---|---|
+| `{p}:{sN}:due` | zset conversation → effective deadline ms | while a batch waits |
+| `{p}:{sN}:buf:{company}:{phone}` | list of fragment JSON (the open batch) | batch TTL, refreshed |
+| `{p}:{sN}:sealed:{company}:{phone}` | list of sealed batches (JSON arrays) | batch TTL, refreshed |
+| `{p}:{sN}:meta:{company}:{phone}` | hash: deadline, first_id, first_ms | batch TTL, refreshed |
+| `{p}:{sN}:lease:{company}:{phone}` | string: batch id of the turn in flight | queued / visibility lease |
+| `{p}:{sN}:seen:{company}:{phone}:{message id}` | de-duplication marker | dedup TTL (7 days) |
+| `{p}:{sN}:rl:{company}:{phone}` | hash: sender token bucket | 10 min idle |
+| `{p}:{sN}:rlg:{company}` | hash: the company's token bucket (global limit / shards) | 10 min idle |
+| `{p}:{sN}:queue` | stream of jobs, group `workers` | until acked (then deleted) |
+| `{p}:{sN}:delayed` | zset of jobs waiting for a retry | until due |
+| `{p}:{sN}:dlq` | stream of dead letters | capped |
+| `{p}:{sN}:stats` | hash of counters | none |
+| `{p}:{sN}:lateness` | list of the last flush lateness values, ms | capped |
+| `{p}:stats` | hash of counters outside a conversation | none |
+| `{p}:ignored` | stream of acknowledged-but-unbatched inbound items | capped |
+| `{p}:status:{wamid}` | hash: outbound delivery status | 7 days |
+| `{p}:batchers` | zset batcher id → last heartbeat ms | pruned |
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from functools import cached_property
+
+WORKER_GROUP = "workers"
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationKeys:
+    """Keys of one conversation; all in the hash slot of its shard."""
+
+    member: str  # "{company}:{phone}", the conversation's name inside its shard's zset
+    buf: str
+    sealed: str
+    meta: str
+    lease: str
+    rate: str
+    rate_company: str
+    seen_prefix: str
+
+    def seen(self, message_id: str) -> str:
+        return self.seen_prefix + message_id
+
+
+@dataclass(frozen=True, slots=True)
+class ShardKeys:
+    """Keys shared by all conversations of one shard."""
+
+    index: int
+    due: str
+    queue: str
+    delayed: str
+    dlq: str
+    stats: str
+    lateness: str
+    wake_channel: str
+    jobs_channel: str
+
+
+class Keys:
+    """Builds every key name from a prefix and a shard count (set once per deployment)."""
+
+    def __init__(self, *, prefix: str = "aiadmin", shards: int = 1) -> None:
+        if shards < 1:
+            raise ValueError("shards must be >= 1")
+        self.prefix = prefix
+        self.shards = shards
+        self.stats = f"{prefix}:stats"
+        self.ignored = f"{prefix}:ignored"
+        self.batchers = f"{prefix}:batchers"
+
+    def shard_of(self, company_id: int, phone: str) -> int:
+        return zlib.crc32(f"{company_id}:{phone}".encode()) % self.shards
+
+    @cached_property
+    def all_shards(self) -> tuple[ShardKeys, ...]:
+        return tuple(self._shard(i) for i in range(self.shards))
+
+    def shard(self, index: int) -> ShardKeys:
+        return self.all_shards[index]
+
+    def _shard(self, index: int) -> ShardKeys:
+        base = f"{self.prefix}:{{s{index}}}"
+        return ShardKeys(
+            index=index,
+            due=f"{base}:due",
+            queue=f"{base}:queue",
+            delayed=f"{base}:delayed",
+            dlq=f"{base}:dlq",
+            stats=f"{base}:stats",
+            lateness=f"{base}:lateness",
+            wake_channel=f"{base}:wake",
+            jobs_channel=f"{base}:jobs",
+        )
+
+    def conversation(self, company_id: int, phone: str) -> tuple[ShardKeys, ConversationKeys]:
+        shard = self.shard(self.shard_of(company_id, phone))
+        base = f"{self.prefix}:{{s{shard.index}}}"
+        member = f"{company_id}:{phone}"
+        return shard, ConversationKeys(
+            member=member,
+            buf=f"{base}:buf:{member}",
+            sealed=f"{base}:sealed:{member}",
+            meta=f"{base}:meta:{member}",
+            lease=f"{base}:lease:{member}",
+            rate=f"{base}:rl:{member}",
+            rate_company=f"{base}:rlg:{company_id}",
+            seen_prefix=f"{base}:seen:{member}:",
+        )
+
+    def conversation_of_member(self, member: str) -> tuple[ShardKeys, ConversationKeys]:
+        company, _, phone = member.partition(":")
+        return self.conversation(int(company), phone)
+
+    def status(self, message_id: str) -> str:
+        return f"{self.prefix}:status:{message_id}"

@@ -1,0 +1,59 @@
+"""Wake-ups over Redis Pub/Sub: an event set whenever one of the channels gets a message.
+
+A lost notification costs latency, never correctness: every waiter also wakes on its clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = structlog.get_logger(__name__)
+
+RESUBSCRIBE_DELAY_S = 0.5
+
+
+class ChannelListener:
+    """Sets `event` on every message published to `channels`."""
+
+    def __init__(self, redis: Redis, channels: Sequence[str]) -> None:
+        self._redis = redis
+        self._channels = list(channels)
+        self.event = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="channel-listener")
+        await self._subscribed.wait()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(*self._channels)
+                self._subscribed.set()
+                # Anything published while we were (re)subscribing is covered by one extra wake-up.
+                self.event.set()
+                async for _ in pubsub.listen():
+                    self.event.set()
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("pubsub_lost", error=str(exc))
+                self._subscribed.set()
+                await asyncio.sleep(RESUBSCRIBE_DELAY_S)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()

@@ -1,0 +1,536 @@
+"""Webhook bodies (the old gateway format and the WhatsApp Cloud API) parsed at the edge into typed models.
+
+Framework-free: the API layer hands over raw bytes and gets a `ParseResult` or a `PayloadError` back.
+A bad entry never spoils its neighbours: it is listed in `rejected` and the rest is accepted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+import orjson
+
+from system.models import DeliveryStatus, InboundMessage, MessageKind, Rejected, StatusUpdate
+from system.phones import PhoneError, normalize_phone
+from system.settings import Settings
+
+MAX_GATEWAY_MESSAGES = 100
+MAX_MESSAGE_ID_CHARS = 256
+META_OBJECT = "whatsapp_business_account"
+# Numbers above this are milliseconds (1e12 ms is 2001; 1e12 s is year 33658).
+_MS_THRESHOLD = 1e12
+_MAX_TIMESTAMP_MS = 10**14  # year 5138: anything later is garbage, not a clock
+# Bounded so that int() never meets a huge digit string (Python refuses those past 4300 digits).
+_NUMERIC = re.compile(r"\d{1,20}(\.\d{1,9})?")
+_DIGITS = re.compile(r"\d{1,18}")
+
+
+class PayloadError(Exception):
+    """The whole body is unusable; `body()` is the JSON answer for the caller."""
+
+    def __init__(self, *, status_code: int, code: str, message: str, errors: list[Rejected] | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code  # 400 malformed JSON, 422 wrong shape
+        self.code = code
+        self.message = message
+        self.errors: list[Rejected] = errors or []
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message, "errors": [r.as_dict() for r in self.errors]}
+
+
+@dataclass(frozen=True)
+class ParseResult:
+    """What one body yielded: messages to batch, entries to report back, entries only counted, statuses."""
+
+    messages: tuple[InboundMessage, ...] = ()
+    rejected: tuple[Rejected, ...] = ()  # bad entries, listed back to the caller
+    ignored: tuple[Rejected, ...] = ()  # acknowledged but never batched; recorded in stats
+    statuses: tuple[StatusUpdate, ...] = ()
+
+
+class _Bad(Exception):
+    """One entry (or one of its fields) is rejected; raised inside the parsers, never outside."""
+
+    def __init__(self, path: str, problem: str, reason: str = "invalid") -> None:
+        super().__init__(problem)
+        self.rejected = Rejected(field=path, problem=problem, reason=reason)
+
+
+class _Ignore(Exception):
+    """One entry is acknowledged but not batched."""
+
+    def __init__(self, path: str, problem: str, reason: str) -> None:
+        super().__init__(problem)
+        self.ignored = Rejected(field=path, problem=problem, reason=reason)
+
+
+@dataclass
+class _Collector:
+    messages: list[InboundMessage] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    ignored: list[Rejected] = field(default_factory=list)
+    statuses: list[StatusUpdate] = field(default_factory=list)
+
+    def result(self) -> ParseResult:
+        return ParseResult(
+            messages=tuple(self.messages),
+            rejected=tuple(self.rejected),
+            ignored=tuple(self.ignored),
+            statuses=tuple(self.statuses),
+        )
+
+
+# --- shared field rules ---------------------------------------------------------------------------------
+
+
+def _load_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise PayloadError(status_code=400, code="malformed_json", message=f"body is not valid JSON: {exc}") from None
+
+
+def _shape_error(message: str, path: str = "") -> PayloadError:
+    errors = [Rejected(field=path, problem=message)] if path else []
+    return PayloadError(status_code=422, code="invalid_payload", message=message, errors=errors)
+
+
+def _object(value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Bad(path, "must be an object")
+    return value
+
+
+def _list(value: Any, path: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise _Bad(path, "must be a list")
+    return value
+
+
+def _required_text(value: Any, path: str) -> str:
+    """A non-empty string, stripped."""
+    if not isinstance(value, str) or not value.strip():
+        raise _Bad(path, "must be a non-empty string")
+    return value.strip()
+
+
+def _optional_text(value: Any, path: str) -> str:
+    """A string, stripped; "" when absent."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _Bad(path, "must be a string")
+    return value.strip()
+
+
+def _bounded_text(text: str, path: str, *, max_chars: int) -> str:
+    if len(text) > max_chars:
+        raise _Bad(path, f"is too long: {len(text)} characters, at most {max_chars}")
+    return text
+
+
+def _phone(value: Any, path: str, *, region: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Bad(path, "must be a non-empty string")
+    try:
+        return normalize_phone(value, default_region=region)
+    except PhoneError as exc:
+        problem = f"is {exc}" if exc.reason == "invalid" else str(exc)
+        raise _Bad(path, problem, exc.reason) from None
+
+
+def _message_id(value: Any, path: str) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_MESSAGE_ID_CHARS:
+        raise _Bad(path, f"must be a non-empty string of at most {MAX_MESSAGE_ID_CHARS} characters")
+    return value.strip()
+
+
+def _timestamp_ms(value: Any, path: str) -> int | None:
+    """Unix seconds, unix milliseconds (numbers or numeric strings) or ISO-8601 → ms; None when absent."""
+    if value is None:
+        return None
+    ms = _number_ms(value) if not isinstance(value, str) else _text_ms(value.strip())
+    if ms is None or not 0 < ms < _MAX_TIMESTAMP_MS:
+        raise _Bad(path, "must be unix seconds, unix milliseconds or an ISO-8601 time")
+    return ms
+
+
+def _number_ms(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < _MAX_TIMESTAMP_MS:
+        return None  # the range check also keeps int() away from an infinite float
+    return int(value) if value > _MS_THRESHOLD else int(value * 1000)
+
+
+def _text_ms(text: str) -> int | None:
+    if _NUMERIC.fullmatch(text):
+        return _number_ms(float(text) if "." in text else int(text))
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)  # a time without an offset is taken as UTC
+    return int(moment.timestamp() * 1000)
+
+
+# --- the old gateway format -----------------------------------------------------------------------------
+
+
+def parse_gateway(
+    body: bytes, *, settings: Settings, received_ms: int, new_id: Callable[[], str] | None = None
+) -> ParseResult:
+    """Parse `{"from","message",...}` or `{"companyId"?,"messages":[...]}`; `new_id` makes random ids."""
+    doc = _load_json(body)
+    if not isinstance(doc, dict):
+        raise _shape_error("body must be a JSON object")
+    out = _Collector()
+    parse = partial(
+        _gateway_message,
+        top_company=doc.get("companyId"),
+        settings=settings,
+        received_ms=received_ms,
+        new_id=new_id or _random_id,
+    )
+    for prefix, item in _gateway_items(doc):
+        _collect(out, parse, item, prefix)
+    return out.result()
+
+
+def _gateway_items(doc: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(field path prefix, message object) for the single or the batch form."""
+    if "messages" not in doc:
+        return [("", doc)]
+    items = doc["messages"]
+    if not isinstance(items, list):
+        raise _shape_error("messages must be a list", "messages")
+    if not items:
+        raise _shape_error("messages must not be empty", "messages")
+    if len(items) > MAX_GATEWAY_MESSAGES:
+        raise _shape_error(f"too many messages: {len(items)}, at most {MAX_GATEWAY_MESSAGES}", "messages")
+    return [(f"messages[{i}].", item) for i, item in enumerate(items)]
+
+
+def _gateway_company(entry: dict[str, Any], top: Any, prefix: str, *, settings: Settings) -> int:
+    """The message's own companyId, else the body's, else the default; it must be a served company."""
+    if "companyId" in entry:
+        value, path = entry["companyId"], prefix + "companyId"
+    elif top is not None:
+        value, path = top, "companyId"
+    else:
+        value, path = settings.default_company_id, "companyId"
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Bad(path, "must be an integer company id")
+    if settings.tenant_for_company(value) is None:
+        raise _Bad(path, "unknown company", "unknown_tenant")
+    return value
+
+
+def _gateway_message(
+    item: Any,
+    prefix: str,
+    *,
+    top_company: Any,
+    settings: Settings,
+    received_ms: int,
+    new_id: Callable[[], str],
+) -> InboundMessage:
+    """One gateway message; `prefix` is its field path prefix ("" or "messages[i].")."""
+    entry = _object(item, prefix.removesuffix(".") or "body")
+    company = _gateway_company(entry, top_company, prefix, settings=settings)
+    phone = _phone(entry.get("from"), prefix + "from", region=settings.default_region)
+    text_key = "message" if "message" in entry or "body" not in entry else "body"
+    text = _required_text(entry.get(text_key), prefix + text_key)
+    text = _bounded_text(text, prefix + text_key, max_chars=settings.max_message_chars)
+    sent_ms = _timestamp_ms(entry.get("timestamp"), prefix + "timestamp")
+    raw_id = entry.get("messageId")
+    if raw_id is not None:
+        message_id = _message_id(raw_id, prefix + "messageId")
+    elif sent_ms is not None:
+        message_id = _derived_id(company, phone, sent_ms, text)
+    else:
+        message_id = "gw-" + new_id()
+    return InboundMessage(
+        company_id=company,
+        phone=phone,
+        message_id=message_id,
+        text=text,
+        kind=MessageKind.TEXT,
+        sent_ms=sent_ms,
+        received_ms=received_ms,
+    )
+
+
+def _derived_id(company: int, phone: str, sent_ms: int, text: str) -> str:
+    """A retried identical request gets the same id, so de-duplication drops it."""
+    digest = hashlib.sha256(f"{company}|{phone}|{sent_ms}|{text}".encode()).hexdigest()
+    return "gw-" + digest[:32]
+
+
+def _random_id() -> str:
+    return uuid.uuid4().hex
+
+
+# --- WhatsApp Cloud API ---------------------------------------------------------------------------------
+
+# (kind, text, extra) of one message, as its type's extractor reads them.
+_Content = tuple[MessageKind, str, dict[str, str]]
+
+
+def parse_meta(body: bytes, *, settings: Settings, received_ms: int) -> ParseResult:
+    """Parse a WhatsApp Cloud API webhook: every entry, change, message and status."""
+    doc = _load_json(body)
+    if not isinstance(doc, dict) or doc.get("object") != META_OBJECT:
+        raise _shape_error(f"object must be {META_OBJECT!r}", "object")
+    entries = doc.get("entry")
+    if not isinstance(entries, list):
+        raise _shape_error("entry must be a list", "entry")
+    out = _Collector()
+    for i, entry in enumerate(entries):
+        try:
+            _meta_entry(entry, f"entry[{i}]", out, settings=settings, received_ms=received_ms)
+        except _Bad as bad:
+            out.rejected.append(bad.rejected)
+    return out.result()
+
+
+def _meta_entry(entry: Any, path: str, out: _Collector, *, settings: Settings, received_ms: int) -> None:
+    changes = _list(_object(entry, path).get("changes"), path + ".changes")
+    for j, change in enumerate(changes):
+        try:
+            _meta_change(change, f"{path}.changes[{j}]", out, settings=settings, received_ms=received_ms)
+        except _Bad as bad:
+            out.rejected.append(bad.rejected)
+        except _Ignore as ignore:
+            out.ignored.append(ignore.ignored)
+
+
+def _meta_change(change: Any, path: str, out: _Collector, *, settings: Settings, received_ms: int) -> None:
+    change = _object(change, path)
+    if change.get("field") != "messages":
+        raise _Ignore(path + ".field", f"change field {change.get('field')!r} is not handled", "unsupported")
+    value = _object(change.get("value"), path + ".value")
+    vpath = path + ".value"
+    messages = _list(value.get("messages", []), vpath + ".messages")
+    statuses = _list(value.get("statuses", []), vpath + ".statuses")
+    company = _meta_company(value, vpath, settings=settings)
+    if company is None:
+        out.ignored.extend(
+            Rejected(field=f"{vpath}.{key}[{k}]", problem="unknown phone_number_id", reason="unknown_tenant")
+            for key, items in (("messages", messages), ("statuses", statuses))
+            for k in range(len(items))
+        )
+        return
+    ctx = _MetaContext(
+        company=company,
+        names=_profile_names(value.get("contacts")),
+        settings=settings,
+        received_ms=received_ms,
+    )
+    for k, message in enumerate(messages):
+        _collect(out, partial(_meta_message, ctx=ctx), message, f"{vpath}.messages[{k}]")
+    for k, status in enumerate(statuses):
+        _collect(out, _meta_status, status, f"{vpath}.statuses[{k}]")
+
+
+def _collect(out: _Collector, parse: Callable[[Any, str], InboundMessage | StatusUpdate], item: Any, path: str) -> None:
+    """Parse one message or status into `out`, or record why it was rejected or ignored."""
+    try:
+        parsed = parse(item, path)
+    except _Bad as bad:
+        out.rejected.append(bad.rejected)
+    except _Ignore as ignore:
+        out.ignored.append(ignore.ignored)
+    else:
+        if isinstance(parsed, InboundMessage):
+            out.messages.append(parsed)
+        else:
+            out.statuses.append(parsed)
+
+
+def _meta_company(value: dict[str, Any], path: str, *, settings: Settings) -> int | None:
+    """The company the receiving phone number id belongs to; None when it is not a served tenant."""
+    metadata = _object(value.get("metadata"), path + ".metadata")
+    pnid = metadata.get("phone_number_id")
+    if isinstance(pnid, int) and not isinstance(pnid, bool):
+        pnid = str(pnid)
+    pnid = _required_text(pnid, path + ".metadata.phone_number_id")
+    tenant = settings.tenant_for_phone_number_id(pnid)
+    return None if tenant is None else tenant.company_id
+
+
+def _profile_names(contacts: Any) -> dict[str, str]:
+    """wa_id → profile name; the key "" holds the name of the only contact, if there is exactly one."""
+    names: dict[str, str] = {}
+    if not isinstance(contacts, list):
+        return names
+    for contact in contacts:
+        if not isinstance(contact, dict) or not isinstance(contact.get("profile"), dict):
+            continue
+        name = contact["profile"].get("name")
+        if isinstance(name, str) and name.strip():
+            names[str(contact.get("wa_id", ""))] = name.strip()
+    if len(contacts) == 1 and names:
+        names[""] = next(iter(names.values()))
+    return names
+
+
+@dataclass(frozen=True)
+class _MetaContext:
+    company: int
+    names: dict[str, str]
+    settings: Settings
+    received_ms: int
+
+
+def _meta_message(message: Any, path: str, *, ctx: _MetaContext) -> InboundMessage:
+    message = _object(message, path)
+    kind, text, extra = _meta_content(message, path)
+    text = _bounded_text(text, path, max_chars=ctx.settings.max_message_chars)
+    raw_from = message.get("from")
+    phone = _phone(raw_from, path + ".from", region=ctx.settings.default_region)
+    return InboundMessage(
+        company_id=ctx.company,
+        phone=phone,
+        message_id=_message_id(message.get("id"), path + ".id"),
+        text=text,
+        kind=kind,
+        sent_ms=_timestamp_ms(message.get("timestamp"), path + ".timestamp"),
+        received_ms=ctx.received_ms,
+        profile_name=ctx.names.get(str(raw_from)) or ctx.names.get(""),
+        extra=extra,
+    )
+
+
+def _meta_content(message: dict[str, Any], path: str) -> _Content:
+    kind = message.get("type")
+    if kind == "reaction":
+        raise _Ignore(path, "reactions are not batched", "reaction")
+    extract = _EXTRACTORS.get(kind) if isinstance(kind, str) else None
+    if extract is None:
+        raise _Ignore(path + ".type", f"message type {kind!r} is not supported", "unsupported")
+    return extract(message, f"{path}.{kind}")
+
+
+def _text_content(message: dict[str, Any], path: str) -> _Content:
+    body = _object(message.get("text"), path)
+    return MessageKind.TEXT, _required_text(body.get("body"), path + ".body"), {}
+
+
+def _interactive_content(message: dict[str, Any], path: str) -> _Content:
+    interactive = _object(message.get("interactive"), path)
+    for key in ("button_reply", "list_reply"):
+        if key in interactive:
+            reply = _object(interactive[key], f"{path}.{key}")
+            title = _required_text(reply.get("title"), f"{path}.{key}.title")
+            reply_id = _optional_text(reply.get("id"), f"{path}.{key}.id")
+            return MessageKind.INTERACTIVE, title, {"reply_id": reply_id} if reply_id else {}
+    raise _Ignore(path + ".type", f"interactive type {interactive.get('type')!r} is not supported", "unsupported")
+
+
+def _button_content(message: dict[str, Any], path: str) -> _Content:
+    button = _object(message.get("button"), path)
+    payload = _optional_text(button.get("payload"), path + ".payload")
+    text = _required_text(button.get("text"), path + ".text")
+    return MessageKind.INTERACTIVE, text, {"reply_id": payload} if payload else {}
+
+
+def _media_id(media: dict[str, Any], path: str) -> dict[str, str]:
+    return {"media_id": _required_text(media.get("id"), path + ".id")}
+
+
+def _audio_content(message: dict[str, Any], path: str) -> _Content:
+    audio = _object(message.get("audio"), path)
+    kind = MessageKind.VOICE if audio.get("voice") is True else MessageKind.AUDIO
+    return kind, "", _media_id(audio, path)
+
+
+def _captioned(kind: MessageKind) -> Callable[[dict[str, Any], str], _Content]:
+    """An extractor for image, video or document: the caption is the text."""
+
+    def extract(message: dict[str, Any], path: str) -> _Content:
+        media = _object(message.get(kind.value), path)
+        extra = _media_id(media, path)
+        if kind is MessageKind.DOCUMENT and isinstance(media.get("filename"), str):
+            extra["filename"] = media["filename"]
+        return kind, _optional_text(media.get("caption"), path + ".caption"), extra
+
+    return extract
+
+
+def _sticker_content(message: dict[str, Any], path: str) -> _Content:
+    return MessageKind.STICKER, "", _media_id(_object(message.get("sticker"), path), path)
+
+
+def _location_content(message: dict[str, Any], path: str) -> _Content:
+    location = _object(message.get("location"), path)
+    extra = {key: _coordinate(location.get(key), f"{path}.{key}") for key in ("latitude", "longitude")}
+    for key in ("name", "address"):
+        value = _optional_text(location.get(key), f"{path}.{key}")
+        if value:
+            extra[key] = value
+    return MessageKind.LOCATION, "", extra
+
+
+def _coordinate(value: Any, path: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Bad(path, "must be a number")
+    return str(value)
+
+
+def _contacts_content(message: dict[str, Any], path: str) -> _Content:
+    contacts = _list(message.get("contacts"), path)
+    return MessageKind.CONTACTS, "", {"count": str(len(contacts))}
+
+
+_EXTRACTORS: dict[str, Callable[[dict[str, Any], str], _Content]] = {
+    "text": _text_content,
+    "interactive": _interactive_content,
+    "button": _button_content,
+    "audio": _audio_content,
+    "image": _captioned(MessageKind.IMAGE),
+    "video": _captioned(MessageKind.VIDEO),
+    "document": _captioned(MessageKind.DOCUMENT),
+    "sticker": _sticker_content,
+    "location": _location_content,
+    "contacts": _contacts_content,
+}
+
+
+def _meta_status(status: Any, path: str) -> StatusUpdate:
+    status = _object(status, path)
+    value = status.get("status")
+    if value not in {s.value for s in DeliveryStatus}:
+        raise _Bad(path + ".status", f"unknown status {value!r}; expected sent, delivered, read or failed")
+    recipient = status.get("recipient_id")
+    code, title = _status_error(status.get("errors"), path + ".errors")
+    return StatusUpdate(
+        message_id=_message_id(status.get("id"), path + ".id"),
+        status=DeliveryStatus(value),
+        recipient=recipient if isinstance(recipient, str) and recipient else None,
+        timestamp_ms=_timestamp_ms(status.get("timestamp"), path + ".timestamp"),
+        error_code=code,
+        error_title=title,
+    )
+
+
+def _status_error(errors: Any, path: str) -> tuple[int | None, str | None]:
+    """Code and title of the first error of a failed status, when present."""
+    if not isinstance(errors, list) or not errors or not isinstance(errors[0], dict):
+        return None, None
+    code, title = errors[0].get("code"), errors[0].get("title")
+    return (
+        code if isinstance(code, int) and not isinstance(code, bool) else None,
+        title if isinstance(title, str) and title else None,
+    )

@@ -1,0 +1,99 @@
+"""Wires the components of one process from the settings; every piece of I/O is passed in here."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from system.batching import BatchConfig, BatchStore
+from system.clock import Clock, WallClock
+from system.ingest import Ingestor
+from system.keys import Keys
+from system.metrics import Metrics
+from system.queue import JobQueue, QueueConfig
+from system.settings import Settings
+from system.stats import StatsReader
+
+
+def connect_redis(settings: Settings) -> Redis:
+    """A client for REDIS_URL, or an embedded fakeredis server when it is unset."""
+    if settings.redis_url:
+        return Redis.from_url(
+            settings.redis_url,
+            socket_timeout=5,
+            socket_connect_timeout=2,
+            health_check_interval=30,
+            max_connections=256,
+        )
+    import fakeredis  # the embedded default only; production never loads it
+
+    return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(version=(7,)))
+
+
+@dataclass
+class Runtime:
+    """The components of one process, sharing one Redis client, clock and metrics registry."""
+
+    settings: Settings
+    redis: Redis
+    clock: Clock
+    rng: random.Random
+    keys: Keys
+    metrics: Metrics
+    store: BatchStore
+    queue: JobQueue
+    ingestor: Ingestor
+    stats: StatsReader
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        redis: Redis | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> Runtime:
+        redis = redis if redis is not None else connect_redis(settings)
+        clock = clock or WallClock()
+        rng = rng or random.Random()
+        keys = Keys(prefix=settings.redis_prefix, shards=settings.redis_shards)
+        metrics = Metrics()
+        store = BatchStore(redis, keys=keys, config=BatchConfig.from_settings(settings))
+        queue = JobQueue(redis, keys=keys, config=QueueConfig.from_settings(settings), rng=rng)
+        return cls(
+            settings=settings,
+            redis=redis,
+            clock=clock,
+            rng=rng,
+            keys=keys,
+            metrics=metrics,
+            store=store,
+            queue=queue,
+            ingestor=Ingestor(redis, store=store, keys=keys, clock=clock, metrics=metrics),
+            stats=StatsReader(redis, keys=keys, queue=queue, clock=clock),
+        )
+
+    async def start(self) -> None:
+        await self.queue.ensure_groups()
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def readiness(self) -> dict[str, str]:
+        """Why the process is not ready, per check; all "ok" when it is."""
+        checks = {"redis": "ok", "batch_processor": "ok"}
+        try:
+            await self.redis.ping()
+            freshest = await self.redis.zrevrange(self.keys.batchers, 0, 0, withscores=True)
+        except (RedisError, OSError) as exc:
+            return {"redis": f"unavailable: {exc}", "batch_processor": "unknown"}
+        stale_ms = int(self.settings.heartbeat_stale_s * 1000)
+        if not freshest:
+            checks["batch_processor"] = "no heartbeat"
+        elif self.clock.now_ms() - int(freshest[0][1]) > stale_ms:
+            checks["batch_processor"] = f"heartbeat older than {stale_ms} ms"
+        return checks

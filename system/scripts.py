@@ -1,0 +1,296 @@
+"""The Lua scripts that make each batching and queue step one atomic round-trip.
+
+Every script touches only keys of one hash slot (see `system.keys`) and takes the current time as an
+argument, so the injected clock, not the server's, decides deadlines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+# Re-schedules a conversation after its turn ended (ack or dead letter): a sealed batch is due now,
+# an open one at its own deadline; wakes the batchers when something became due.
+# KEYS: due, buf, sealed, meta ; ARGV: member, now_ms, wake_channel
+_RELEASE_NEXT = """
+local function release_next(k_due, k_buf, k_sealed, k_meta, member, now, channel)
+  local score = nil
+  if redis.call('LLEN', k_sealed) > 0 then
+    score = now
+  elseif redis.call('LLEN', k_buf) > 0 then
+    score = tonumber(redis.call('HGET', k_meta, 'deadline') or now)
+    if score < now then score = now end
+  end
+  if score then
+    redis.call('ZADD', k_due, score, member)
+    redis.call('PUBLISH', channel, score)
+  else
+    redis.call('ZREM', k_due, member)
+  end
+end
+"""
+
+# KEYS: 1 buf, 2 sealed, 3 meta, 4 due, 5 lease, 6 seen, 7 sender bucket, 8 company bucket, 9 stats
+# ARGV: 1 now_ms, 2 timeout_ms, 3 max_size, 4 ttl_ms, 5 message json, 6 message id ('' = none),
+#       7 dedup_ttl_ms, 8 sender burst (0 = unlimited), 9 sender refill per ms,
+#       10 company burst (0 = unlimited), 11 company refill per ms, 12 member, 13 wake channel
+# Returns {status, fragments in the open batch}: 1 accepted, 2 duplicate, 3 sender limited, 4 company limited
+APPEND = """
+local now = tonumber(ARGV[1])
+
+local function take(key, cap, rate)
+  if cap <= 0 then return true end
+  local b = redis.call('HMGET', key, 't', 'ts')
+  local tokens = tonumber(b[1]) or cap
+  local ts = tonumber(b[2]) or now
+  if now > ts then tokens = math.min(cap, tokens + (now - ts) * rate) end
+  local ok = tokens >= 1
+  if ok then tokens = tokens - 1 end
+  redis.call('HSET', key, 't', tostring(tokens), 'ts', now)
+  redis.call('PEXPIRE', key, 600000)
+  return ok
+end
+
+if ARGV[6] ~= '' and redis.call('EXISTS', KEYS[6]) == 1 then
+  redis.call('HINCRBY', KEYS[9], 'duplicates', 1)
+  return {2, 0}
+end
+if not take(KEYS[7], tonumber(ARGV[8]), tonumber(ARGV[9])) then
+  redis.call('HINCRBY', KEYS[9], 'rate_limited', 1)
+  return {3, 0}
+end
+if not take(KEYS[8], tonumber(ARGV[10]), tonumber(ARGV[11])) then
+  if tonumber(ARGV[8]) > 0 then redis.call('HINCRBYFLOAT', KEYS[7], 't', 1) end
+  redis.call('HINCRBY', KEYS[9], 'rate_limited', 1)
+  return {4, 0}
+end
+if ARGV[6] ~= '' then
+  redis.call('SET', KEYS[6], '1', 'PX', ARGV[7])
+end
+
+local ttl = tonumber(ARGV[4])
+local member = ARGV[12]
+local n = redis.call('RPUSH', KEYS[1], ARGV[5])
+redis.call('HINCRBY', KEYS[9], 'accepted', 1)
+redis.call('HINCRBY', KEYS[9], 'buffered', 1)
+if n == 1 then
+  redis.call('HSET', KEYS[3], 'first_id', ARGV[6], 'first_ms', now)
+end
+local score
+if n >= tonumber(ARGV[3]) then
+  -- sealed at once: the next fragment starts a new batch
+  local msgs = redis.call('LRANGE', KEYS[1], 0, -1)
+  local first = redis.call('HGET', KEYS[3], 'first_id')
+  redis.call('RPUSH', KEYS[2], cjson.encode({first, #msgs}) .. '\\n[' .. table.concat(msgs, ',') .. ']')
+  redis.call('DEL', KEYS[1])
+  redis.call('HDEL', KEYS[3], 'deadline', 'first_id', 'first_ms')
+  score = now
+  n = 0
+else
+  score = now + tonumber(ARGV[2])
+  redis.call('HSET', KEYS[3], 'deadline', score)
+  if redis.call('EXISTS', KEYS[2]) == 1 then
+    local cur = tonumber(redis.call('ZSCORE', KEYS[4], member) or score)
+    if cur < score then score = cur end
+  end
+end
+-- one turn per conversation: nothing is released before the turn in flight ends
+local lease = redis.call('PTTL', KEYS[5])
+if lease > 0 and now + lease > score then score = now + lease end
+
+local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+redis.call('ZADD', KEYS[4], score, member)
+if #first == 0 or score < tonumber(first[2]) then
+  redis.call('PUBLISH', ARGV[13], score)
+end
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('PEXPIRE', KEYS[3], ttl)
+return {1, n}
+"""
+
+# KEYS: 1 due, 2 buf, 3 sealed, 4 meta, 5 lease, 6 queue, 7 stats, 8 lateness
+# ARGV: 1 member, 2 now_ms, 3 queued lease ms, 4 queue max length, 5 ttl_ms, 6 company id, 7 phone,
+#       8 jobs channel, 9 lateness values kept
+# Returns {1, lateness_ms, fragments, batch_id} when a job was enqueued, {0} when nothing was due,
+# {-1} when deferred for the turn in flight, {-2} when deferred because the queue is full.
+CLAIM = """
+local member = ARGV[1]
+local now = tonumber(ARGV[2])
+local score = redis.call('ZSCORE', KEYS[1], member)
+if not score then return {0} end
+score = tonumber(score)
+if score > now then return {0} end
+local ttl = tonumber(ARGV[5])
+
+local lease = redis.call('PTTL', KEYS[5])
+if lease ~= -2 then
+  if lease < 0 then lease = tonumber(ARGV[3]) end
+  redis.call('ZADD', KEYS[1], now + lease, member)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('PEXPIRE', KEYS[3], ttl)
+  redis.call('PEXPIRE', KEYS[4], ttl)
+  return {-1}
+end
+if redis.call('XLEN', KEYS[6]) >= tonumber(ARGV[4]) then
+  redis.call('ZADD', KEYS[1], now + 1000, member)
+  redis.call('HINCRBY', KEYS[7], 'backpressure', 1)
+  return {-2}
+end
+
+local batch, first_id, n
+local sealed = redis.call('LPOP', KEYS[3])
+if sealed then
+  local nl = string.find(sealed, '\\n', 1, true)
+  local head = cjson.decode(string.sub(sealed, 1, nl - 1))
+  first_id, n = head[1], head[2]
+  batch = string.sub(sealed, nl + 1)
+else
+  local deadline = tonumber(redis.call('HGET', KEYS[4], 'deadline') or '-1')
+  n = redis.call('LLEN', KEYS[2])
+  if n == 0 then
+    redis.call('ZREM', KEYS[1], member)
+    return {0}
+  end
+  if deadline > now then
+    redis.call('ZADD', KEYS[1], deadline, member)
+    return {0}
+  end
+  batch = '[' .. table.concat(redis.call('LRANGE', KEYS[2], 0, -1), ',') .. ']'
+  first_id = redis.call('HGET', KEYS[4], 'first_id') or ''
+  redis.call('DEL', KEYS[2])
+  redis.call('HDEL', KEYS[4], 'deadline', 'first_id', 'first_ms')
+end
+
+local batch_id = ARGV[6] .. ':' .. ARGV[7] .. ':' .. first_id
+local job = '{"batch_id":' .. cjson.encode(batch_id) .. ',"company_id":' .. ARGV[6] ..
+  ',"phone":"' .. ARGV[7] .. '","messages":' .. batch .. ',"enqueued_ms":' .. ARGV[2] .. ',"attempt":0}'
+redis.call('XADD', KEYS[6], '*', 'job', job)
+redis.call('SET', KEYS[5], batch_id, 'PX', ARGV[3])
+
+if redis.call('EXISTS', KEYS[3]) == 1 or redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), member)
+else
+  redis.call('ZREM', KEYS[1], member)
+end
+local late = now - score
+redis.call('LPUSH', KEYS[8], late)
+redis.call('LTRIM', KEYS[8], 0, tonumber(ARGV[9]) - 1)
+redis.call('HINCRBY', KEYS[7], 'batches_flushed', 1)
+redis.call('HINCRBY', KEYS[7], 'fragments_flushed', n)
+redis.call('HINCRBY', KEYS[7], 'buffered', -n)
+redis.call('PUBLISH', ARGV[8], 1)
+return {1, late, n, batch_id}
+"""
+
+# The worker took a job: the lease becomes its processing lease (visibility timeout based).
+# KEYS: 1 lease ; ARGV: 1 batch_id, 2 lease ms. Returns 1 when held by this job, 0 when another turn holds it.
+HOLD = """
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS: 1 queue, 2 lease, 3 due, 4 buf, 5 sealed, 6 meta, 7 stats
+# ARGV: 1 entry id, 2 group, 3 batch_id, 4 now_ms, 5 member, 6 wake channel
+ACK = (
+    _RELEASE_NEXT
+    + """
+local acked = redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
+redis.call('XDEL', KEYS[1], ARGV[1])
+if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+release_next(KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[5], tonumber(ARGV[4]), ARGV[6])
+if acked == 1 then redis.call('HINCRBY', KEYS[7], 'jobs_done', 1) end
+return acked
+"""
+)
+
+# A failed attempt that will be retried: the job waits in `delayed`, the lease keeps the turn.
+# KEYS: 1 queue, 2 delayed, 3 lease, 4 stats ; ARGV: 1 entry id, 2 group, 3 job json, 4 due ms,
+#       5 lease ms, 6 batch_id
+RETRY = """
+local acked = redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
+if acked == 0 then return 0 end
+redis.call('XDEL', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+if redis.call('GET', KEYS[3]) == ARGV[6] then redis.call('PEXPIRE', KEYS[3], ARGV[5]) end
+redis.call('HINCRBY', KEYS[4], 'jobs_retried', 1)
+return 1
+"""
+
+# KEYS: 1 queue, 2 dlq, 3 lease, 4 due, 5 buf, 6 sealed, 7 meta, 8 stats
+# ARGV: 1 entry id, 2 group, 3 job json, 4 error, 5 now_ms, 6 member, 7 wake channel, 8 batch_id,
+#       9 dlq max length
+DEAD_LETTER = (
+    _RELEASE_NEXT
+    + """
+local acked = redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
+if acked == 0 then return 0 end
+redis.call('XDEL', KEYS[1], ARGV[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[9], '*', 'job', ARGV[3], 'error', ARGV[4], 'failed_ms', ARGV[5])
+if redis.call('GET', KEYS[3]) == ARGV[8] then redis.call('DEL', KEYS[3]) end
+release_next(KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[6], tonumber(ARGV[5]), ARGV[7])
+redis.call('HINCRBY', KEYS[8], 'dead_letters', 1)
+return 1
+"""
+)
+
+# KEYS: 1 delayed, 2 queue, 3 stats ; ARGV: 1 now_ms, 2 limit, 3 jobs channel. Returns jobs moved.
+PROMOTE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, job in ipairs(due) do
+  redis.call('XADD', KEYS[2], '*', 'job', job)
+  redis.call('ZREM', KEYS[1], job)
+end
+if #due > 0 then redis.call('PUBLISH', ARGV[3], #due) end
+return #due
+"""
+
+# Re-enqueue a dead letter (the operator's replay). KEYS: 1 dlq, 2 queue ; ARGV: 1 entry id, 2 job json
+REPLAY = """
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', 'job', ARGV[2])
+return 1
+"""
+
+# Delivery statuses only move forward. KEYS: 1 status hash ; ARGV: 1 status, 2 rank, 3 ts_ms,
+# 4 error code, 5 ttl_ms. Returns 1 when applied, 0 when it would have moved backwards.
+STATUS = """
+local cur = tonumber(redis.call('HGET', KEYS[1], 'rank') or '0')
+if tonumber(ARGV[2]) <= cur then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'rank', ARGV[2], 'ts_ms', ARGV[3], 'error', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Scripts:
+    """The scripts registered on one client (EVALSHA, loaded on first use)."""
+
+    append: AsyncScript
+    claim: AsyncScript
+    hold: AsyncScript
+    ack: AsyncScript
+    retry: AsyncScript
+    dead_letter: AsyncScript
+    promote: AsyncScript
+    replay: AsyncScript
+    status: AsyncScript
+
+    @classmethod
+    def register(cls, redis: Redis) -> Scripts:
+        return cls(
+            append=redis.register_script(APPEND),
+            claim=redis.register_script(CLAIM),
+            hold=redis.register_script(HOLD),
+            ack=redis.register_script(ACK),
+            retry=redis.register_script(RETRY),
+            dead_letter=redis.register_script(DEAD_LETTER),
+            promote=redis.register_script(PROMOTE),
+            replay=redis.register_script(REPLAY),
+            status=redis.register_script(STATUS),
+        )

@@ -1,0 +1,353 @@
+"""The one typed, validated settings object, built once at start-up from AIADMIN_* variables."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import phonenumbers
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
+
+from system.phones import PhoneError, normalize_phone
+
+ENV_PREFIX = "AIADMIN_"
+TENANTS_ENV = "AIADMIN_TENANTS"
+DEFAULT_TIMEZONE = "Europe/Moscow"
+DEFAULT_TENANT_NAME = "Salon"
+_PYDANTIC_VALUE_ERROR = "Value error, "
+
+
+class SettingsError(Exception):
+    """The environment does not describe a usable configuration; the message names each variable."""
+
+
+class Tenant(BaseModel):
+    """One salon: a CRM company reachable through one WhatsApp phone number id."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    company_id: int = Field(gt=0, description="The salon's company id in the CRM.")
+    phone_number_id: str | None = Field(
+        default=None, min_length=1, description="The WhatsApp Cloud API phone number id that routes to it."
+    )
+    name: str = Field(min_length=1, description="A human-readable name for logs and reports.")
+    timezone: str = Field(default=DEFAULT_TIMEZONE, description="IANA time zone of the salon.")
+
+    @field_validator("phone_number_id", mode="before")
+    @classmethod
+    def _id_as_text(cls, value: Any) -> Any:
+        # An unquoted id in TOML arrives as an integer; it is still an opaque id.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+
+class Settings(BaseSettings):
+    """Every tunable of the system; build it with `load_settings` and pass it explicitly."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid", env_file=None)
+
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias="REDIS_URL",
+        description="Redis URL (REDIS_URL, no prefix); unset runs on an embedded fakeredis.",
+    )
+    batch_timeout_ms: int = Field(
+        default=9000, gt=0, description="Quiet time after a client's last message before the batch is sent."
+    )
+    max_batch_size: int = Field(
+        default=10, ge=1, le=1000, description="A batch is sealed early once it holds this many messages."
+    )
+    batch_ttl_s: int = Field(
+        default=600, gt=0, description="Lifetime of an open batch's Redis keys, refreshed on every message."
+    )
+    default_company_id: int = Field(
+        default=962302, gt=0, description="Company of messages that name none, and of the default tenant."
+    )
+    tenants_file: Path | None = Field(
+        default=None,
+        validation_alias=TENANTS_ENV,
+        description="TOML file with one [[tenant]] table per salon; unset serves one default salon.",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Shared secret the gateway sends with each webhook; unset disables the check.",
+    )
+    whatsapp_app_secret: SecretStr | None = Field(
+        default=None, description="Meta app secret for X-Hub-Signature-256; unset disables the check."
+    )
+    whatsapp_verify_token: SecretStr | None = Field(
+        default=None,
+        description="Token Meta echoes when subscribing the webhook; unset refuses subscriptions.",
+    )
+    stats_token: SecretStr | None = Field(
+        default=None, description="Bearer token for the stats endpoints; unset leaves them open."
+    )
+    dedup_ttl_s: int = Field(
+        default=604800, gt=0, description="How long a seen message id is remembered to drop redeliveries."
+    )
+    rate_limit_sender_burst: int = Field(
+        default=20, ge=0, description="Messages one sender may send at once; 0 disables the per-sender limit."
+    )
+    rate_limit_sender_per_min: int = Field(
+        default=30, gt=0, description="Sustained messages per minute allowed from one sender."
+    )
+    rate_limit_global_per_s: int = Field(
+        default=200, ge=0, description="Messages per second accepted per company; 0 disables the limit."
+    )
+    default_region: str = Field(
+        default="RU", description="Region for phone numbers in national format (8 900 ... in Russia)."
+    )
+    rate_limit_allowlist: Annotated[frozenset[str], NoDecode] = Field(
+        default=frozenset(),
+        description="Comma-separated phones exempt from rate limits, in any accepted form.",
+    )
+    max_body_bytes: int = Field(default=1048576, gt=0, description="Largest webhook body accepted, in bytes.")
+    max_message_chars: int = Field(default=4096, gt=0, description="Longest client message text accepted.")
+    redis_prefix: str = Field(default="aiadmin", min_length=1, description="Prefix of every Redis key.")
+    redis_shards: int = Field(
+        default=1, ge=1, le=1024, description="Number of shards conversations are spread over (by CRC32)."
+    )
+    queue_max_len: int = Field(
+        default=100000, gt=0, description="Approximate cap on the length of each shard's job stream."
+    )
+    visibility_timeout_s: float = Field(
+        default=60.0, gt=0, description="A claimed job not acknowledged within this time is redelivered."
+    )
+    max_attempts: int = Field(
+        default=5, ge=1, description="Deliveries of a job before it goes to the dead-letter stream."
+    )
+    retry_backoff_base_s: float = Field(
+        default=1.0, ge=0, description="First retry delay; it doubles on each further attempt."
+    )
+    retry_backoff_max_s: float = Field(default=60.0, ge=0, description="Upper bound of the retry delay.")
+    heartbeat_interval_s: float = Field(
+        default=1.0, gt=0, description="How often each batcher reports that it is alive."
+    )
+    heartbeat_stale_s: float = Field(
+        default=5.0, gt=0, description="A batcher silent for this long is considered dead."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Minimum level of log records: DEBUG, INFO, WARNING or ERROR."
+    )
+    log_json: bool = Field(default=True, description="Log one JSON object per line instead of plain text.")
+
+    _tenants: tuple[Tenant, ...] = PrivateAttr(default=())
+    _by_company: dict[int, Tenant] = PrivateAttr(default_factory=dict)
+    _by_phone_number_id: dict[str, Tenant] = PrivateAttr(default_factory=dict)
+
+    @field_validator(
+        "redis_url",
+        "tenants_file",
+        "webhook_secret",
+        "whatsapp_app_secret",
+        "whatsapp_verify_token",
+        "stats_token",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("default_region", mode="before")
+    @classmethod
+    def _known_region(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().upper()
+            if value not in phonenumbers.SUPPORTED_REGIONS:
+                raise ValueError(f"unknown region {value!r}; expected a two-letter code such as RU")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("rate_limit_allowlist", mode="before")
+    @classmethod
+    def _normalize_allowlist(cls, value: Any, info: ValidationInfo) -> Any:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple, set, frozenset)):
+            return value
+        region = info.data.get("default_region", "RU")
+        return frozenset(_allowlisted(str(item), region) for item in items if str(item).strip())
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if not self.visibility_timeout_s * 2 < self.batch_ttl_s:
+            raise ValueError(
+                "AIADMIN_VISIBILITY_TIMEOUT_S * 2 must be less than AIADMIN_BATCH_TTL_S "
+                f"(got {self.visibility_timeout_s} and {self.batch_ttl_s}): a batch must outlive a redelivery"
+            )
+        if self.retry_backoff_max_s < self.retry_backoff_base_s:
+            raise ValueError("AIADMIN_RETRY_BACKOFF_MAX_S must not be less than AIADMIN_RETRY_BACKOFF_BASE_S")
+        if self.heartbeat_stale_s <= self.heartbeat_interval_s:
+            raise ValueError("AIADMIN_HEARTBEAT_STALE_S must be greater than AIADMIN_HEARTBEAT_INTERVAL_S")
+        return self
+
+    @model_validator(mode="after")
+    def _load_tenants(self) -> Settings:
+        if self.tenants_file is None:
+            tenants: tuple[Tenant, ...] = (self._default_tenant(),)
+        else:
+            tenants = load_tenants(self.tenants_file)
+        self._tenants = tenants
+        self._by_company = {t.company_id: t for t in tenants}
+        self._by_phone_number_id = {t.phone_number_id: t for t in tenants if t.phone_number_id is not None}
+        return self
+
+    def _default_tenant(self) -> Tenant:
+        return Tenant(
+            company_id=self.default_company_id,
+            phone_number_id=None,
+            name=DEFAULT_TENANT_NAME,
+            timezone=DEFAULT_TIMEZONE,
+        )
+
+    @property
+    def tenants(self) -> tuple[Tenant, ...]:
+        """The salons served, loaded once at start-up."""
+        return self._tenants
+
+    def tenant_for_phone_number_id(self, pnid: str) -> Tenant | None:
+        """The salon behind a WhatsApp phone number id; without a tenants file, the default salon."""
+        if self.tenants_file is None:
+            return self._tenants[0]
+        return self._by_phone_number_id.get(pnid)
+
+    def tenant_for_company(self, company_id: int) -> Tenant | None:
+        """The salon with this CRM company id, if it is served."""
+        return self._by_company.get(company_id)
+
+
+def _allowlisted(item: str, region: str) -> str:
+    try:
+        return normalize_phone(item, default_region=region)
+    except PhoneError as exc:
+        raise ValueError(f"{item.strip()!r}: {exc}") from exc
+
+
+def load_tenants(path: Path) -> tuple[Tenant, ...]:
+    """Parse a tenants TOML file; ValueError names AIADMIN_TENANTS and the bad entry."""
+    entries = _read_tenant_tables(path)
+    tenants = tuple(_tenant_at(index, entry) for index, entry in enumerate(entries))
+    _check_unique(tenants, "company_id")
+    _check_unique(tenants, "phone_number_id")
+    return tenants
+
+
+def _read_tenant_tables(path: Path) -> list[Any]:
+    try:
+        with path.open("rb") as file:
+            doc = tomllib.load(file)
+    except OSError as exc:
+        raise ValueError(f"{TENANTS_ENV}: cannot read {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{TENANTS_ENV}: {path} is not valid TOML: {exc}") from exc
+    unknown = sorted(set(doc) - {"tenant"})
+    if unknown:
+        raise ValueError(f"{TENANTS_ENV}: {path}: unknown top-level keys {unknown}; expected [[tenant]] tables")
+    entries = doc.get("tenant")
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{TENANTS_ENV}: {path} defines no [[tenant]] tables")
+    return entries
+
+
+def _tenant_at(index: int, entry: Any) -> Tenant:
+    try:
+        return Tenant.model_validate(entry)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'entry'}: {_clean(err['msg'])}" for err in exc.errors()
+        )
+        raise ValueError(f"{TENANTS_ENV}: tenant[{index}]: {problems}") from None
+
+
+def _check_unique(tenants: tuple[Tenant, ...], attr: str) -> None:
+    first_index: dict[object, int] = {}
+    for index, tenant in enumerate(tenants):
+        value = getattr(tenant, attr)
+        if value is None:
+            continue
+        if value in first_index:
+            raise ValueError(
+                f"{TENANTS_ENV}: tenant[{index}].{attr}: duplicate {attr} {value!r} "
+                f"(already used by tenant[{first_index[value]}])"
+            )
+        first_index[value] = index
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """The environment source reading a given mapping instead of os.environ (as the dotenv source does)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self._mapping = env  # read by _load_env_vars, which the base __init__ calls
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._mapping, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from `env` only, or from os.environ when None; SettingsError when invalid."""
+    try:
+        if env is None:
+            return Settings(_env_file=None)  # type: ignore[call-arg]  # BaseSettings options are not fields
+        # Only the given mapping: no os.environ, no init arguments, no dotenv file.
+        sources = (_MappingEnvSource(Settings, env),)
+        return Settings(_build_sources=(sources, {}))  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise SettingsError(describe_errors(exc)) from None
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line per problem, each starting with the environment variable to fix."""
+    names = env_names()
+    lines = []
+    for err in exc.errors():
+        loc = err["loc"]
+        message = _clean(err["msg"])
+        if not loc:
+            lines.append(message)  # model-level checks already name their variables
+            continue
+        head = names.get(str(loc[0]), str(loc[0]))
+        tail = "".join(f"[{p}]" for p in loc[1:])
+        lines.append(f"{head}{tail}: {message}")
+    return "\n".join(lines)
+
+
+def env_names() -> dict[str, str]:
+    """Field name (and alias) → the environment variable that sets it."""
+    names: dict[str, str] = {}
+    for name, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        env = alias if isinstance(alias, str) else ENV_PREFIX + name.upper()
+        names[name] = env
+        names[env] = env
+    return names
+
+
+def _clean(message: str) -> str:
+    return message.removeprefix(_PYDANTIC_VALUE_ERROR)

@@ -1,0 +1,209 @@
+"""Batching contract: runs on fakeredis and on a real Redis server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from simulator.clock import VirtualClock
+from system.batcher import BatchProcessor
+from system.batching import AppendOutcome
+from system.models import InboundMessage, Job
+from system.queue import Delivery
+from system.runtime import Runtime
+
+from .conftest import START_MS
+
+Factory = Callable[..., InboundMessage]
+
+
+def processor(rt: Runtime, name: str = "b1") -> BatchProcessor:
+    return BatchProcessor(
+        rt.redis, store=rt.store, clock=rt.clock, metrics=rt.metrics, processor_id=name, heartbeat_interval_s=1.0
+    )
+
+
+async def flush_at(rt: Runtime, clock: VirtualClock, at_ms: int) -> list[Delivery]:
+    """Run one batcher pass at `at_ms` and take every job it enqueued."""
+    clock.advance_to(at_ms)
+    await processor(rt).tick()
+    return await rt.queue.read("w1", count=100, now_ms=at_ms)
+
+
+async def append(rt: Runtime, clock: VirtualClock, msg: InboundMessage, at_ms: int) -> AppendOutcome:
+    clock.advance_to(at_ms)
+    return await rt.store.append(msg, now_ms=at_ms)
+
+
+@pytest.fixture
+async def rt(make_runtime: Callable[..., Runtime]) -> Runtime:
+    runtime = make_runtime()
+    await runtime.start()
+    return runtime
+
+
+async def test_reference_fragments_merge_into_one_job(rt: Runtime, clock: VirtualClock, message: Factory) -> None:
+    texts = ["Хочу записаться", "на стрижку машинкой  ", "завтра в 15:00"]
+    sent = [message(t, received_ms=START_MS + 400 * i) for i, t in enumerate(texts)]
+    for i, m in enumerate(sent):
+        assert await append(rt, clock, m, START_MS + 400 * i) is AppendOutcome.ACCEPTED
+
+    [delivery] = await flush_at(rt, clock, START_MS + 800 + 9000)
+
+    job = delivery.job
+    assert job.text == "Хочу записаться на стрижку машинкой завтра в 15:00"
+    assert [m.message_id for m in job.messages] == [m.message_id for m in sent]
+    assert [m.received_ms for m in job.messages] == [START_MS, START_MS + 400, START_MS + 800]
+    assert (job.company_id, job.phone) == (962302, "79001234567")
+    assert job.batch_id == f"962302:79001234567:{sent[0].message_id}"
+
+
+async def test_batch_is_not_released_before_timeout_after_last_fragment(
+    rt: Runtime, clock: VirtualClock, message: Factory
+) -> None:
+    await append(rt, clock, message("привет"), START_MS)
+    await append(rt, clock, message("хочу на стрижку"), START_MS + 5000)
+
+    assert await flush_at(rt, clock, START_MS + 9000) == []  # 9 s after the first, 4 s after the last
+    assert await flush_at(rt, clock, START_MS + 5000 + 8999) == []
+    [delivery] = await flush_at(rt, clock, START_MS + 5000 + 9000)
+    assert len(delivery.job.messages) == 2
+    stats = await rt.stats.collect()
+    assert stats["flush_lateness_ms"]["max"] == 0
+    assert stats["batches_flushed"] == 1
+
+
+async def test_max_size_seals_at_once_and_the_next_fragment_starts_a_new_batch(
+    rt: Runtime, clock: VirtualClock, message: Factory
+) -> None:
+    for i in range(11):
+        await append(rt, clock, message(f"часть {i}"), START_MS + i)
+
+    [first] = await flush_at(rt, clock, START_MS + 11)  # sealed: due at once, no 9 s wait
+    assert [m.text for m in first.job.messages] == [f"часть {i}" for i in range(10)]
+    assert await rt.queue.ack(first, now_ms=START_MS + 20)
+
+    assert await flush_at(rt, clock, START_MS + 20) == []  # the 11th waits for its own deadline
+    [second] = await flush_at(rt, clock, START_MS + 10 + 9000)
+    assert [m.text for m in second.job.messages] == ["часть 10"]
+
+
+async def test_redelivered_message_id_is_batched_once(rt: Runtime, clock: VirtualClock, message: Factory) -> None:
+    m = message("Хочу записаться", message_id="wamid.same")
+    assert await append(rt, clock, m, START_MS) is AppendOutcome.ACCEPTED
+    assert await append(rt, clock, m, START_MS + 100) is AppendOutcome.DUPLICATE
+
+    [delivery] = await flush_at(rt, clock, START_MS + 100 + 9000)
+    assert len(delivery.job.messages) == 1
+    assert (await rt.stats.collect())["duplicates"] == 1
+
+
+async def test_same_phone_in_two_salons_makes_two_conversations(
+    rt: Runtime, clock: VirtualClock, message: Factory
+) -> None:
+    await append(rt, clock, message("в салон один", company_id=962302), START_MS)
+    await append(rt, clock, message("в салон два", company_id=100500), START_MS)
+
+    deliveries = await flush_at(rt, clock, START_MS + 9000)
+    assert sorted((d.job.company_id, d.job.text) for d in deliveries) == [
+        (100500, "в салон два"),
+        (962302, "в салон один"),
+    ]
+
+
+async def test_two_clients_writing_at_once_never_mix(rt: Runtime, clock: VirtualClock, message: Factory) -> None:
+    for i in range(3):
+        await append(rt, clock, message(f"a{i}", phone="79001111111"), START_MS + 10 * i)
+        await append(rt, clock, message(f"b{i}", phone="79002222222"), START_MS + 10 * i + 5)
+
+    deliveries = await flush_at(rt, clock, START_MS + 30 + 9000)
+    texts = {d.job.phone: d.job.text for d in deliveries}
+    assert texts == {"79001111111": "a0 a1 a2", "79002222222": "b0 b1 b2"}
+
+
+async def test_fragments_during_a_turn_wait_and_are_released_as_one_turn_after_the_ack(
+    rt: Runtime, clock: VirtualClock, message: Factory
+) -> None:
+    await append(rt, clock, message("первый вопрос"), START_MS)
+    [first] = await flush_at(rt, clock, START_MS + 9000)
+    assert await rt.queue.hold(first)
+
+    await append(rt, clock, message("ещё"), START_MS + 9500)
+    await append(rt, clock, message("и вот это"), START_MS + 9600)
+    # their deadline passes while the first turn is still in flight: nothing is released
+    assert await flush_at(rt, clock, START_MS + 9600 + 9000) == []
+    assert await flush_at(rt, clock, START_MS + 30_000) == []
+
+    assert await rt.queue.ack(first, now_ms=START_MS + 30_000)
+    [second] = await flush_at(rt, clock, START_MS + 30_000)
+    assert second.job.text == "ещё и вот это"
+
+
+async def test_ack_releases_a_waiting_batch_only_at_its_own_deadline(
+    rt: Runtime, clock: VirtualClock, message: Factory
+) -> None:
+    await append(rt, clock, message("раз"), START_MS)
+    [first] = await flush_at(rt, clock, START_MS + 9000)
+    await append(rt, clock, message("два"), START_MS + 9100)
+    await rt.queue.ack(first, now_ms=START_MS + 9200)
+
+    assert await flush_at(rt, clock, START_MS + 9200) == []
+    [second] = await flush_at(rt, clock, START_MS + 9100 + 9000)
+    assert second.job.text == "два"
+
+
+async def test_sender_flood_is_limited_and_counted_while_a_fast_typist_passes(
+    rt: Runtime, clock: VirtualClock, message: Factory
+) -> None:
+    typist = [await append(rt, clock, message(f"t{i}", phone="79003333333"), START_MS + 500 * i) for i in range(10)]
+    assert set(typist) == {AppendOutcome.ACCEPTED}
+
+    flood = [await append(rt, clock, message(f"f{i}", phone="79004444444"), START_MS + i) for i in range(40)]
+    limited = [o for o in flood if o.rate_limited]
+    assert flood[:20] == [AppendOutcome.ACCEPTED] * 20
+    assert len(limited) == 20
+    assert (await rt.stats.collect())["rate_limited_messages"] == 20
+
+
+async def test_allowlisted_test_number_is_never_rate_limited(
+    make_runtime: Callable[..., Runtime], clock: VirtualClock, message: Factory
+) -> None:
+    rt = make_runtime(rate_limit_allowlist="+7 900 555-55-55")
+    outcomes = [await append(rt, clock, message(f"{i}", phone="79005555555"), START_MS + i) for i in range(100)]
+    assert set(outcomes) == {AppendOutcome.ACCEPTED}
+
+
+async def test_company_wide_limit_stops_a_flood_from_many_senders(
+    make_runtime: Callable[..., Runtime], clock: VirtualClock, message: Factory
+) -> None:
+    rt = make_runtime(rate_limit_global_per_s=50)
+    outcomes = [await append(rt, clock, message("спам", phone=f"7900{i:07d}"), START_MS + i // 10) for i in range(200)]
+    accepted = outcomes.count(AppendOutcome.ACCEPTED)
+    assert 50 <= accepted <= 52
+    assert outcomes.count(AppendOutcome.COMPANY_LIMITED) == 200 - accepted
+
+
+async def test_claim_by_two_processors_enqueues_once(rt: Runtime, clock: VirtualClock, message: Factory) -> None:
+    for i in range(50):
+        await append(rt, clock, message("x", phone=f"7901{i:07d}"), START_MS)
+    clock.advance_to(START_MS + 9000)
+    a, b = processor(rt, "a"), processor(rt, "b")
+    assert await a.tick() + await b.tick() == 50
+    jobs = await rt.queue.read("w", count=200, now_ms=START_MS + 9000)
+    assert len({d.job.batch_id for d in jobs}) == len(jobs) == 50
+
+
+async def test_stats_show_open_batches_with_masked_phones(rt: Runtime, clock: VirtualClock, message: Factory) -> None:
+    await append(rt, clock, message("привет", phone="79001234567"), START_MS)
+    stats = await rt.stats.collect()
+    assert stats["open_batches"] == 1
+    assert stats["buffered_messages"] == 1
+    assert stats["next_batches"] == [{"company_id": 962302, "phone": "79*******67", "due_in_ms": 9000}]
+    assert "79001234567" not in str(stats)
+
+
+def test_job_json_round_trip(message: Factory) -> None:
+    m = message("текст").as_batched()
+    job = Job(batch_id="962302:7900:x", company_id=962302, phone="79001234567", messages=(m,), enqueued_ms=5)
+    assert Job.from_json(job.to_json()) == job
