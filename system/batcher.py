@@ -39,6 +39,8 @@ class BatchProcessor:
         self._id = processor_id
         self._heartbeat_interval_s = heartbeat_interval_s
         self._last_beat_ms: int | None = None
+        self._stopping = False
+        self._wake = asyncio.Event()
 
     async def tick(self) -> int:
         """Claim everything due now; returns the number of jobs enqueued."""
@@ -90,17 +92,27 @@ class BatchProcessor:
     async def retire(self) -> None:
         await self._redis.zrem(self._keys.batchers, self._id)
 
+    def stop(self) -> None:
+        """Ask `run` to return after the current pass.
+
+        A flag, not task cancellation: a cancel landing inside a Redis client call can be swallowed.
+        """
+        self._stopping = True
+        self._wake.set()
+
     async def run(self) -> None:
-        """Run until cancelled."""
-        listener = ChannelListener(self._redis, [s.wake_channel for s in self._keys.all_shards])
+        """Run until `stop()` (or cancellation)."""
+        listener = ChannelListener(self._redis, [s.wake_channel for s in self._keys.all_shards], event=self._wake)
         await listener.start()
         log.info("batcher_started", processor_id=self._id, shards=self._keys.shards)
         try:
-            while True:
-                listener.event.clear()
+            while not self._stopping:
+                self._wake.clear()
                 await self.tick()
                 await self.heartbeat()
-                await wait_event(self._clock, listener.event, timeout_s=await self._idle_s())
+                idle_s = await self._idle_s()
+                if not self._stopping:
+                    await wait_event(self._clock, self._wake, timeout_s=idle_s)
         finally:
             await listener.stop()
             await asyncio.shield(self.retire())

@@ -88,6 +88,10 @@ class BatchStore:
     def keys(self) -> Keys:
         return self._keys
 
+    @property
+    def config(self) -> BatchConfig:
+        return self._config
+
     async def append(self, message: InboundMessage, *, now_ms: int) -> AppendOutcome:
         return (await self.append_many([message], now_ms=now_ms))[0]
 

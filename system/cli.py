@@ -8,10 +8,11 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from importlib.metadata import entry_points
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
+import structlog
 import typer
 import uvicorn
 
@@ -22,6 +23,10 @@ from system.runtime import Runtime
 from system.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="AI Admin: a WhatsApp administrator for salons.")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SHUTDOWN_TIMEOUT_S = 10.0
+log = structlog.get_logger(__name__)
+
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: jobs that failed for good.")
 app.add_typer(dlq_app, name="dlq")
 
@@ -60,21 +65,71 @@ def processor_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-async def serve_http(rt: Runtime, *, host: str, port: int, also: list[Awaitable[None]] | None = None) -> None:
-    """Serve the API until SIGINT/SIGTERM; `also` runs beside it and is cancelled afterwards."""
+class _Server(uvicorn.Server):
+    """uvicorn's server with our signal handling: SIGTERM/SIGINT shut down gracefully and exit 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, self._stop)
+        try:
+            yield
+        finally:
+            for sig in STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+
+    def _stop(self) -> None:
+        self.force_exit = self.should_exit  # a second signal stops at once
+        self.should_exit = True
+
+
+class Service(Protocol):
+    """A long-running component: `run()` until `stop()` is called."""
+
+    async def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+async def serve_http(rt: Runtime, *, host: str, port: int, services: Sequence[Service] = ()) -> None:
+    """Serve the API until SIGINT/SIGTERM; `services` run beside it and are stopped afterwards."""
     config = uvicorn.Config(
         create_app(rt), host=host, port=port, log_config=None, access_log=False, lifespan="off", http="httptools"
     )
-    server = uvicorn.Server(config)
-    tasks = [asyncio.ensure_future(a) for a in also or []]
+    server = _Server(config)
+    tasks = [asyncio.ensure_future(s.run()) for s in services]
     try:
         await server.serve()
     finally:
-        for task in tasks:
+        await stop_services(services, tasks)
+
+
+async def stop_services(services: Sequence[Service], tasks: Sequence[asyncio.Future[None]]) -> None:
+    for service in services:
+        service.stop()
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT_S)
+        for task in pending:  # past the deadline: what is left is reclaimed by other processes
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+
+
+async def run_until_stopped(service: Service) -> None:
+    """Run `service` until it ends or SIGINT/SIGTERM stops it."""
+    task = asyncio.ensure_future(service.run())
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        log.info("stop_signal", signal=sig.name)
+        service.stop()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await task
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
 
 
 @app.command()
@@ -104,14 +159,8 @@ def batcher() -> None:
     async def main() -> None:
         rt = Runtime.build(settings)
         await rt.start()
-        processor = new_batch_processor(rt)
-        task = asyncio.ensure_future(processor.run())
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
         try:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await run_until_stopped(new_batch_processor(rt))
         finally:
             await rt.close()
 
@@ -130,7 +179,7 @@ def run(
         rt = Runtime.build(settings)
         await rt.start()
         try:
-            await serve_http(rt, host=host, port=port, also=[new_batch_processor(rt).run()])
+            await serve_http(rt, host=host, port=port, services=[new_batch_processor(rt)])
         finally:
             await rt.close()
 

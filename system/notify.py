@@ -17,43 +17,51 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 log = structlog.get_logger(__name__)
 
 RESUBSCRIBE_DELAY_S = 0.5
+READ_TIMEOUT_S = 1.0
+STOP_TIMEOUT_S = 2.0
 
 
 class ChannelListener:
     """Sets `event` on every message published to `channels`."""
 
-    def __init__(self, redis: Redis, channels: Sequence[str]) -> None:
+    def __init__(self, redis: Redis, channels: Sequence[str], *, event: asyncio.Event | None = None) -> None:
         self._redis = redis
         self._channels = list(channels)
-        self.event = asyncio.Event()
+        self.event = event or asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self._closing = False
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="channel-listener")
         await self._subscribed.wait()
 
     async def stop(self) -> None:
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            _, pending = await asyncio.wait({self._task}, timeout=STOP_TIMEOUT_S)
+            if pending:
+                log.warning("pubsub_listener_did_not_stop", timeout_s=STOP_TIMEOUT_S)
             self._task = None
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(*self._channels)
                 self._subscribed.set()
                 # Anything published while we were (re)subscribing is covered by one extra wake-up.
                 self.event.set()
-                async for _ in pubsub.listen():
-                    self.event.set()
+                # Bounded reads rather than listen(): the loop re-checks `_closing` at least every
+                # READ_TIMEOUT_S, so a cancellation swallowed inside the client cannot hang shutdown.
+                while not self._closing:
+                    if await pubsub.get_message(ignore_subscribe_messages=True, timeout=READ_TIMEOUT_S):
+                        self.event.set()
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 log.warning("pubsub_lost", error=str(exc))
                 self._subscribed.set()
                 await asyncio.sleep(RESUBSCRIBE_DELAY_S)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await asyncio.wait_for(pubsub.aclose(), STOP_TIMEOUT_S)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import fakeredis
 import pytest
@@ -26,13 +27,20 @@ def redis() -> Redis:
     return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(version=(7,)))
 
 
-async def run_processor(rt: Runtime, clock: VirtualClock, heartbeat_s: float = 1.0) -> asyncio.Task[None]:
-    processor = BatchProcessor(
+@asynccontextmanager
+async def running(processor: BatchProcessor) -> AsyncIterator[None]:
+    task = asyncio.create_task(processor.run())
+    try:
+        yield
+    finally:
+        processor.stop()
+        await task
+
+
+def new_processor(rt: Runtime, *, heartbeat_s: float = 1.0) -> BatchProcessor:
+    return BatchProcessor(
         rt.redis, store=rt.store, clock=rt.clock, metrics=rt.metrics, processor_id="p", heartbeat_interval_s=heartbeat_s
     )
-    task = asyncio.create_task(processor.run())
-    await clock.settle()
-    return task
 
 
 async def jobs_now(rt: Runtime, clock: VirtualClock) -> list[str]:
@@ -44,9 +52,9 @@ async def test_batch_fires_9000_ms_after_the_last_fragment_and_not_before(
 ) -> None:
     rt = make_runtime()
     await rt.start()
-    task = await run_processor(rt, clock)
     started = time.perf_counter()
-    try:
+    async with running(new_processor(rt)):
+        await clock.settle()
         for i, text in enumerate(["Хочу записаться", "на стрижку машинкой", "завтра в 15:00"]):
             await clock.run_until(START_MS + 300 * i)
             await rt.store.append(message(text), now_ms=clock.now_ms())
@@ -58,9 +66,6 @@ async def test_batch_fires_9000_ms_after_the_last_fragment_and_not_before(
         assert await jobs_now(rt, clock) == ["Хочу записаться на стрижку машинкой завтра в 15:00"]
         stats = await rt.stats.collect()
         assert stats["flush_lateness_ms"]["max"] == 0
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
     assert time.perf_counter() - started < 2.0  # 9.6 s of salon time
 
 
@@ -69,17 +74,14 @@ async def test_an_earlier_deadline_wakes_a_sleeping_processor(
 ) -> None:
     rt = make_runtime(max_batch_size=3)
     await rt.start()
-    task = await run_processor(rt, clock)
-    try:
+    async with running(new_processor(rt)):
+        await clock.settle()
         await rt.store.append(message("раз", phone="79001111111"), now_ms=clock.now_ms())
         await clock.settle()  # the processor now sleeps on the clock (heartbeat 1 s, deadline 9 s)
         for text in ("а", "б", "в"):  # a full batch of another client is due at once
             await rt.store.append(message(text, phone="79002222222"), now_ms=clock.now_ms())
         await clock.run_until(START_MS)  # no time passes: only the wake-up can deliver it
         assert await jobs_now(rt, clock) == ["а б в"]
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 @pytest.mark.redis
@@ -89,11 +91,7 @@ async def test_a_sealed_batch_wakes_a_processor_sleeping_on_real_redis(
     clock = WallClock()
     rt = Runtime.build(make_settings(max_batch_size=3), redis=real_redis, clock=clock)
     await rt.start()
-    processor = BatchProcessor(
-        rt.redis, store=rt.store, clock=clock, metrics=rt.metrics, processor_id="p", heartbeat_interval_s=30
-    )
-    task = asyncio.create_task(processor.run())
-    try:
+    async with running(new_processor(rt, heartbeat_s=30)):
         await rt.store.append(message("раз", phone="79001111111"), now_ms=clock.now_ms())
         while not await rt.redis.zcard(rt.keys.batchers):  # the processor has started and gone to sleep
             await asyncio.sleep(0.01)
@@ -104,8 +102,5 @@ async def test_a_sealed_batch_wakes_a_processor_sleeping_on_real_redis(
         while not jobs and time.perf_counter() - sent_at < 5:
             jobs = [d.job.text for d in await rt.queue.read("w", count=10, now_ms=clock.now_ms())]
         waited = time.perf_counter() - sent_at
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
     assert jobs == ["а б в"]
     assert waited < 1.0  # the 9 s deadline and the 30 s heartbeat are far away

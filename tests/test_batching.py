@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
+from redis.crc import key_slot
 
 from simulator.clock import VirtualClock
 from system.batcher import BatchProcessor
-from system.batching import AppendOutcome
+from system.batching import AppendOutcome, BatchStore, ClaimResult
+from system.keys import Keys
 from system.models import InboundMessage, Job
 from system.queue import Delivery
 from system.runtime import Runtime
@@ -207,3 +211,52 @@ def test_job_json_round_trip(message: Factory) -> None:
     m = message("текст").as_batched()
     job = Job(batch_id="962302:7900:x", company_id=962302, phone="79001234567", messages=(m,), enqueued_ms=5)
     assert Job.from_json(job.to_json()) == job
+
+
+async def test_next_batch_is_released_when_the_lease_of_a_lost_turn_expires(
+    redis: object, make_runtime: Callable[..., Runtime], clock: VirtualClock, message: Factory
+) -> None:
+    rt = make_runtime()
+    await rt.start()
+    # The lease lives on the server's clock: a short one keeps the test quick.
+    store = BatchStore(rt.redis, keys=rt.keys, config=replace(rt.store.config, queued_lease_ms=60))
+    await store.append(message("первый"), now_ms=START_MS)
+    clock.advance_to(START_MS + 9000)
+    await store.claim(rt.keys.shard(0), ["962302:79001234567"], now_ms=START_MS + 9000)
+    [lost] = await rt.queue.read("dies", count=10, now_ms=START_MS + 9000)  # this consumer never acks
+    await store.append(message("второй"), now_ms=START_MS + 9001)
+
+    assert await store.claim(rt.keys.shard(0), ["962302:79001234567"], now_ms=START_MS + 18_001) == [
+        ClaimResult(member="962302:79001234567", status=-1)
+    ]
+    await asyncio.sleep(0.1)
+    due_at = await store.next_deadline_ms()
+    assert due_at is not None
+    [result] = await store.claim(rt.keys.shard(0), ["962302:79001234567"], now_ms=max(due_at, START_MS + 18_001))
+    assert result.status == 1
+    [second] = await rt.queue.read("w2", count=10, now_ms=START_MS + 18_001)
+    assert second.job.text == "второй"
+    assert lost.job.text == "первый"
+
+
+def test_every_key_a_script_touches_for_a_conversation_is_in_one_hash_slot() -> None:
+    keys = Keys(prefix="aiadmin", shards=16)
+    for i in range(200):
+        shard, conv = keys.conversation(962302 + i % 3, f"7900{i:07d}")
+        names = [
+            conv.buf,
+            conv.sealed,
+            conv.meta,
+            conv.lease,
+            conv.rate,
+            conv.rate_company,
+            conv.seen("wamid.x"),
+            shard.due,
+            shard.queue,
+            shard.delayed,
+            shard.dlq,
+            shard.stats,
+            shard.lateness,
+        ]
+        assert len({key_slot(n.encode()) for n in names}) == 1
+    assert len({key_slot(s.due.encode()) for s in keys.all_shards}) == 16

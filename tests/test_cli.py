@@ -1,0 +1,130 @@
+"""The `aiadmin` processes as an operator starts them: real ports, real signals."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from system.keys import Keys
+from system.queue import JobQueue, QueueConfig
+from system.settings import load_settings
+
+from .conftest import REAL_REDIS_URL
+
+STARTUP_DEADLINE_S = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIADMIN_") and k != "REDIS_URL"}
+    return {**env, "AIADMIN_LOG_LEVEL": "WARNING", **extra}
+
+
+def aiadmin(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "system", *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@contextmanager
+def process(*args: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """A running `aiadmin` process whose log lines (stderr) land in `proc.log_path`."""
+    with tempfile.NamedTemporaryFile(prefix="aiadmin-", suffix=".log", delete=False) as log:
+        proc = subprocess.Popen([sys.executable, "-m", "system", *args], env=env, stdout=subprocess.DEVNULL, stderr=log)
+    proc.log_path = log.name  # type: ignore[attr-defined]
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        os.unlink(log.name)
+
+
+def wait_until_ready(url: str) -> httpx.Response:
+    deadline = time.monotonic() + STARTUP_DEADLINE_S
+    last: Exception | httpx.Response | None = None
+    while time.monotonic() < deadline:
+        try:
+            last = httpx.get(f"{url}/ready", timeout=1)
+            if last.status_code == 200:
+                return last
+        except httpx.TransportError as exc:
+            last = exc
+        time.sleep(0.05)
+    raise AssertionError(f"not ready within {STARTUP_DEADLINE_S} s: {last!r}")
+
+
+def test_a_bad_setting_stops_start_up_naming_the_variable() -> None:
+    result = aiadmin("run", env=base_env(AIADMIN_BATCH_TIMEOUT_MS="soon"))
+    assert result.returncode == 2
+    assert "AIADMIN_BATCH_TIMEOUT_MS" in result.stderr
+
+
+def test_separate_processes_need_redis_url() -> None:
+    result = aiadmin("api", env=base_env())
+    assert result.returncode == 2
+    assert "REDIS_URL" in result.stderr
+
+
+def test_run_serves_the_embedded_system_and_stops_cleanly_on_sigterm() -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with process("run", "--port", str(port), env=base_env(AIADMIN_LOG_LEVEL="INFO")) as proc:
+        assert wait_until_ready(url).json()["checks"] == {"redis": "ok", "batch_processor": "ok"}
+        r = httpx.post(f"{url}/webhook/whatsapp/batched", json={"from": "79001234567", "message": "привет"})
+        assert (r.status_code, r.json()["accepted"]) == (200, 1)
+        stats = httpx.get(f"{url}/webhook/whatsapp/batched/stats").json()
+        assert stats["buffered_messages"] == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        with open(proc.log_path, encoding="utf-8") as log:  # type: ignore[attr-defined]
+            assert "79001234567" not in log.read()
+
+
+@pytest.mark.redis
+async def test_api_and_batcher_as_separate_processes_hand_a_batch_to_the_queue(real_redis: Redis) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = base_env(REDIS_URL=REAL_REDIS_URL, AIADMIN_BATCH_TIMEOUT_MS="50", AIADMIN_REDIS_PREFIX="clitest")
+    settings = load_settings({k: v for k, v in env.items() if k.startswith(("AIADMIN_", "REDIS_URL"))})
+    queue = JobQueue(
+        real_redis,
+        keys=Keys(prefix="clitest", shards=settings.redis_shards),
+        config=QueueConfig.from_settings(settings),
+        rng=random.Random(0),
+    )
+    with process("api", "--port", str(port), env=env), process("batcher", env=env) as batcher:
+        wait_until_ready(url)
+        for text in ("Хочу записаться", "на стрижку машинкой"):
+            r = httpx.post(f"{url}/webhook/whatsapp/batched", json={"from": "89001234567", "message": text})
+            assert r.status_code == 200
+        deadline = time.monotonic() + 5
+        jobs = []
+        while not jobs and time.monotonic() < deadline:
+            jobs = await queue.read("test", count=10, now_ms=int(time.time() * 1000))
+        batcher.send_signal(signal.SIGTERM)
+        assert batcher.wait(timeout=10) == 0
+    assert [d.job.text for d in jobs] == ["Хочу записаться на стрижку машинкой"]
+    assert jobs[0].job.phone == "79001234567"
