@@ -20,6 +20,7 @@ import phonenumbers
 ERROR_STATUS = -1  # recorded when a connection fails or answers garbage mid-request
 CONNECT_TIMEOUT_S = 2.0
 DRAIN_TIMEOUT_S = 10.0  # how long a phase waits for answers still in flight once it has ended
+_MAX_SLEEPS = 1000  # a sleep that woke early is repeated; each repeat is shorter, so a few suffice
 _HEAD_END = b"\r\n\r\n"
 _LENGTH_HEADER = b"\r\ncontent-length:"
 _MOBILE_PREFIXES = ("7900", "7916", "7926", "7903")  # Russian mobile ranges phonenumbers knows as valid
@@ -192,6 +193,19 @@ class Connection(asyncio.Protocol):
             self._transport.close()
 
 
+async def sleep_until(when_s: float) -> None:
+    """Sleep until `when_s` on the performance counter, never returning early.
+
+    uvloop's timers have millisecond resolution and may fire up to a millisecond early; a request sent
+    before its scheduled time would have its latency understated, so the remainder is slept again.
+    """
+    for _ in range(_MAX_SLEEPS):
+        delay_s = when_s - time.perf_counter()
+        if delay_s <= 0:
+            return
+        await asyncio.sleep(delay_s)
+
+
 async def connect(target: Target, on_response: ResponseCallback) -> Connection:
     loop = asyncio.get_running_loop()
     _, conn = await asyncio.wait_for(
@@ -300,9 +314,7 @@ class _OpenLoop:
         start_s = time.perf_counter()
         for i, request in enumerate(requests):
             scheduled_s = start_s + i * interval_s
-            delay_s = scheduled_s - time.perf_counter()
-            if delay_s > 0:
-                await asyncio.sleep(delay_s)
+            await sleep_until(scheduled_s)
             self._dispatch(scheduled_s, request)
         if self._outstanding:
             try:

@@ -5,15 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from redis.asyncio import Redis
 
+from system.coalesce import Coalescer
 from system.keys import Keys, ShardKeys
 from system.models import InboundMessage
-from system.scripts import Scripts
+from system.scripts import Script, ScriptBatch, Scripts, append_script
 from system.settings import Settings
 
 LATENESS_KEPT = 1000
+APPEND_PIPELINE_MAX = 256  # appends per round trip when many requests arrive at once
 
 
 class AppendOutcome(IntEnum):
@@ -83,10 +86,30 @@ class BatchStore:
         self._keys = keys
         self._config = config
         self._scripts = Scripts.register(redis)
+        self._append_script = Script(
+            redis,
+            append_script(
+                timeout_ms=config.timeout_ms,
+                max_size=config.max_size,
+                ttl_ms=config.ttl_ms,
+                dedup_ttl_ms=config.dedup_ttl_ms,
+                sender_burst=config.sender_burst,
+                sender_refill_per_ms=config.sender_refill_per_ms,
+                company_burst=config.company_burst,
+                company_refill_per_ms=config.company_refill_per_ms,
+            ),
+        )
+        self._appends: Coalescer[tuple[InboundMessage, int], AppendOutcome] = Coalescer(
+            self._append_pipeline, max_items=APPEND_PIPELINE_MAX
+        )
 
     @property
     def keys(self) -> Keys:
         return self._keys
+
+    async def load_scripts(self) -> None:
+        await self._append_script.load()
+        await self._scripts.load()
 
     @property
     def config(self) -> BatchConfig:
@@ -96,20 +119,23 @@ class BatchStore:
         return (await self.append_many([message], now_ms=now_ms))[0]
 
     async def append_many(self, messages: Sequence[InboundMessage], *, now_ms: int) -> list[AppendOutcome]:
-        """Append each message to its conversation's open batch, in order, in one round-trip."""
-        if len(messages) == 1:
-            return [AppendOutcome(int((await self._append(messages[0], now_ms, self._redis))[0]))]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for message in messages:
-                await self._append(message, now_ms, pipe)
-            results = await pipe.execute()
-        return [AppendOutcome(int(r[0])) for r in results]
+        """Append each message to its conversation's open batch, in order.
 
-    def _append(self, message: InboundMessage, now_ms: int, client: Redis) -> object:
-        c = self._config
+        Appends of concurrent callers share one pipeline; each append is still its own atomic script.
+        """
+        return await self._appends.submit([(m, now_ms) for m in messages])
+
+    async def _append_pipeline(self, items: list[tuple[InboundMessage, int]]) -> list[AppendOutcome | BaseException]:
+        batch = ScriptBatch(self._redis)
+        for message, now_ms in items:
+            self._append(batch, message, now_ms)
+        results = await batch.run()
+        return [r if isinstance(r, BaseException) else AppendOutcome(int(r[0])) for r in results]
+
+    def _append(self, batch: ScriptBatch, message: InboundMessage, now_ms: int) -> None:
         shard, conv = self._keys.conversation(message.company_id, message.phone)
-        limited = message.phone not in c.allowlist
-        return self._scripts.append(
+        batch.add(
+            self._append_script,
             keys=[
                 conv.buf,
                 conv.sealed,
@@ -123,59 +149,51 @@ class BatchStore:
             ],
             args=[
                 now_ms,
-                c.timeout_ms,
-                c.max_size,
-                c.ttl_ms,
                 message.to_json(),
                 message.message_id,
-                c.dedup_ttl_ms,
-                c.sender_burst if limited else 0,
-                c.sender_refill_per_ms,
-                c.company_burst if limited else 0,
-                c.company_refill_per_ms,
                 conv.member,
+                "0" if message.phone in self._config.allowlist else "1",
                 shard.wake_channel,
             ],
-            client=client,
         )
 
     async def due(self, shard: ShardKeys, *, now_ms: int, limit: int) -> list[str]:
-        raw = await self._redis.zrangebyscore(shard.due, "-inf", now_ms, start=0, num=limit)
+        raw: Any = await self._redis.zrangebyscore(shard.due, "-inf", now_ms, start=0, num=limit)
         return [m.decode() if isinstance(m, bytes) else m for m in raw]
 
     async def claim(self, shard: ShardKeys, members: Sequence[str], *, now_ms: int) -> list[ClaimResult]:
         """Claim each due conversation's batch into the queue; safe to race with other batchers."""
         if not members:
             return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for member in members:
-                _, conv = self._keys.conversation_of_member(member)
-                company, _, phone = member.partition(":")
-                await self._scripts.claim(
-                    keys=[
-                        shard.due,
-                        conv.buf,
-                        conv.sealed,
-                        conv.meta,
-                        conv.lease,
-                        shard.queue,
-                        shard.stats,
-                        shard.lateness,
-                    ],
-                    args=[
-                        member,
-                        now_ms,
-                        self._config.queued_lease_ms,
-                        self._config.queue_max_len,
-                        self._config.ttl_ms,
-                        company,
-                        phone,
-                        shard.jobs_channel,
-                        LATENESS_KEPT,
-                    ],
-                    client=pipe,
-                )
-            results = await pipe.execute()
+        batch = ScriptBatch(self._redis)
+        for member in members:
+            _, conv = self._keys.conversation_of_member(member)
+            company, _, phone = member.partition(":")
+            batch.add(
+                self._scripts.claim,
+                keys=[
+                    shard.due,
+                    conv.buf,
+                    conv.sealed,
+                    conv.meta,
+                    conv.lease,
+                    shard.queue,
+                    shard.stats,
+                    shard.lateness,
+                ],
+                args=[
+                    member,
+                    now_ms,
+                    self._config.queued_lease_ms,
+                    self._config.queue_max_len,
+                    self._config.ttl_ms,
+                    company,
+                    phone,
+                    shard.jobs_channel,
+                    LATENESS_KEPT,
+                ],
+            )
+        results = await batch.run()
         return [_claim_result(member, raw) for member, raw in zip(members, results, strict=True)]
 
     async def next_deadline_ms(self) -> int | None:
@@ -188,7 +206,9 @@ class BatchStore:
         return min(scores) if scores else None
 
 
-def _claim_result(member: str, raw: list[object]) -> ClaimResult:
+def _claim_result(member: str, raw: list[object] | BaseException) -> ClaimResult:
+    if isinstance(raw, BaseException):
+        raise raw
     status = int(raw[0])  # type: ignore[call-overload]
     if status != 1:
         return ClaimResult(member=member, status=status)

@@ -246,9 +246,15 @@ def _parse_entry(raw: str) -> tuple[int, str]:
     return int(shard), entry_id
 
 
-def _load_plugins() -> None:
-    """Commands of the simulator, benchmarks and reports register as `aiadmin.commands` entry points."""
+def _load_plugins(argv: Sequence[str]) -> None:
+    """Commands of the simulator, benchmarks and reports register as `aiadmin.commands` entry points.
+
+    Only the command being run is imported (all of them for help), so production processes stay lean.
+    """
+    wanted = argv[0] if argv and not argv[0].startswith("-") else None
     for ep in entry_points(group="aiadmin.commands"):
+        if wanted is not None and ep.name != wanted:
+            continue
         try:
             command = ep.load()
         except ImportError as exc:  # an optional part that is not installed
@@ -261,5 +267,5 @@ def _load_plugins() -> None:
 
 
 def main() -> None:
-    _load_plugins()
+    _load_plugins(sys.argv[1:])
     app()

@@ -15,10 +15,11 @@ from system.metrics import Metrics
 from system.models import Rejected
 from system.payloads import ParseResult
 from system.phones import mask_phone
-from system.scripts import Scripts
+from system.scripts import ScriptBatch, Scripts
 
 log = structlog.get_logger(__name__)
 
+_OUTCOMES = ("accepted", "duplicate", "rate_limited", "rejected", "ignored")
 IGNORED_KEPT = 10_000
 STATUS_TTL_MS = 7 * 24 * 3600 * 1000
 
@@ -61,6 +62,7 @@ class Ingestor:
         self._clock = clock
         self._metrics = metrics
         self._scripts = Scripts.register(redis)
+        self._outcomes = {o: metrics.messages.labels(o) for o in _OUTCOMES}
 
     async def ingest(self, parsed: ParseResult) -> IngestReport:
         accepted: list[str] = []
@@ -89,17 +91,15 @@ class Ingestor:
                         phone=mask_phone(message.phone),
                         message_id=message.message_id,
                     )
-                log.debug("message_appended", outcome=outcome.name.lower(), text=message.text)
+                log.debug("message_appended", outcome=outcome.name, text=message.text)
         if parsed.ignored or parsed.rejected:
             await self._record_unbatched(parsed.ignored, parsed.rejected)
         if parsed.statuses:
             await self._record_statuses(parsed)
-        m = self._metrics.messages
-        m.labels("accepted").inc(len(accepted))
-        m.labels("duplicate").inc(len(duplicates))
-        m.labels("rate_limited").inc(len(limited))
-        m.labels("rejected").inc(len(parsed.rejected))
-        m.labels("ignored").inc(len(parsed.ignored))
+        counts = (len(accepted), len(duplicates), len(limited), len(parsed.rejected), len(parsed.ignored))
+        for label, count in zip(_OUTCOMES, counts, strict=True):
+            if count:
+                self._outcomes[label].inc(count)
         return IngestReport(
             accepted=tuple(accepted),
             duplicates=tuple(duplicates),
@@ -134,19 +134,24 @@ class Ingestor:
             await pipe.execute()
 
     async def _record_statuses(self, parsed: ParseResult) -> None:
+        batch = ScriptBatch(self._redis)
+        for st in parsed.statuses:
+            batch.add(
+                self._scripts.status,
+                keys=[self._keys.status(st.message_id)],
+                args=[
+                    st.status.value,
+                    st.status.rank,
+                    st.timestamp_ms or self._clock.now_ms(),
+                    "" if st.error_code is None else st.error_code,
+                    STATUS_TTL_MS,
+                ],
+            )
+        for result in await batch.run():
+            if isinstance(result, BaseException):
+                raise result
         async with self._redis.pipeline(transaction=False) as pipe:
             for st in parsed.statuses:
-                await self._scripts.status(
-                    keys=[self._keys.status(st.message_id)],
-                    args=[
-                        st.status.value,
-                        st.status.rank,
-                        st.timestamp_ms or self._clock.now_ms(),
-                        "" if st.error_code is None else st.error_code,
-                        STATUS_TTL_MS,
-                    ],
-                    client=pipe,
-                )
                 pipe.hincrby(self._keys.stats, f"status_{st.status.value}", 1)
                 self._metrics.statuses.labels(st.status.value).inc()
             await pipe.execute()

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 WORKER_GROUP = "workers"
 
@@ -103,6 +103,11 @@ class Keys:
         )
 
     def conversation(self, company_id: int, phone: str) -> tuple[ShardKeys, ConversationKeys]:
+        # The same conversations come back on the hot path; the bound keeps memory flat.
+        return self._conversation(company_id, phone)
+
+    @lru_cache(maxsize=65_536)  # noqa: B019 - one Keys per process, kept for the process's life
+    def _conversation(self, company_id: int, phone: str) -> tuple[ShardKeys, ConversationKeys]:
         shard = self.shard(self.shard_of(company_id, phone))
         base = f"{self.prefix}:{{s{shard.index}}}"
         member = f"{company_id}:{phone}"

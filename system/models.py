@@ -51,8 +51,8 @@ class InboundMessage:
         )
 
     def to_json(self) -> bytes:
-        """The fragment as stored in a batch."""
-        return orjson.dumps(message_doc(self.as_batched()))
+        """The fragment as stored in a batch (the shape `BatchedMessage.from_doc` reads)."""
+        return orjson.dumps(message_doc(self))
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +148,8 @@ class Job:
         return replace(self, attempt=self.attempt + 1, last_error=error)
 
 
-def message_doc(m: BatchedMessage) -> dict[str, Any]:
+def message_doc(m: InboundMessage | BatchedMessage) -> dict[str, Any]:
+    """A fragment as stored: the two types share these fields."""
     doc: dict[str, Any] = {"id": m.message_id, "text": m.text, "kind": m.kind.value, "received_ms": m.received_ms}
     if m.sent_ms is not None:
         doc["sent_ms"] = m.sent_ms

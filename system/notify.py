@@ -64,4 +64,4 @@ class ChannelListener:
                 await asyncio.sleep(RESUBSCRIBE_DELAY_S)
             finally:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), STOP_TIMEOUT_S)
+                    await asyncio.wait_for(pubsub.aclose(), STOP_TIMEOUT_S)  # type: ignore[no-untyped-call]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -21,7 +22,7 @@ PROMOTE_BATCH = 100
 def backoff_s(attempt: int, *, base_s: float, max_s: float, rng: random.Random) -> float:
     """Delay before retry number `attempt` (1-based): exponential with full jitter, capped."""
     ceiling = min(max_s, base_s * 2 ** (attempt - 1))
-    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+    return float(ceiling / 2 + rng.uniform(0, ceiling / 2))
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +113,8 @@ class JobQueue:
         """New jobs for `consumer` (non-blocking); poison entries go to the dead letters at once."""
         if count <= 0:
             return []
-        streams = {shard.queue: ">" for shard in self._keys.all_shards}
-        rows = await self._redis.xreadgroup(WORKER_GROUP, consumer, streams, count=count)
+        streams: dict[Any, Any] = {shard.queue: ">" for shard in self._keys.all_shards}
+        rows: Any = await self._redis.xreadgroup(WORKER_GROUP, consumer, streams, count=count)
         by_queue = {shard.queue: shard for shard in self._keys.all_shards}
         out: list[Delivery] = []
         for stream, entries in rows or []:
@@ -202,14 +203,15 @@ class JobQueue:
     async def dead_letters(self, *, limit: int = 100) -> list[DeadLetter]:
         out: list[DeadLetter] = []
         for shard in self._keys.all_shards:
-            for entry_id, fields in await self._redis.xrange(shard.dlq, count=limit):
+            rows: Any = await self._redis.xrange(shard.dlq, count=limit)
+            for entry_id, fields in rows:
                 out.append(_dead_letter(shard.index, entry_id, fields))
         return out[:limit]
 
     async def replay(self, shard_index: int, entry_id: str) -> bool:
         """Put a dead letter back into the queue with a fresh attempt count."""
         shard = self._keys.shard(shard_index)
-        rows = await self._redis.xrange(shard.dlq, min=entry_id, max=entry_id)
+        rows: Any = await self._redis.xrange(shard.dlq, min=entry_id, max=entry_id)
         if not rows:
             return False
         letter = _dead_letter(shard_index, rows[0][0], rows[0][1])

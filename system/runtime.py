@@ -79,6 +79,7 @@ class Runtime:
 
     async def start(self) -> None:
         await self.queue.ensure_groups()
+        await self.store.load_scripts()
 
     async def close(self) -> None:
         await self.redis.aclose()

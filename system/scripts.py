@@ -6,10 +6,15 @@ argument, so the injected clock, not the server's, decides deadlines.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from string import Template
+from typing import Any
 
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+from redis.typing import EncodableT, KeyT
 
 # Re-schedules a conversation after its turn ended (ack or dead letter): a sealed batch is due now,
 # an open one at its own deadline; wakes the batchers when something became due.
@@ -32,13 +37,19 @@ local function release_next(k_due, k_buf, k_sealed, k_meta, member, now, channel
 end
 """
 
+# The batching numbers are constants of a deployment, so they are written into the script's source
+# (see `append_script`) instead of travelling with every call.
 # KEYS: 1 buf, 2 sealed, 3 meta, 4 due, 5 lease, 6 seen, 7 sender bucket, 8 company bucket, 9 stats
-# ARGV: 1 now_ms, 2 timeout_ms, 3 max_size, 4 ttl_ms, 5 message json, 6 message id ('' = none),
-#       7 dedup_ttl_ms, 8 sender burst (0 = unlimited), 9 sender refill per ms,
-#       10 company burst (0 = unlimited), 11 company refill per ms, 12 member, 13 wake channel
+# ARGV: 1 now_ms, 2 message json, 3 message id ('' = none), 4 member, 5 '1' when rate limits apply,
+#       6 wake channel
 # Returns {status, fragments in the open batch}: 1 accepted, 2 duplicate, 3 sender limited, 4 company limited
-APPEND = """
+APPEND = Template("""
+local TIMEOUT_MS, MAX_SIZE, TTL_MS, DEDUP_TTL_MS = $timeout_ms, $max_size, $ttl_ms, $dedup_ttl_ms
+local SENDER_BURST, SENDER_RATE = $sender_burst, $sender_refill_per_ms
+local COMPANY_BURST, COMPANY_RATE = $company_burst, $company_refill_per_ms
 local now = tonumber(ARGV[1])
+local member = ARGV[4]
+local limited = ARGV[5] == '1'
 
 local function take(key, cap, rate)
   if cap <= 0 then return true end
@@ -53,33 +64,33 @@ local function take(key, cap, rate)
   return ok
 end
 
-if ARGV[6] ~= '' and redis.call('EXISTS', KEYS[6]) == 1 then
+if ARGV[3] ~= '' and redis.call('EXISTS', KEYS[6]) == 1 then
   redis.call('HINCRBY', KEYS[9], 'duplicates', 1)
   return {2, 0}
 end
-if not take(KEYS[7], tonumber(ARGV[8]), tonumber(ARGV[9])) then
-  redis.call('HINCRBY', KEYS[9], 'rate_limited', 1)
-  return {3, 0}
+if limited then
+  if not take(KEYS[7], SENDER_BURST, SENDER_RATE) then
+    redis.call('HINCRBY', KEYS[9], 'rate_limited', 1)
+    return {3, 0}
+  end
+  if not take(KEYS[8], COMPANY_BURST, COMPANY_RATE) then
+    if SENDER_BURST > 0 then redis.call('HINCRBYFLOAT', KEYS[7], 't', 1) end
+    redis.call('HINCRBY', KEYS[9], 'rate_limited', 1)
+    return {4, 0}
+  end
 end
-if not take(KEYS[8], tonumber(ARGV[10]), tonumber(ARGV[11])) then
-  if tonumber(ARGV[8]) > 0 then redis.call('HINCRBYFLOAT', KEYS[7], 't', 1) end
-  redis.call('HINCRBY', KEYS[9], 'rate_limited', 1)
-  return {4, 0}
-end
-if ARGV[6] ~= '' then
-  redis.call('SET', KEYS[6], '1', 'PX', ARGV[7])
+if ARGV[3] ~= '' then
+  redis.call('SET', KEYS[6], '1', 'PX', DEDUP_TTL_MS)
 end
 
-local ttl = tonumber(ARGV[4])
-local member = ARGV[12]
-local n = redis.call('RPUSH', KEYS[1], ARGV[5])
+local n = redis.call('RPUSH', KEYS[1], ARGV[2])
 redis.call('HINCRBY', KEYS[9], 'accepted', 1)
 redis.call('HINCRBY', KEYS[9], 'buffered', 1)
 if n == 1 then
-  redis.call('HSET', KEYS[3], 'first_id', ARGV[6], 'first_ms', now)
+  redis.call('HSET', KEYS[3], 'first_id', ARGV[3], 'first_ms', now)
 end
 local score
-if n >= tonumber(ARGV[3]) then
+if n >= MAX_SIZE then
   -- sealed at once: the next fragment starts a new batch
   local msgs = redis.call('LRANGE', KEYS[1], 0, -1)
   local first = redis.call('HGET', KEYS[3], 'first_id')
@@ -89,7 +100,7 @@ if n >= tonumber(ARGV[3]) then
   score = now
   n = 0
 else
-  score = now + tonumber(ARGV[2])
+  score = now + TIMEOUT_MS
   redis.call('HSET', KEYS[3], 'deadline', score)
   if redis.call('EXISTS', KEYS[2]) == 1 then
     local cur = tonumber(redis.call('ZSCORE', KEYS[4], member) or score)
@@ -103,13 +114,38 @@ if lease > 0 and now + lease > score then score = now + lease end
 local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
 redis.call('ZADD', KEYS[4], score, member)
 if #first == 0 or score < tonumber(first[2]) then
-  redis.call('PUBLISH', ARGV[13], score)
+  redis.call('PUBLISH', ARGV[6], score)
 end
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('PEXPIRE', KEYS[2], ttl)
-redis.call('PEXPIRE', KEYS[3], ttl)
+redis.call('PEXPIRE', KEYS[1], TTL_MS)
+redis.call('PEXPIRE', KEYS[2], TTL_MS)
+redis.call('PEXPIRE', KEYS[3], TTL_MS)
 return {1, n}
-"""
+""")
+
+
+def append_script(
+    *,
+    timeout_ms: int,
+    max_size: int,
+    ttl_ms: int,
+    dedup_ttl_ms: int,
+    sender_burst: int,
+    sender_refill_per_ms: float,
+    company_burst: int,
+    company_refill_per_ms: float,
+) -> str:
+    """The APPEND source for one deployment's numbers (0 burst = no limit)."""
+    return APPEND.substitute(
+        timeout_ms=int(timeout_ms),
+        max_size=int(max_size),
+        ttl_ms=int(ttl_ms),
+        dedup_ttl_ms=int(dedup_ttl_ms),
+        sender_burst=int(sender_burst),
+        sender_refill_per_ms=repr(float(sender_refill_per_ms)),
+        company_burst=int(company_burst),
+        company_refill_per_ms=repr(float(company_refill_per_ms)),
+    )
+
 
 # KEYS: 1 due, 2 buf, 3 sealed, 4 meta, 5 lease, 6 queue, 7 stats, 8 lateness
 # ARGV: 1 member, 2 now_ms, 3 queued lease ms, 4 queue max length, 5 ttl_ms, 6 company id, 7 phone,
@@ -267,30 +303,100 @@ return 1
 """
 
 
+class Script:
+    """One Lua script, run by EVALSHA; loaded again when the server has lost it (restart, failover)."""
+
+    def __init__(self, redis: Redis, source: str) -> None:
+        self._redis = redis
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def load(self) -> None:
+        await self._redis.script_load(self.source)
+
+    async def __call__(self, *, keys: Sequence[KeyT], args: Sequence[EncodableT]) -> Any:
+        try:
+            return await self._redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.load()
+            return await self._redis.evalsha(self.sha, len(keys), *keys, *args)
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    script: Script
+    keys: Sequence[KeyT]
+    args: Sequence[EncodableT]
+
+
+class ScriptBatch:
+    """Script calls sent in one pipeline (one round trip), each call still atomic on its own.
+
+    redis-py's own pipeline support asks SCRIPT EXISTS on every execute, a second round trip; here a
+    call the server reports as unknown (it never ran) is loaded and run again instead.
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._calls: list[_Call] = []
+
+    def add(self, script: Script, *, keys: Sequence[KeyT], args: Sequence[EncodableT]) -> None:
+        self._calls.append(_Call(script, keys, args))
+
+    async def run(self) -> list[Any]:
+        """One result per call, in order; a failed call's exception is returned in its place."""
+        results = await self._execute(self._calls)
+        lost = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if lost:
+            for script in {self._calls[i].script.sha: self._calls[i].script for i in lost}.values():
+                await script.load()
+            for i, result in zip(lost, await self._execute([self._calls[i] for i in lost]), strict=True):
+                results[i] = result
+        return results
+
+    async def _execute(self, calls: Sequence[_Call]) -> list[Any]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for c in calls:
+                pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
+            return list(await pipe.execute(raise_on_error=False))
+
+
 @dataclass(frozen=True, slots=True)
 class Scripts:
-    """The scripts registered on one client (EVALSHA, loaded on first use)."""
+    """The system's scripts bound to one client."""
 
-    append: AsyncScript
-    claim: AsyncScript
-    hold: AsyncScript
-    ack: AsyncScript
-    retry: AsyncScript
-    dead_letter: AsyncScript
-    promote: AsyncScript
-    replay: AsyncScript
-    status: AsyncScript
+    claim: Script
+    hold: Script
+    ack: Script
+    retry: Script
+    dead_letter: Script
+    promote: Script
+    replay: Script
+    status: Script
 
     @classmethod
     def register(cls, redis: Redis) -> Scripts:
         return cls(
-            append=redis.register_script(APPEND),
-            claim=redis.register_script(CLAIM),
-            hold=redis.register_script(HOLD),
-            ack=redis.register_script(ACK),
-            retry=redis.register_script(RETRY),
-            dead_letter=redis.register_script(DEAD_LETTER),
-            promote=redis.register_script(PROMOTE),
-            replay=redis.register_script(REPLAY),
-            status=redis.register_script(STATUS),
+            claim=Script(redis, CLAIM),
+            hold=Script(redis, HOLD),
+            ack=Script(redis, ACK),
+            retry=Script(redis, RETRY),
+            dead_letter=Script(redis, DEAD_LETTER),
+            promote=Script(redis, PROMOTE),
+            replay=Script(redis, REPLAY),
+            status=Script(redis, STATUS),
         )
+
+    async def load(self) -> None:
+        """Load every script up front, so the first requests need no extra round trip."""
+        for script in (
+            self.claim,
+            self.hold,
+            self.ack,
+            self.retry,
+            self.dead_letter,
+            self.promote,
+            self.replay,
+            self.status,
+        ):
+            await script.load()

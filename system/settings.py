@@ -81,7 +81,12 @@ class Settings(BaseSettings):
         default=10, ge=1, le=1000, description="A batch is sealed early once it holds this many messages."
     )
     batch_ttl_s: int = Field(
-        default=600, gt=0, description="Lifetime of an open batch's Redis keys, refreshed on every message."
+        default=600,
+        gt=0,
+        description=(
+            "Lifetime of an open batch's Redis keys, refreshed on every message; also the longest a queued "
+            "job holds its conversation's turn."
+        ),
     )
     default_company_id: int = Field(
         default=962302, gt=0, description="Company of messages that name none, and of the default tenant."
@@ -93,7 +98,7 @@ class Settings(BaseSettings):
     )
     webhook_secret: SecretStr | None = Field(
         default=None,
-        description="Shared secret the gateway sends with each webhook; unset disables the check.",
+        description="HMAC-SHA256 key of the gateway route's X-Signature header; unset disables the check.",
     )
     whatsapp_app_secret: SecretStr | None = Field(
         default=None, description="Meta app secret for X-Hub-Signature-256; unset disables the check."
@@ -128,10 +133,17 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(default=4096, gt=0, description="Longest client message text accepted.")
     redis_prefix: str = Field(default="aiadmin", min_length=1, description="Prefix of every Redis key.")
     redis_shards: int = Field(
-        default=1, ge=1, le=1024, description="Number of shards conversations are spread over (by CRC32)."
+        default=1,
+        ge=1,
+        le=1024,
+        description=("Hash-slot shards conversations are spread over (CRC32); set once per deployment."),
     )
     queue_max_len: int = Field(
-        default=100000, gt=0, description="Approximate cap on the length of each shard's job stream."
+        default=100000,
+        gt=0,
+        description=(
+            "Jobs a shard's queue may hold; when full, due batches wait in Redis (backpressure), never dropped."
+        ),
     )
     visibility_timeout_s: float = Field(
         default=60.0, gt=0, description="A claimed job not acknowledged within this time is redelivered."

@@ -260,3 +260,12 @@ def test_every_key_a_script_touches_for_a_conversation_is_in_one_hash_slot() -> 
         ]
         assert len({key_slot(n.encode()) for n in names}) == 1
     assert len({key_slot(s.due.encode()) for s in keys.all_shards}) == 16
+
+
+async def test_scripts_lost_by_the_server_are_loaded_again(rt: Runtime, clock: VirtualClock, message: Factory) -> None:
+    await rt.redis.script_flush()  # what a restart or a failover does
+    assert await append(rt, clock, message("после рестарта"), START_MS) is AppendOutcome.ACCEPTED
+    await rt.redis.script_flush()
+    [delivery] = await flush_at(rt, clock, START_MS + 9000)
+    await rt.redis.script_flush()
+    assert await rt.queue.ack(delivery, now_ms=START_MS + 9000)

@@ -1,0 +1,132 @@
+"""The ingest benchmark: its load generator against a tiny local server, and a quick run on a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from functools import partial
+from pathlib import Path
+
+import orjson
+import phonenumbers
+import pytest
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from reports.loadgen import GatewayRequests, Target, closed_loop, open_loop, parse_response, russian_mobiles
+
+from .conftest import IN_CI
+
+BENCH_REDIS_URL = os.environ.get("AIADMIN_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+SECTIONS = ("accept_latency", "throughput", "append", "flush_lateness", "claim")
+MUST_BE_ZERO = {
+    "accept_latency": ("non_2xx", "errors"),
+    "throughput": ("api_non_2xx", "api_errors", "api_requests_exhausted", "empty_non_2xx", "empty_errors"),
+    "append": ("errors",),
+    "flush_lateness": ("missing", "duplicates", "unexpected", "wrong_fragments", "append_errors"),
+    "claim": ("errors",),
+}
+
+
+async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, status: int) -> None:
+    """A keep-alive HTTP/1.1 server that answers every request with `status` and `{}`."""
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.lower().split(b"\r\n")
+            length = next(int(line.split(b":", 1)[1]) for line in lines if line.startswith(b"content-length"))
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}" % status)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+async def tiny_server() -> AsyncIterator[dict[int, Target]]:
+    """Local servers answering 200 and 500, by status."""
+    servers = {s: await asyncio.start_server(partial(_answer, status=s), "127.0.0.1", 0) for s in (200, 500)}
+    yield {status: Target("127.0.0.1", s.sockets[0].getsockname()[1], "/x") for status, s in servers.items()}
+    for server in servers.values():
+        server.close()
+        await server.wait_closed()
+
+
+def test_russian_mobiles_are_distinct_and_valid() -> None:
+    phones = russian_mobiles(500)
+    assert len(set(phones)) == 500
+    assert all(p.startswith("79") and len(p) == 11 for p in phones)
+    assert all(phonenumbers.is_valid_number(phonenumbers.parse("+" + p)) for p in phones)
+
+
+def test_requests_carry_unique_message_ids() -> None:
+    requests = GatewayRequests(["79001234567", "79161234567"], tag="t").take(Target("127.0.0.1", 1, "/w"), 3)
+    bodies = [orjson.loads(r.partition(b"\r\n\r\n")[2]) for r in requests]
+    assert [b["messageId"] for b in bodies] == ["bench-t-0", "bench-t-1", "bench-t-2"]
+    assert [b["from"] for b in bodies] == ["79001234567", "79161234567", "79001234567"]
+
+
+def test_response_is_framed_by_content_length_only_when_complete() -> None:
+    answer = b"HTTP/1.1 202 Accepted\r\ncontent-length: 2\r\n\r\n{}"
+    assert parse_response(bytearray(answer)) == (202, len(answer))
+    assert parse_response(bytearray(answer[:-1])) == (0, 0)
+
+
+async def test_closed_loop_counts_every_answer(tiny_server: dict[int, Target]) -> None:
+    target = tiny_server[200]
+    requests = GatewayRequests(russian_mobiles(10), tag="c").take(target, 5000)
+    tally = await closed_loop(target, requests, connections=4, duration_s=0.3)
+    assert tally.completed == tally.sent > 0
+    assert (tally.non_2xx, tally.errors) == (0, 0)
+
+
+async def test_open_loop_keeps_its_rate_and_counts_non_2xx(tiny_server: dict[int, Target]) -> None:
+    target = tiny_server[500]
+    requests = GatewayRequests(russian_mobiles(10), tag="o").take(target, 100)
+    tally = await open_loop(target, requests, rate_per_s=500, warm_connections=2)
+    assert tally.non_2xx == tally.completed == 100
+    assert tally.errors == 0
+    assert 0.15 < tally.elapsed_s < 1.0  # 100 requests at 500/s take 0.2 s, answers included
+
+
+@pytest.fixture
+def bench_redis_url() -> Iterator[str]:
+    """The benchmark's own database (it flushes it); skipped without a server unless CI=true."""
+    client = Redis.from_url(BENCH_REDIS_URL)
+    try:
+        client.ping()
+    except (RedisConnectionError, OSError) as exc:
+        if IN_CI:
+            pytest.fail(f"CI=true but Redis at {BENCH_REDIS_URL} does not answer: {exc}")
+        pytest.skip(f"no Redis at {BENCH_REDIS_URL}")
+    finally:
+        client.close()
+    yield BENCH_REDIS_URL
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(90)
+def test_quick_bench_reports_every_section_without_errors(bench_redis_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIADMIN_")} | {"REDIS_URL": bench_redis_url}
+    run = subprocess.run(
+        [sys.executable, "-m", "system", "bench", "ingest", "--quick", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr.decode()[-2000:]
+    report = orjson.loads(out.read_bytes())
+    assert report["problems"] == []
+    for name in SECTIONS:
+        median = report["sections"][name]["median"]
+        assert median and all(isinstance(v, int | float) for v in median.values()), name
+        assert all(median[key] == 0 for key in MUST_BE_ZERO[name]), name
+    assert report["sections"]["flush_lateness"]["median"]["jobs"] == 200
+    assert report["sections"]["throughput"]["api_rss_mb"] > 0
+    assert [row["stage"] for row in report["summary"]]
