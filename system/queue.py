@@ -12,17 +12,12 @@ from redis.exceptions import ResponseError
 
 from system.keys import WORKER_GROUP, Keys, ShardKeys
 from system.models import Job
+from system.retry import backoff_s
 from system.scripts import Scripts
 from system.settings import Settings
 
 DEAD_LETTERS_KEPT = 100_000
 PROMOTE_BATCH = 100
-
-
-def backoff_s(attempt: int, *, base_s: float, max_s: float, rng: random.Random) -> float:
-    """Delay before retry number `attempt` (1-based): exponential with full jitter, capped."""
-    ceiling = min(max_s, base_s * 2 ** (attempt - 1))
-    return float(ceiling / 2 + rng.uniform(0, ceiling / 2))
 
 
 @dataclass(frozen=True, slots=True)

@@ -161,6 +161,63 @@ class Settings(BaseSettings):
     heartbeat_stale_s: float = Field(
         default=5.0, gt=0, description="A batcher silent for this long is considered dead."
     )
+    worker_concurrency: int = Field(
+        default=32, ge=1, le=4096, description="Turns of different conversations one worker process runs at once."
+    )
+    worker_shutdown_s: float = Field(
+        default=30.0, gt=0, description="On SIGTERM, how long in-flight turns may take to finish."
+    )
+    llm_base_url: str = Field(
+        default="https://api.deepseek.com",
+        description="OpenAI-compatible API base (DeepSeek, OpenAI, vLLM, Ollama): POST {base}/chat/completions.",
+    )
+    llm_api_key: SecretStr | None = Field(default=None, description="Bearer key of the LLM API.")
+    llm_model: str = Field(default="deepseek-chat", min_length=1, description="Model name sent to the LLM API.")
+    llm_timeout_s: float = Field(default=60.0, gt=0, description="Timeout of one LLM request.")
+    llm_max_retries: int = Field(
+        default=3, ge=0, le=10, description="Retries of one LLM request on 429, 5xx and timeouts, with backoff."
+    )
+    llm_max_tool_rounds: int = Field(
+        default=6, ge=1, le=20, description="Most LLM calls in one turn (tool calls and the final answer)."
+    )
+    llm_breaker_failures: int = Field(
+        default=5, ge=1, description="Consecutive failed LLM requests that open the circuit breaker."
+    )
+    llm_breaker_reset_s: float = Field(
+        default=30.0, gt=0, description="How long an open LLM circuit breaker refuses calls before a trial."
+    )
+    yclients_base_url: str = Field(
+        default="https://api.yclients.com/api/v1", description="Base URL of the YClients REST API."
+    )
+    yclients_partner_token: SecretStr | None = Field(default=None, description="YClients partner (Bearer) token.")
+    yclients_user_token: SecretStr | None = Field(default=None, description="YClients user token.")
+    yclients_timeout_s: float = Field(default=15.0, gt=0, description="Timeout of one YClients request.")
+    yclients_rps: float = Field(default=5.0, gt=0, description="Client-side limit of YClients requests per second.")
+    yclients_rpm: int = Field(default=200, ge=1, description="Client-side limit of YClients requests per minute.")
+    yclients_cache_ttl_s: float = Field(
+        default=300.0, ge=0, description="How long services and masters are cached per company."
+    )
+    whatsapp_transport: Literal["cloud", "gateway"] = Field(
+        default="cloud", description="How replies are sent: the WhatsApp Cloud API or a gateway bridge."
+    )
+    whatsapp_api_url: str = Field(
+        default="https://graph.facebook.com/v21.0",
+        description="Cloud API base including the version; replies go to {url}/{phone_number_id}/messages.",
+    )
+    whatsapp_token: SecretStr | None = Field(default=None, description="Cloud API access token (Bearer).")
+    whatsapp_phone_number_id: str | None = Field(
+        default=None, description="Sending phone number id for salons whose tenant entry names none."
+    )
+    whatsapp_gateway_url: str | None = Field(
+        default=None, description="Gateway bridge base URL; replies go to POST {url}/send {phone, message}."
+    )
+    whatsapp_timeout_s: float = Field(default=15.0, gt=0, description="Timeout of one WhatsApp send.")
+    whatsapp_max_retries: int = Field(
+        default=4, ge=0, le=10, description="Retries of a send on throughput limits and transient errors."
+    )
+    whatsapp_recipient_gap_ms: int = Field(
+        default=1000, ge=0, description="Least time between two messages to one recipient (pacing)."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Minimum level of log records: DEBUG, INFO, WARNING or ERROR."
     )
@@ -177,6 +234,12 @@ class Settings(BaseSettings):
         "whatsapp_app_secret",
         "whatsapp_verify_token",
         "stats_token",
+        "llm_api_key",
+        "yclients_partner_token",
+        "yclients_user_token",
+        "whatsapp_token",
+        "whatsapp_phone_number_id",
+        "whatsapp_gateway_url",
         mode="before",
     )
     @classmethod

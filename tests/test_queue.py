@@ -12,7 +12,8 @@ from simulator.clock import VirtualClock
 from system.batcher import BatchProcessor
 from system.keys import WORKER_GROUP
 from system.models import InboundMessage
-from system.queue import Delivery, JobQueue, QueueConfig, backoff_s
+from system.queue import Delivery, JobQueue, QueueConfig
+from system.retry import backoff_s
 from system.runtime import Runtime
 
 Factory = Callable[..., InboundMessage]

@@ -1,0 +1,139 @@
+"""The booking backend interface: the salon's CRM as the worker's tools see it, and its typed errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    id: int
+    title: str
+    price_min: float
+    price_max: float
+    duration_min: int
+    category: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Master:
+    id: int
+    name: str
+    specialization: str = ""
+    service_ids: tuple[int, ...] = ()  # empty: unknown (the CRM did not say)
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A bookable start time; `at` is the CRM's own aware datetime, passed back unchanged."""
+
+    master_id: int
+    at: datetime
+    duration_min: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A booking of one client."""
+
+    id: int
+    company_id: int
+    phone: str  # canonical
+    master_id: int
+    at: datetime
+    service_ids: tuple[int, ...]
+    client_name: str = ""
+    master_name: str = ""
+    service_titles: tuple[str, ...] = ()
+    duration_min: int = 0
+    api_id: str = ""
+    cancelled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NewBooking:
+    """What `create` books: one appointment for one client."""
+
+    phone: str  # canonical, digits without "+"
+    client_name: str
+    service_ids: tuple[int, ...]
+    master_id: int
+    at: datetime  # aware, as the CRM offered it
+    api_id: str  # our idempotency key (the turn's batch id), stored in the CRM record
+    comment: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class BookingError(Exception):
+    """Base of every booking backend error; `retryable` says whether trying again may help."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class SlotTaken(BookingError):
+    """YClients 433: the chosen time is no longer free."""
+
+
+class MasterUnavailable(BookingError):
+    """YClients 436: no master is free at that time."""
+
+
+class AppointmentsOverlap(BookingError):
+    """YClients 437: the appointments overlap."""
+
+
+class NotFound(BookingError):
+    """The record, service or master does not exist."""
+
+
+class InvalidRequest(BookingError):
+    """The CRM refused the request as invalid (4xx other than the above)."""
+
+
+class Unauthorized(BookingError):
+    """The partner or user token was refused (401/403): an operator must act."""
+
+
+class RateLimited(BookingError):
+    """429, or the client-side limit would be exceeded for longer than the caller may wait."""
+
+    retryable = True
+
+
+class BackendUnavailable(BookingError):
+    """5xx, connection errors, timeouts: the CRM may answer later."""
+
+    retryable = True
+
+
+class BookingBackend(Protocol):
+    """The salon's CRM."""
+
+    async def services(self, company_id: int) -> list[Service]: ...
+
+    async def masters(self, company_id: int, *, service_ids: tuple[int, ...] = ()) -> list[Master]: ...
+
+    async def dates(
+        self, company_id: int, *, service_ids: tuple[int, ...], master_id: int | None, start: date, end: date
+    ) -> list[date]: ...
+
+    async def times(
+        self, company_id: int, *, master_id: int | None, day: date, service_ids: tuple[int, ...]
+    ) -> list[Slot]: ...
+
+    async def check(self, company_id: int, booking: NewBooking) -> None: ...
+
+    async def create(self, company_id: int, booking: NewBooking) -> Record: ...
+
+    async def records(self, company_id: int, *, phone: str) -> list[Record]: ...
+
+    async def reschedule(self, company_id: int, record: Record, *, at: datetime, master_id: int) -> Record: ...
+
+    async def cancel(self, company_id: int, record_id: int) -> None: ...
