@@ -12,6 +12,7 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from importlib.metadata import entry_points
 from typing import Annotated, Any, Protocol
 
+import httpx
 import structlog
 import typer
 import uvicorn
@@ -19,8 +20,9 @@ import uvicorn
 from system.api import create_app
 from system.batcher import BatchProcessor
 from system.logs import configure_logging
-from system.runtime import Runtime
+from system.runtime import Runtime, build_worker
 from system.settings import Settings, SettingsError, load_settings
+from system.worker import Worker
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="AI Admin: a WhatsApp administrator for salons.")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -168,22 +170,58 @@ def batcher() -> None:
 
 
 @app.command()
+def worker(
+    concurrency: int = typer.Option(0, help="Turns at once; 0 takes AIADMIN_WORKER_CONCURRENCY."),
+) -> None:
+    """Run the AI worker (needs REDIS_URL); any number may run at once."""
+    settings = settings_or_exit(require_redis=True, command="worker")
+
+    async def main() -> None:
+        rt = Runtime.build(settings)
+        await rt.start()
+        try:
+            async with http_client() as http:
+                service = new_worker(rt, http, concurrency)
+                await run_until_stopped(service)
+        finally:
+            await rt.close()
+
+    run_async(main)
+
+
+@app.command()
 def run(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     port: int = typer.Option(8080, help="Port to listen on."),
+    concurrency: int = typer.Option(0, help="Worker turns at once; 0 takes AIADMIN_WORKER_CONCURRENCY."),
 ) -> None:
-    """Run the API and the batch processor in one process (embedded Redis when REDIS_URL is unset)."""
+    """Run the API, the batch processor and the worker in one process (embedded Redis when REDIS_URL is unset)."""
     settings = settings_or_exit()
 
     async def main() -> None:
         rt = Runtime.build(settings)
         await rt.start()
         try:
-            await serve_http(rt, host=host, port=port, services=[new_batch_processor(rt)])
+            async with http_client() as http:
+                services: list[Service] = [new_batch_processor(rt), new_worker(rt, http, concurrency)]
+                await serve_http(rt, host=host, port=port, services=services)
         finally:
             await rt.close()
 
     run_async(main)
+
+
+def http_client() -> httpx.AsyncClient:
+    """The one outbound HTTP client of a process (LLM, CRM and WhatsApp share its pool)."""
+    return httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
+
+
+def new_worker(rt: Runtime, http: httpx.AsyncClient, concurrency: int) -> Worker:
+    try:
+        return build_worker(rt, http=http, consumer=processor_id(), concurrency=concurrency or None)
+    except (ValueError, SettingsError) as exc:
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 def new_batch_processor(rt: Runtime) -> BatchProcessor:

@@ -23,6 +23,13 @@ stays inside one hash slot. Keys used only by single-key commands need no tag.
 | `{p}:ignored` | stream of acknowledged-but-unbatched inbound items | capped |
 | `{p}:status:{wamid}` | hash: outbound delivery status | 7 days |
 | `{p}:batchers` | zset batcher id → last heartbeat ms | pruned |
+| `{p}:{sN}:turn:{batch id}` | hash: a turn's idempotency record (reply, sent ids, stage) | 7 days |
+| `dialog:{company}:{phone}` | hash: stage, booking draft, slots offered, client name | 24 h |
+| `messages:{company}:{phone}` | list: the last 50 messages of both sides | 30 days |
+| `preferences:{company}:{phone}` | hash: name, favourite master, usual services | 90 days |
+
+The three context keys keep the reference system's names, so they carry no hash tag: on Redis Cluster
+their per-turn MULTI needs them on one node (see the README).
 """
 
 from __future__ import annotations
@@ -64,6 +71,15 @@ class ShardKeys:
     lateness: str
     wake_channel: str
     jobs_channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContextKeys:
+    """One client's dialog context (TTLs in `system.context`)."""
+
+    dialog: str
+    messages: str
+    preferences: str
 
 
 class Keys:
@@ -128,3 +144,17 @@ class Keys:
 
     def status(self, message_id: str) -> str:
         return f"{self.prefix}:status:{message_id}"
+
+    def turn(self, company_id: int, phone: str, batch_id: str) -> str:
+        """The idempotency record of one turn, in its conversation's slot."""
+        shard, _ = self.conversation(company_id, phone)
+        return f"{self.prefix}:{{s{shard.index}}}:turn:{batch_id}"
+
+    @staticmethod
+    def context(company_id: int, phone: str) -> ContextKeys:
+        """The dialog context keys, named exactly as the reference system named them (no prefix)."""
+        return ContextKeys(
+            dialog=f"dialog:{company_id}:{phone}",
+            messages=f"messages:{company_id}:{phone}",
+            preferences=f"preferences:{company_id}:{phone}",
+        )

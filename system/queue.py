@@ -76,6 +76,10 @@ class JobQueue:
     def config(self) -> QueueConfig:
         return self._config
 
+    @property
+    def keys(self) -> Keys:
+        return self._keys
+
     async def ensure_groups(self) -> None:
         for shard in self._keys.all_shards:
             try:
@@ -181,6 +185,24 @@ class JobQueue:
             ],
         )
         return True
+
+    async def postpone(self, delivery: Delivery, *, delay_ms: int, now_ms: int) -> None:
+        """Put the job back for later without counting an attempt (its conversation is busy)."""
+        shard, job = delivery.shard, delivery.job
+        _, conv = self._keys.conversation(job.company_id, job.phone)
+        await self._scripts.retry(
+            keys=[shard.queue, shard.delayed, conv.lease, shard.stats],
+            args=[delivery.entry_id, WORKER_GROUP, job.to_json(), now_ms + delay_ms, 0, job.batch_id],
+        )
+
+    async def extend(self, delivery: Delivery, consumer: str) -> bool:
+        """A heartbeat of a turn in progress: keep its lease and reset the entry's idle time.
+
+        Resetting the idle time (XCLAIM to itself, JUSTID) keeps other consumers from reclaiming a job that is
+        merely slow (a long LLM call), not abandoned.
+        """
+        await self._redis.xclaim(delivery.shard.queue, WORKER_GROUP, consumer, 0, [delivery.entry_id], justid=True)
+        return await self.hold(delivery)
 
     async def dead_letter(self, delivery: Delivery, error: str, *, now_ms: int) -> None:
         job = delivery.job.with_failure(error)

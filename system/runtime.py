@@ -5,17 +5,24 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+import httpx
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from system.batching import BatchConfig, BatchStore
+from system.booking.yclients import YClientsBackend
 from system.clock import Clock, WallClock
+from system.context import ContextStore
 from system.ingest import Ingestor
 from system.keys import Keys
+from system.llm import LLMClient
 from system.metrics import Metrics
 from system.queue import JobQueue, QueueConfig
 from system.settings import Settings
 from system.stats import StatsReader
+from system.turns import TurnStore
+from system.whatsapp import build_sender
+from system.worker import Worker
 
 
 def connect_redis(settings: Settings) -> Redis:
@@ -98,3 +105,22 @@ class Runtime:
         elif self.clock.now_ms() - int(freshest[0][1]) > stale_ms:
             checks["batch_processor"] = f"heartbeat older than {stale_ms} ms"
         return checks
+
+
+def build_worker(rt: Runtime, *, http: httpx.AsyncClient, consumer: str, concurrency: int | None = None) -> Worker:
+    """A worker over this runtime whose LLM, CRM and WhatsApp clients share `http`."""
+    s = rt.settings
+    return Worker(
+        rt.redis,
+        settings=s,
+        queue=rt.queue,
+        context=ContextStore(rt.redis),
+        turns=TurnStore(rt.redis, keys=rt.keys),
+        llm=LLMClient.from_settings(s, http=http, clock=rt.clock, rng=rt.rng),
+        backend=YClientsBackend.from_settings(s, http=http, clock=rt.clock, rng=rt.rng),
+        sender=build_sender(s, http=http, clock=rt.clock, rng=rt.rng),
+        clock=rt.clock,
+        metrics=rt.metrics,
+        consumer=consumer,
+        concurrency=concurrency or s.worker_concurrency,
+    )

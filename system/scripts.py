@@ -252,7 +252,7 @@ local acked = redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
 if acked == 0 then return 0 end
 redis.call('XDEL', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
-if redis.call('GET', KEYS[3]) == ARGV[6] then redis.call('PEXPIRE', KEYS[3], ARGV[5]) end
+if tonumber(ARGV[5]) > 0 and redis.call('GET', KEYS[3]) == ARGV[6] then redis.call('PEXPIRE', KEYS[3], ARGV[5]) end
 redis.call('HINCRBY', KEYS[4], 'jobs_retried', 1)
 return 1
 """

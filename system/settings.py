@@ -47,6 +47,9 @@ class Tenant(BaseModel):
     )
     name: str = Field(min_length=1, description="A human-readable name for logs and reports.")
     timezone: str = Field(default=DEFAULT_TIMEZONE, description="IANA time zone of the salon.")
+    working_hours: str | None = Field(
+        default=None, max_length=200, description="Opening hours as told to clients, e.g. 'ежедневно 10:00–21:00'."
+    )
 
     @field_validator("phone_number_id", mode="before")
     @classmethod

@@ -88,10 +88,28 @@ def test_separate_processes_need_redis_url() -> None:
     assert "REDIS_URL" in result.stderr
 
 
+# The outside world is not needed until a turn runs; these addresses answer nothing.
+OFFLINE_WORLD = {
+    "AIADMIN_LLM_BASE_URL": "http://127.0.0.1:9/v1",
+    "AIADMIN_YCLIENTS_BASE_URL": "http://127.0.0.1:9/api/v1",
+    "AIADMIN_YCLIENTS_PARTNER_TOKEN": "partner",
+    "AIADMIN_WHATSAPP_API_URL": "http://127.0.0.1:9/v21.0",
+    "AIADMIN_WHATSAPP_TOKEN": "token",
+    "AIADMIN_WHATSAPP_PHONE_NUMBER_ID": "106540352242922",
+}
+
+
+def test_run_without_a_whatsapp_token_stops_naming_the_variable() -> None:
+    env = base_env(**{k: v for k, v in OFFLINE_WORLD.items() if k != "AIADMIN_WHATSAPP_TOKEN"})
+    result = aiadmin("run", env=env)
+    assert result.returncode == 2
+    assert "AIADMIN_WHATSAPP_TOKEN" in result.stderr
+
+
 def test_run_serves_the_embedded_system_and_stops_cleanly_on_sigterm() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with process("run", "--port", str(port), env=base_env(AIADMIN_LOG_LEVEL="INFO")) as proc:
+    with process("run", "--port", str(port), env=base_env(AIADMIN_LOG_LEVEL="INFO", **OFFLINE_WORLD)) as proc:
         assert wait_until_ready(url).json()["checks"] == {"redis": "ok", "batch_processor": "ok"}
         r = httpx.post(f"{url}/webhook/whatsapp/batched", json={"from": "79001234567", "message": "привет"})
         assert (r.status_code, r.json()["accepted"]) == (200, 1)

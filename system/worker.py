@@ -1,0 +1,316 @@
+"""The AI worker: one turn per job — context, prompt, LLM with tools, reply, send, save, ack."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+
+import orjson
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from system.booking.base import BookingBackend, BookingError, Master, Service
+from system.clock import Clock, wait_event
+from system.context import Context, ContextStore, ContextUpdate, Dialog, HistoryItem, Preferences
+from system.dates import salon_now
+from system.llm import (
+    LLMClient,
+    LLMError,
+    MalformedToolCall,
+    assistant_message,
+    system_message,
+    tool_message,
+)
+from system.metrics import Metrics
+from system.models import Job
+from system.notify import ChannelListener
+from system.prompt import conversation, system_prompt, turn_text
+from system.queue import Delivery, JobQueue
+from system.settings import Settings, Tenant
+from system.tools import BookingTools, TurnState
+from system.turns import TurnStage, TurnStore
+from system.whatsapp import OutsideWindow, Sender, SendError, TokenExpired
+
+log = structlog.get_logger(__name__)
+
+FALLBACK_REPLY = (
+    "Извините, у меня сейчас техническая заминка 🙏 Администратор ответит вам в ближайшее время. "
+    "Если срочно — позвоните, пожалуйста, в салон."
+)
+CONFUSED_REPLY = (
+    "Простите, не совсем понял 🙈 Подскажите, пожалуйста: хотите записаться, перенести или отменить запись?"
+)
+BUSY_RETRY_MS = 1000
+IDLE_POLL_S = 1.0
+
+
+class DeadLetter(Exception):
+    """The turn can never succeed as it is: dead-letter the job with this error, at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnResult:
+    reply: str
+    replayed: bool  # the reply had been decided (or sent) by an earlier delivery
+
+
+class Worker:
+    """Consumes the queue and runs up to `concurrency` turns of different conversations at once."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        settings: Settings,
+        queue: JobQueue,
+        context: ContextStore,
+        turns: TurnStore,
+        llm: LLMClient,
+        backend: BookingBackend,
+        sender: Sender,
+        clock: Clock,
+        metrics: Metrics,
+        consumer: str,
+        concurrency: int,
+    ) -> None:
+        self._redis = redis
+        self._settings = settings
+        self._queue = queue
+        self._context = context
+        self._turns = turns
+        self._llm = llm
+        self._backend = backend
+        self._tools = BookingTools(backend, clock=clock)
+        self._sender = sender
+        self._clock = clock
+        self._metrics = metrics
+        self._consumer = consumer
+        self._concurrency = concurrency
+        self._stopping = False
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def stop(self) -> None:
+        """Stop reading; in-flight turns finish (see `run`)."""
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        listener = ChannelListener(self._redis, [s.jobs_channel for s in self._queue.keys.all_shards], event=self._wake)
+        await self._queue.ensure_groups()
+        await listener.start()
+        log.info("worker_started", consumer=self._consumer, concurrency=self._concurrency)
+        last_reclaim_ms: int | None = None
+        reclaim_every_ms = self._queue.config.visibility_ms // 2
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                now_ms = self._clock.now_ms()
+                await self._queue.promote_due(now_ms=now_ms)
+                free = self._concurrency - len(self._tasks)
+                started = 0
+                if free > 0:
+                    deliveries = []
+                    if last_reclaim_ms is None or now_ms - last_reclaim_ms >= reclaim_every_ms:
+                        last_reclaim_ms = now_ms
+                        deliveries += await self._queue.reclaim(self._consumer, count=free, now_ms=now_ms)
+                    deliveries += await self._queue.read(self._consumer, count=free - len(deliveries), now_ms=now_ms)
+                    for delivery in deliveries:
+                        self._start(delivery)
+                    started = len(deliveries)
+                if started and len(self._tasks) < self._concurrency:
+                    continue
+                await wait_event(self._clock, self._wake, timeout_s=await self._idle_s(now_ms))
+        finally:
+            await listener.stop()
+            await self._drain()
+            log.info("worker_stopped", consumer=self._consumer)
+
+    async def _idle_s(self, now_ms: int) -> float:
+        next_retry_ms = await self._queue.next_retry_ms()
+        if next_retry_ms is None:
+            return IDLE_POLL_S
+        return max(0.0, min(IDLE_POLL_S, (next_retry_ms - now_ms) / 1000))
+
+    def _start(self, delivery: Delivery) -> None:
+        task = asyncio.get_running_loop().create_task(self.handle(delivery))
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._wake.set()  # a free slot: read more
+
+    async def _drain(self) -> None:
+        """Let in-flight turns finish within the deadline; what is left is reclaimed by other workers."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=self._settings.worker_shutdown_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("turns_left_for_reclaim", count=len(pending))
+
+    # --- one turn ----------------------------------------------------------------------------------------
+
+    async def handle(self, delivery: Delivery) -> None:
+        """Process one delivery to its end: ack, retry later, or dead letter."""
+        job = delivery.job
+        now_ms = self._clock.now_ms()
+        self._metrics.queue_wait_seconds.observe(max(0, now_ms - job.enqueued_ms) / 1000)
+        tenant = self._settings.tenant_for_company(job.company_id)
+        if tenant is None:
+            await self._queue.fail(delivery, f"company {job.company_id} is not served", now_ms=now_ms, retryable=False)
+            self._metrics.jobs.labels("dead_letter").inc()
+            return
+        if not await self._queue.hold(delivery):
+            await self._queue.postpone(delivery, delay_ms=BUSY_RETRY_MS, now_ms=now_ms)
+            return
+        started = time.perf_counter()
+        finished = asyncio.Event()
+        keeper = asyncio.get_running_loop().create_task(self._keep_lease(delivery, finished))
+        try:
+            settle = await self._settle_turn(job, tenant)
+        finally:
+            # The heartbeat stops before the ack: a late heartbeat must not re-take the released lease.
+            # A flag, not cancel(): a cancel inside a Redis call can be swallowed.
+            finished.set()
+            await keeper
+            self._metrics.turn_seconds.observe(time.perf_counter() - started)
+        await settle(delivery)
+
+    async def _settle_turn(self, job: Job, tenant: Tenant) -> Callable[[Delivery], Awaitable[None]]:
+        """Run the turn; returns what to do with the job afterwards (ack, retry or dead letter)."""
+        try:
+            await self._turn(job, tenant)
+        except DeadLetter as exc:
+            return partial(self._give_up, error=str(exc))
+        except OutsideWindow as exc:
+            return partial(
+                self._give_up, error=f"WhatsApp {exc.code}: outside the 24-hour window, a template is needed"
+            )
+        except SendError as exc:
+            if isinstance(exc, TokenExpired):
+                log.error("whatsapp_token_expired", code=exc.code)
+            error = f"send failed: {type(exc).__name__} {exc.code}: {exc}"
+            return partial(self._retry_or_give_up, error=error, retryable=exc.retryable)
+        except (RedisError, BookingError, OSError) as exc:
+            return partial(self._retry_or_give_up, error=f"{type(exc).__name__}: {exc}", retryable=True)
+        return self._done
+
+    async def _done(self, delivery: Delivery) -> None:
+        await self._queue.ack(delivery, now_ms=self._clock.now_ms())
+        self._metrics.jobs.labels("done").inc()
+
+    async def _give_up(self, delivery: Delivery, *, error: str) -> None:
+        log.warning("turn_dead_lettered", batch_id=delivery.job.batch_id, error=error)
+        await self._queue.fail(delivery, error, now_ms=self._clock.now_ms(), retryable=False)
+        self._metrics.jobs.labels("dead_letter").inc()
+
+    async def _retry_or_give_up(self, delivery: Delivery, *, error: str, retryable: bool) -> None:
+        retried = await self._queue.fail(delivery, error, now_ms=self._clock.now_ms(), retryable=retryable)
+        self._metrics.jobs.labels("retried" if retried else "dead_letter").inc()
+        log.warning("turn_failed", batch_id=delivery.job.batch_id, error=error, retried=retried)
+
+    async def _keep_lease(self, delivery: Delivery, finished: asyncio.Event) -> None:
+        period_s = self._queue.config.visibility_ms / 3000
+        while not await wait_event(self._clock, finished, timeout_s=period_s):
+            if not await self._queue.extend(delivery, self._consumer):
+                log.warning("lease_lost", batch_id=delivery.job.batch_id)
+                return
+
+    async def _turn(self, job: Job, tenant: Tenant) -> TurnResult:
+        record = await self._turns.get(job)
+        pnid = tenant.phone_number_id or self._settings.whatsapp_phone_number_id or ""
+        context = await self._context.load(job.company_id, job.phone)
+        if record.sent:  # redelivered after the reply went out: never send it twice
+            if record.stage is not TurnStage.DONE:
+                await self._save(job, context.dialog, context.preferences, record.reply)
+            return TurnResult(record.reply, replayed=True)
+        if job.messages[-1].message_id.startswith("wamid."):
+            await self._sender.mark_read(phone_number_id=pnid, message_id=job.messages[-1].message_id)
+        state = TurnState(
+            company_id=job.company_id,
+            phone=job.phone,
+            timezone=tenant.timezone,
+            batch_id=job.batch_id,
+            dialog=context.dialog,
+            preferences=context.preferences,
+        )
+        replayed = record.stage is TurnStage.REPLIED
+        if replayed:
+            reply = record.reply
+        else:
+            try:
+                reply = await self._think(job, tenant, context, state)
+            except LLMError as exc:
+                await self._apologise(job, pnid, already=record.stage is TurnStage.FALLBACK_SENT)
+                raise DeadLetter(f"LLM: {type(exc).__name__}: {exc}") from exc
+            await self._turns.save_reply(job, reply)
+        sent_ids = await self._sender.send_text(phone_number_id=pnid, to=job.phone, text=reply)
+        await self._turns.mark_sent(job, sent_ids)
+        await self._save(job, state.dialog, state.preferences, reply)
+        log.info("turn_done", batch_id=job.batch_id, phone=job.phone, fragments=len(job.messages), replayed=replayed)
+        return TurnResult(reply, replayed=replayed)
+
+    async def _apologise(self, job: Job, pnid: str, *, already: bool) -> None:
+        """The LLM is down: tell the client once, politely; the job goes to the dead letters."""
+        if already:
+            return
+        ids = await self._sender.send_text(phone_number_id=pnid, to=job.phone, text=FALLBACK_REPLY)
+        await self._turns.mark_sent(job, ids, fallback=True)
+
+    async def _save(self, job: Job, dialog: Dialog, preferences: Preferences, reply: str) -> None:
+        now_ms = self._clock.now_ms()
+        update = ContextUpdate(
+            new_messages=(
+                HistoryItem("client", turn_text(job), job.last_received_ms),
+                HistoryItem("admin", reply, now_ms),
+            ),
+            dialog=dialog,
+            preferences=preferences,
+        )
+        await self._context.save(job.company_id, job.phone, update, also=self._turns.done_fields(job))
+
+    async def _think(self, job: Job, tenant: Tenant, context: Context, state: TurnState) -> str:
+        """The bounded LLM loop: tool calls are executed for this client only, then the model answers."""
+        services, masters = await self._catalogue(job.company_id)
+        now = salon_now(self._clock, tenant.timezone)
+        prompt = system_prompt(
+            salon_name=tenant.name,
+            now=now,
+            working_hours=tenant.working_hours,
+            services=services,
+            masters=masters,
+            context=context,
+        )
+        messages = conversation(prompt, context, job)
+        schemas = self._tools.schemas()
+        for _ in range(self._settings.llm_max_tool_rounds):
+            try:
+                completion = await self._llm.complete(messages, tools=schemas)
+            except MalformedToolCall as exc:
+                messages.append(system_message(f"Твой вызов инструмента не разобрать ({exc}). Повтори корректно."))
+                continue
+            if completion.tool_calls:
+                messages.append(assistant_message(completion.content, completion.tool_calls))
+                for call in completion.tool_calls:
+                    result = await self._tools.call(call.name, call.arguments, state)
+                    messages.append(tool_message(call.id, orjson.dumps(result).decode()))
+                continue
+            if completion.content and completion.content.strip():
+                return completion.content.strip()
+            break
+        return CONFUSED_REPLY
+
+    async def _catalogue(self, company_id: int) -> tuple[list[Service], list[Master]]:
+        """Services and masters for the prompt; a CRM outage leaves them to the tools."""
+        try:
+            return await self._backend.services(company_id), await self._backend.masters(company_id)
+        except BookingError as exc:
+            log.warning("catalogue_unavailable", company_id=company_id, error=type(exc).__name__)
+            return [], []

@@ -1,0 +1,266 @@
+"""The worker's turns against the respx world (LLM, YClients, WhatsApp), on fakeredis and on real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from simulator.clock import VirtualClock
+from system.batcher import BatchProcessor
+from system.keys import Keys
+from system.models import InboundMessage
+from system.queue import Delivery
+from system.runtime import Runtime, build_worker
+from system.worker import FALLBACK_REPLY, Worker
+
+from .world import TZ, World, call, say, world_env
+
+Factory = Callable[..., InboundMessage]
+CLIENT = "79001234567"
+TOMORROW_15 = datetime(2025, 11, 26, 15, 0, tzinfo=TZ)  # START_MS is 2025-11-25 13:00 in Moscow
+
+
+@pytest.fixture
+async def world() -> World:
+    return World()
+
+
+@pytest.fixture(autouse=True)
+async def time_runs(clock: VirtualClock) -> AsyncIterator[None]:
+    """Waits on the clock (the CRM client's rate limit, backoffs) end as soon as nothing else can run."""
+    driver = asyncio.create_task(clock.drive())
+    yield
+    driver.cancel()
+    await asyncio.gather(driver, return_exceptions=True)
+
+
+@pytest.fixture
+async def http(world: World) -> AsyncIterator[httpx.AsyncClient]:
+    async with world.http() as client:
+        yield client
+
+
+@pytest.fixture
+async def rt(make_runtime: Callable[..., Runtime]) -> Runtime:
+    runtime = make_runtime(**{**world_env(), "llm_max_retries": "0"})
+    await runtime.start()
+    return runtime
+
+
+@pytest.fixture
+def worker(rt: Runtime, http: httpx.AsyncClient) -> Worker:
+    return build_worker(rt, http=http, consumer="w1", concurrency=4)
+
+
+async def next_turn(rt: Runtime, clock: VirtualClock, message: Factory, *texts: str, phone: str = CLIENT) -> Delivery:
+    """The client writes `texts`; the batch falls due and is read by the worker's consumer."""
+    for text in texts:
+        await rt.store.append(message(text, phone=phone, received_ms=clock.now_ms()), now_ms=clock.now_ms())
+    clock.advance_to(clock.now_ms() + rt.settings.batch_timeout_ms)
+    processor = BatchProcessor(
+        rt.redis, store=rt.store, clock=clock, metrics=rt.metrics, processor_id="b", heartbeat_interval_s=1
+    )
+    await processor.tick()
+    [delivery] = await rt.queue.read("w1", count=10, now_ms=clock.now_ms())
+    return delivery
+
+
+async def test_booking_end_to_end_creates_the_record_and_answers_once(
+    rt: Runtime, worker: Worker, world: World, clock: VirtualClock, message: Factory
+) -> None:
+    world.llm_answers.extend(
+        [
+            call("search_slots", service="стрижка машинкой", date="2025-11-26"),
+            call("create_booking", service="Стрижка машинкой", datetime="2025-11-26T15:00", master="Сергей"),
+            say("Записал вас на стрижку машинкой завтра в 15:00 к Сергею."),
+        ]
+    )
+    delivery = await next_turn(rt, clock, message, "Хочу записаться", "на стрижку машинкой", "завтра в 15:00")
+    await worker.handle(delivery)
+
+    assert world.sent == [(CLIENT, "Записал вас на стрижку машинкой завтра в 15:00 к Сергею.")]
+    [record] = world.records.values()
+    assert (record["staff_id"], record["services"][0]["id"]) == (10, 1)
+    assert datetime.fromisoformat(record["datetime"]) == TOMORROW_15
+    assert record["client"]["phone"] == "+" + CLIENT
+    first_request = world.llm_requests[0]
+    assert first_request["messages"][-1] == {
+        "role": "user",
+        "content": "Хочу записаться на стрижку машинкой завтра в 15:00",
+    }
+    assert "вторник, 25 ноября 2025" in first_request["messages"][0]["content"]
+    assert {t["function"]["name"] for t in first_request["tools"]} >= {
+        "search_slots",
+        "create_booking",
+        "cancel_booking",
+    }
+    assert await rt.queue.in_flight() == 0
+    assert world.read_receipts == [delivery.job.messages[-1].message_id]  # read receipt + typing first
+
+
+async def test_context_keys_are_written_with_their_ttls(
+    rt: Runtime, worker: Worker, world: World, clock: VirtualClock, message: Factory
+) -> None:
+    world.llm_answers.extend([call("save_client_name", name="Иван"), say("Приятно познакомиться, Иван!")])
+    await worker.handle(await next_turn(rt, clock, message, "Меня зовут Иван"))
+
+    keys = Keys.context(962302, CLIENT)
+    assert keys.dialog == f"dialog:962302:{CLIENT}"
+    ttl = {name: await rt.redis.ttl(name) for name in (keys.dialog, keys.messages, keys.preferences)}
+    assert 0 < ttl[keys.dialog] <= 24 * 3600
+    assert 24 * 3600 < ttl[keys.messages] <= 30 * 24 * 3600
+    assert 30 * 24 * 3600 < ttl[keys.preferences] <= 90 * 24 * 3600
+    assert (await rt.redis.hget(keys.preferences, "name")) == b"\xd0\x98\xd0\xb2\xd0\xb0\xd0\xbd"
+    assert await rt.redis.llen(keys.messages) == 2
+
+
+async def test_slot_taken_offers_the_next_free_slots(
+    rt: Runtime, worker: Worker, world: World, clock: VirtualClock, message: Factory
+) -> None:
+    world.busy.add(TOMORROW_15)  # another client took it
+    seen: list[dict[str, Any]] = []
+
+    def answer_after_tool(body: dict[str, Any]) -> dict[str, Any]:
+        seen.append(body["messages"][-1])
+        return say("15:00 занято, есть 16:00.")
+
+    world.llm_answers.extend(
+        [
+            call("create_booking", service="Стрижка машинкой", datetime="2025-11-26T15:00", master="Сергей"),
+            answer_after_tool,
+        ]
+    )
+    await worker.handle(await next_turn(rt, clock, message, "запишите на завтра в 15 на стрижку машинкой"))
+
+    assert world.records == {}
+    tool_result = seen[0]
+    assert tool_result["role"] == "tool"
+    assert "занято" in tool_result["content"] and "2025-11-26T16:00" in tool_result["content"]
+
+
+async def test_unknown_service_is_not_invented(
+    rt: Runtime, worker: Worker, world: World, clock: VirtualClock, message: Factory
+) -> None:
+    results: list[str] = []
+    world.llm_answers.extend(
+        [
+            call("search_slots", service="маникюр", date="2025-11-26"),
+            lambda body: results.append(body["messages"][-1]["content"]) or say("Маникюра у нас нет."),  # type: ignore[func-returns-value]
+        ]
+    )
+    await worker.handle(await next_turn(rt, clock, message, "хочу маникюр"))
+    assert "нет услуги" in results[0] and "Стрижка машинкой" in results[0]
+    assert world.records == {}
+
+
+async def test_cancel_own_booking_and_nobody_elses(
+    rt: Runtime, worker: Worker, world: World, clock: VirtualClock, message: Factory
+) -> None:
+    mine = world.add_record(phone=CLIENT, at=TOMORROW_15)
+    theirs = world.add_record(phone="79007654321", at=TOMORROW_15.replace(hour=16))
+    world.llm_answers.extend(
+        [
+            call("cancel_booking", record_id=theirs),
+            call("list_my_bookings"),
+            call("cancel_booking", record_id=mine),
+            say("Отменил вашу запись."),
+        ]
+    )
+    await worker.handle(await next_turn(rt, clock, message, "отмените все записи"))
+    assert set(world.records) == {theirs}
+
+
+async def test_reschedule_moves_own_booking(
+    rt: Runtime, worker: Worker, world: World, clock: VirtualClock, message: Factory
+) -> None:
+    mine = world.add_record(phone=CLIENT, at=TOMORROW_15)
+    world.llm_answers.extend(
+        [call("reschedule_booking", record_id=mine, datetime="2025-11-27T12:00"), say("Перенёс на послезавтра 12:00.")]
+    )
+    await worker.handle(await next_turn(rt, clock, message, "перенесите на послезавтра в 12"))
+    assert datetime.fromisoformat(world.records[mine]["datetime"]) == datetime(2025, 11, 27, 12, 0, tzinfo=TZ)
+
+
+async def test_llm_down_sends_a_polite_fallback_and_dead_letters_the_job(
+    rt: Runtime, worker: Worker, world: World, clock: VirtualClock, message: Factory
+) -> None:
+    world.llm_answers.append(httpx.Response(503, json={"error": {"message": "overloaded"}}))
+    await worker.handle(await next_turn(rt, clock, message, "привет"))
+    assert world.sent == [(CLIENT, FALLBACK_REPLY)]
+    [letter] = await rt.queue.dead_letters()
+    assert "LLM" in letter.error
+    assert await rt.queue.in_flight() == 0
+
+
+async def test_outside_24h_window_is_not_retried_and_is_recorded(
+    rt: Runtime, worker: Worker, world: World, clock: VirtualClock, message: Factory
+) -> None:
+    world.whatsapp_errors.append((400, 131047))
+    world.llm_answers.append(say("Здравствуйте!"))
+    await worker.handle(await next_turn(rt, clock, message, "привет"))
+    assert world.sent == []
+    [letter] = await rt.queue.dead_letters()
+    assert "131047" in letter.error
+    assert letter.job is not None and letter.job.attempt == 1
+
+
+async def test_redelivered_job_sends_no_second_reply_and_books_once(
+    rt: Runtime, http: httpx.AsyncClient, world: World, clock: VirtualClock, message: Factory
+) -> None:
+    world.llm_answers.extend(
+        [
+            call("create_booking", service="Стрижка машинкой", datetime="2025-11-26T15:00", master="Сергей"),
+            say("Записал!"),
+        ]
+    )
+    delivery = await next_turn(rt, clock, message, "запишите завтра на 15:00 на стрижку машинкой к Сергею")
+    first = build_worker(rt, http=http, consumer="w1", concurrency=1)
+    await first.handle(delivery)
+    # The same job delivered again (as after a crash before the ack): nothing new reaches the client or the CRM.
+    second = build_worker(rt, http=http, consumer="w2", concurrency=1)
+    await second.handle(delivery)
+    assert world.sent == [(CLIENT, "Записал!")]
+    assert len(world.records) == 1
+    assert len(world.llm_requests) == 2
+
+
+async def test_whatsapp_throughput_limit_is_retried_and_delivered(
+    make_runtime: Callable[..., Runtime], http: httpx.AsyncClient, world: World, clock: VirtualClock, message: Factory
+) -> None:
+    rt = make_runtime(**world_env())
+    await rt.start()
+    worker = build_worker(rt, http=http, consumer="w1", concurrency=1)
+    world.whatsapp_errors.append((400, 130429))
+    world.llm_answers.append(say("Здравствуйте!"))
+    await worker.handle(await next_turn(rt, clock, message, "привет"))
+    assert world.sent == [(CLIENT, "Здравствуйте!")]
+    assert await rt.queue.dead_letters() == []
+
+
+async def test_fragments_written_while_the_bot_thinks_are_answered_in_the_next_turn(
+    rt: Runtime, worker: Worker, world: World, clock: VirtualClock, message: Factory
+) -> None:
+    world.llm_answers.extend([say("Первый ответ"), say("Второй ответ")])
+    first = await next_turn(rt, clock, message, "вопрос один")
+    await rt.store.append(message("вопрос два", received_ms=clock.now_ms()), now_ms=clock.now_ms())
+    clock.advance_to(clock.now_ms() + 9000)
+    processor = BatchProcessor(
+        rt.redis, store=rt.store, clock=clock, metrics=rt.metrics, processor_id="b", heartbeat_interval_s=1
+    )
+    await processor.tick()
+    assert await rt.queue.read("w1", count=10, now_ms=clock.now_ms()) == []  # held back while the first turn runs
+    await worker.handle(first)
+    await processor.tick()
+    [second] = await rt.queue.read("w1", count=10, now_ms=clock.now_ms())
+    assert second.job.text == "вопрос два"
+    await worker.handle(second)
+    assert [text for _, text in world.sent] == ["Первый ответ", "Второй ответ"]
+    assert world.llm_requests[1]["messages"][-3:-1] == [
+        {"role": "user", "content": "вопрос один"},
+        {"role": "assistant", "content": "Первый ответ"},
+    ]

@@ -1,0 +1,272 @@
+"""The outside world of worker tests over respx: a scripted LLM, a small YClients salon, WhatsApp Cloud API.
+
+Each speaks its vendor's wire format, so the worker's real httpx clients are what is tested.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections import deque
+from collections.abc import Callable
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import orjson
+import respx
+
+LLM_URL = "http://llm.test/v1"
+YCLIENTS_URL = "http://yclients.test/api/v1"
+WHATSAPP_URL = "http://graph.test/v21.0"
+PHONE_NUMBER_ID = "106540352242922"
+TZ = ZoneInfo("Europe/Moscow")
+
+SERVICES = [
+    {"id": 1, "title": "Стрижка машинкой", "price_min": 800, "price_max": 800, "seance_length": 1800},
+    {"id": 2, "title": "Мужская стрижка", "price_min": 1500, "price_max": 1800, "seance_length": 3600},
+    {"id": 3, "title": "Оформление бороды", "price_min": 700, "price_max": 700, "seance_length": 1800},
+]
+STAFF = [
+    {"id": 10, "name": "Сергей", "specialization": "барбер"},
+    {"id": 11, "name": "Алексей", "specialization": "барбер"},
+]
+OPEN_HOURS = range(10, 21)
+
+LLMAnswer = dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]] | httpx.Response
+
+
+def world_env() -> dict[str, str]:
+    """Settings that point the worker's clients at this world."""
+    return {
+        "llm_base_url": LLM_URL,
+        "llm_api_key": "sk-test",
+        "llm_max_retries": "1",
+        "yclients_base_url": YCLIENTS_URL,
+        "yclients_partner_token": "partner",
+        "yclients_user_token": "user",
+        "whatsapp_api_url": WHATSAPP_URL,
+        "whatsapp_token": "wa-token",
+        "whatsapp_phone_number_id": PHONE_NUMBER_ID,
+        "whatsapp_max_retries": "2",
+        "whatsapp_recipient_gap_ms": "0",
+    }
+
+
+def say(text: str) -> dict[str, Any]:
+    """An LLM answer with text."""
+    return _completion({"role": "assistant", "content": text}, "stop")
+
+
+def call(tool: str, **arguments: Any) -> dict[str, Any]:
+    """An LLM answer calling one tool."""
+    tool_call = {
+        "id": f"call_{tool}",
+        "type": "function",
+        "function": {"name": tool, "arguments": orjson.dumps(arguments).decode()},
+    }
+    return _completion({"role": "assistant", "content": None, "tool_calls": [tool_call]}, "tool_calls")
+
+
+def _completion(message: dict[str, Any], finish: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "deepseek-chat",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110},
+    }
+
+
+class World:
+    """respx routes for the LLM, YClients and WhatsApp, with what each received."""
+
+    def __init__(self, *, journal: Path | None = None) -> None:
+        """`journal`: a file where sends and bookings are appended, so that a world outlives a killed process."""
+        self.journal = journal
+        self.router = respx.MockRouter(assert_all_called=False)
+        self.llm_answers: deque[LLMAnswer] = deque()
+        self.llm_requests: list[dict[str, Any]] = []
+        self.sent: list[tuple[str, str]] = []  # (to, text)
+        self.read_receipts: list[str] = []
+        self.whatsapp_errors: deque[tuple[int, int]] = deque()  # (http status, Meta error code)
+        self.records: dict[int, dict[str, Any]] = {}
+        self.busy: set[datetime] = set()  # taken by other clients
+        self.book_posts = 0
+        self._ids = itertools.count(1000)
+        self._wamids = itertools.count(1)
+        self._routes()
+        if journal is not None and journal.exists():
+            self._replay(journal)
+
+    def _replay(self, journal: Path) -> None:
+        for line in journal.read_text().splitlines():
+            event = orjson.loads(line)
+            if event["kind"] == "sent":
+                self.sent.append((event["to"], event["text"]))
+            elif event["kind"] == "record":
+                self.records[event["record"]["id"]] = event["record"]
+                self._ids = itertools.count(event["record"]["id"] + 1)
+
+    def _log(self, **event: Any) -> None:
+        if self.journal is not None:
+            with self.journal.open("ab") as f:
+                f.write(orjson.dumps(event) + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+    def http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.MockTransport(self.router.async_handler))
+
+    def add_record(self, *, phone: str, at: datetime, staff_id: int = 10, service_id: int = 1) -> int:
+        record_id = next(self._ids)
+        self.records[record_id] = _record(record_id, phone=phone, at=at, staff_id=staff_id, service_id=service_id)
+        return record_id
+
+    # --- routes ------------------------------------------------------------------------------------------
+
+    def _routes(self) -> None:
+        r = self.router
+        r.post(f"{LLM_URL}/chat/completions").mock(side_effect=self._llm)
+        r.post(url__regex=rf"{WHATSAPP_URL}/\d+/messages").mock(side_effect=self._whatsapp)
+        r.get(url__regex=rf"{YCLIENTS_URL}/book_services/\d+").mock(
+            side_effect=lambda _: _ok({"services": SERVICES, "category": []})
+        )
+        r.get(url__regex=rf"{YCLIENTS_URL}/book_staff/\d+").mock(
+            side_effect=lambda _: _ok([{**s, "bookable": True} for s in STAFF])
+        )
+        r.get(url__regex=rf"{YCLIENTS_URL}/book_dates/\d+").mock(side_effect=self._dates)
+        r.get(url__regex=rf"{YCLIENTS_URL}/book_times/\d+/(?P<staff>\d+)/(?P<day>[\d-]+)").mock(side_effect=self._times)
+        r.post(url__regex=rf"{YCLIENTS_URL}/book_check/\d+").mock(side_effect=self._check)
+        r.post(url__regex=rf"{YCLIENTS_URL}/book_record/\d+").mock(side_effect=self._book)
+        r.get(url__regex=rf"{YCLIENTS_URL}/records/\d+").mock(side_effect=self._records)
+        r.delete(url__regex=rf"{YCLIENTS_URL}/record/\d+/(?P<record>\d+)").mock(side_effect=self._delete)
+        r.put(url__regex=rf"{YCLIENTS_URL}/record/\d+/(?P<record>\d+)").mock(side_effect=self._put)
+
+    def _llm(self, request: httpx.Request) -> httpx.Response:
+        body = orjson.loads(request.content)
+        self.llm_requests.append(body)
+        if not self.llm_answers:
+            return httpx.Response(200, json=say("Чем могу помочь?"))
+        answer = self.llm_answers.popleft()
+        if isinstance(answer, httpx.Response):
+            return answer
+        return httpx.Response(200, json=answer(body) if callable(answer) else answer)
+
+    def _whatsapp(self, request: httpx.Request) -> httpx.Response:
+        body = orjson.loads(request.content)
+        if body.get("status") == "read":
+            self.read_receipts.append(body["message_id"])
+            return httpx.Response(200, json={"success": True})
+        if self.whatsapp_errors:
+            status, code = self.whatsapp_errors.popleft()
+            return httpx.Response(status, json={"error": {"message": "error", "type": "OAuthException", "code": code}})
+        self.sent.append((body["to"], body["text"]["body"]))
+        self._log(kind="sent", to=body["to"], text=body["text"]["body"])
+        wamid = f"wamid.out{next(self._wamids)}"
+        return httpx.Response(
+            200,
+            json={
+                "messaging_product": "whatsapp",
+                "contacts": [{"input": body["to"], "wa_id": body["to"]}],
+                "messages": [{"id": wamid}],
+            },
+        )
+
+    def _free(self, staff_id: int, day: date) -> list[datetime]:
+        taken = {datetime.fromisoformat(r["datetime"]) for r in self.records.values() if r["staff_id"] == staff_id}
+        slots = [datetime.combine(day, time(h), TZ) for h in OPEN_HOURS]
+        return [s for s in slots if s not in taken and s not in self.busy]
+
+    def _dates(self, request: httpx.Request) -> httpx.Response:
+        start = date.fromisoformat(request.url.params["date_from"])
+        end = date.fromisoformat(request.url.params["date_to"])
+        days = [(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
+        return _ok({"booking_dates": days, "working_dates": days})
+
+    def _times(self, request: httpx.Request, staff: str, day: str) -> httpx.Response:
+        staff_ids = [int(staff)] if staff != "0" else [s["id"] for s in STAFF]
+        free = sorted({at for sid in staff_ids for at in self._free(sid, date.fromisoformat(day))})
+        return _ok([{"time": at.strftime("%H:%M"), "seance_length": 3600, "datetime": at.isoformat()} for at in free])
+
+    def _appointment(self, request: httpx.Request) -> tuple[int, datetime]:
+        """(master, time); master 0 ("any") becomes the first master free then."""
+        appointment = orjson.loads(request.content)["appointments"][0]
+        staff_id, at = int(appointment["staff_id"]), datetime.fromisoformat(appointment["datetime"])
+        if staff_id == 0:
+            staff_id = next((s["id"] for s in STAFF if at in self._free(s["id"], at.date())), STAFF[0]["id"])
+        return staff_id, at
+
+    def _check(self, request: httpx.Request) -> httpx.Response:
+        staff_id, at = self._appointment(request)
+        if at not in self._free(staff_id, at.date()):
+            return _error(433, "Выбранное время уже занято")
+        return httpx.Response(201, json={"success": True, "data": None, "meta": []})
+
+    def _book(self, request: httpx.Request) -> httpx.Response:
+        self.book_posts += 1
+        body = orjson.loads(request.content)
+        staff_id, at = self._appointment(request)
+        if at not in self._free(staff_id, at.date()):
+            return _error(433, "Выбранное время уже занято")
+        record_id = next(self._ids)
+        self.records[record_id] = _record(
+            record_id,
+            phone=body["phone"].lstrip("+"),
+            at=at,
+            staff_id=staff_id,
+            service_id=body["appointments"][0]["services"][0],
+            api_id=body.get("api_id", ""),
+        )
+        self._log(kind="record", record=self.records[record_id])
+        return httpx.Response(201, json={"success": True, "data": [{"id": 1, "record_id": record_id}], "meta": []})
+
+    def _records(self, request: httpx.Request) -> httpx.Response:
+        phone = request.url.params["client_phone"].lstrip("+")
+        return _ok([r for r in self.records.values() if r["client"]["phone"].lstrip("+") == phone])
+
+    def _delete(self, request: httpx.Request, record: str) -> httpx.Response:
+        self.records.pop(int(record), None)
+        return httpx.Response(204)
+
+    def _put(self, request: httpx.Request, record: str) -> httpx.Response:
+        body = orjson.loads(request.content)
+        current = self.records[int(record)]
+        current["datetime"] = datetime.fromisoformat(body["datetime"]).isoformat()
+        current["staff_id"] = int(body.get("staff_id", current["staff_id"]))
+        return _ok(current)
+
+
+def _record(
+    record_id: int, *, phone: str, at: datetime, staff_id: int, service_id: int, api_id: str = ""
+) -> dict[str, Any]:
+    service = next(s for s in SERVICES if s["id"] == service_id)
+    staff = next(s for s in STAFF if s["id"] == staff_id)
+    return {
+        "id": record_id,
+        "staff_id": staff_id,
+        "staff": {"id": staff_id, "name": staff["name"]},
+        "services": [{"id": service_id, "title": service["title"], "cost": service["price_min"]}],
+        "datetime": at.isoformat(),
+        "seance_length": service["seance_length"],
+        "client": {"phone": "+" + phone, "name": "Клиент"},
+        "api_id": api_id,
+        "deleted": False,
+    }
+
+
+def _ok(data: Any) -> httpx.Response:
+    return httpx.Response(200, json={"success": True, "data": data, "meta": []})
+
+
+def _error(code: int, message: str) -> httpx.Response:
+    return httpx.Response(
+        422,
+        json={
+            "success": False,
+            "data": None,
+            "meta": {"message": message, "errors": [{"code": code, "message": message}]},
+        },
+    )
