@@ -18,7 +18,9 @@ import pytest
 from redis.asyncio import Redis
 
 from system.keys import Keys
+from system.models import InboundMessage
 from system.queue import JobQueue, QueueConfig
+from system.runtime import Runtime
 from system.settings import load_settings
 
 from .conftest import REAL_REDIS_URL
@@ -146,3 +148,26 @@ async def test_api_and_batcher_as_separate_processes_hand_a_batch_to_the_queue(r
         assert batcher.wait(timeout=10) == 0
     assert [d.job.text for d in jobs] == ["Хочу записаться на стрижку машинкой"]
     assert jobs[0].job.phone == "79001234567"
+
+
+@pytest.mark.redis
+async def test_dead_letters_can_be_listed_and_replayed(real_redis: Redis) -> None:
+    env = base_env(REDIS_URL=REAL_REDIS_URL, AIADMIN_REDIS_PREFIX="dlqtest")
+    settings = load_settings({k: v for k, v in env.items() if k.startswith(("AIADMIN_", "REDIS_URL"))})
+    rt = Runtime.build(settings, redis=real_redis)
+    await rt.start()
+    msg = InboundMessage(company_id=962302, phone="79001234567", message_id="wamid.dlq", text="привет")
+    await rt.store.append(msg, now_ms=1)
+    await rt.store.claim(rt.keys.shard(0), ["962302:79001234567"], now_ms=10**13)
+    [delivery] = await rt.queue.read("w", count=1, now_ms=10**13)
+    await rt.queue.fail(delivery, "LLM: LLMUnavailable: down", now_ms=10**13, retryable=False)
+
+    listed = aiadmin("dlq", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    shard, entry_id, batch_id, attempts, error = listed.stdout.strip().split("\t")
+    assert (batch_id, attempts, error) == (delivery.job.batch_id, "attempts=1", "LLM: LLMUnavailable: down")
+
+    replayed = aiadmin("dlq", "replay", f"{shard}/{entry_id}", env=env)
+    assert replayed.stdout.strip() == "replayed 1 of 1"
+    assert await rt.queue.dead_letter_count() == 0
+    assert await rt.queue.length() == 1

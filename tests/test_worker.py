@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from simulator.clock import VirtualClock
 from system.batcher import BatchProcessor
@@ -16,8 +17,10 @@ from system.keys import Keys
 from system.models import InboundMessage
 from system.queue import Delivery
 from system.runtime import Runtime, build_worker
+from system.settings import Settings
 from system.worker import FALLBACK_REPLY, Worker
 
+from .conftest import START_MS
 from .world import TZ, World, call, say, world_env
 
 Factory = Callable[..., InboundMessage]
@@ -264,3 +267,59 @@ async def test_fragments_written_while_the_bot_thinks_are_answered_in_the_next_t
         {"role": "user", "content": "вопрос один"},
         {"role": "assistant", "content": "Первый ответ"},
     ]
+
+
+async def test_stop_lets_a_turn_in_flight_finish(
+    rt: Runtime, worker: Worker, world: World, clock: VirtualClock, message: Factory
+) -> None:
+    thinking, answer = asyncio.Event(), asyncio.Event()
+
+    async def slow_model(body: dict[str, Any]) -> dict[str, Any]:
+        thinking.set()
+        await answer.wait()
+        return say("Готово!")
+
+    world.llm_answers.append(slow_model)
+    await next_turn_enqueued(rt, clock, message, "привет")
+    runner = asyncio.create_task(worker.run())
+    await thinking.wait()
+    worker.stop()
+    answer.set()
+    await runner
+    assert world.sent == [(CLIENT, "Готово!")]
+    assert await rt.queue.in_flight() == 0
+
+
+async def test_turns_past_the_shutdown_deadline_are_left_for_the_reclaim(
+    redis: Redis, make_settings: Callable[..., Settings], http: httpx.AsyncClient, world: World, message: Factory
+) -> None:
+    # A clock of its own that nothing drives: the stuck model call never times out during the test.
+    clock = VirtualClock(start_ms=START_MS)
+    rt = Runtime.build(make_settings(**{**world_env(), "worker_shutdown_s": "0.05"}), redis=redis, clock=clock)
+    await rt.start()
+    worker = build_worker(rt, http=http, consumer="w1", concurrency=2)
+    thinking = asyncio.Event()
+
+    async def stuck_model(body: dict[str, Any]) -> dict[str, Any]:
+        thinking.set()
+        await asyncio.Event().wait()  # never answers
+        raise AssertionError("unreachable")
+
+    world.llm_answers.append(stuck_model)
+    await next_turn_enqueued(rt, clock, message, "привет")
+    runner = asyncio.create_task(worker.run())
+    await thinking.wait()
+    worker.stop()
+    await runner
+    assert world.sent == []
+    assert await rt.queue.in_flight() == 1  # still pending: another worker reclaims it after the visibility timeout
+
+
+async def next_turn_enqueued(rt: Runtime, clock: VirtualClock, message: Factory, *texts: str) -> None:
+    for text in texts:
+        await rt.store.append(message(text, received_ms=clock.now_ms()), now_ms=clock.now_ms())
+    clock.advance_to(clock.now_ms() + rt.settings.batch_timeout_ms)
+    processor = BatchProcessor(
+        rt.redis, store=rt.store, clock=clock, metrics=rt.metrics, processor_id="b", heartbeat_interval_s=1
+    )
+    await processor.tick()

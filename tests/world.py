@@ -5,10 +5,11 @@ Each speaks its vendor's wire format, so the worker's real httpx clients are wha
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ STAFF = [
 ]
 OPEN_HOURS = range(10, 21)
 
-LLMAnswer = dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]] | httpx.Response
+LLMAnswer = dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]] | httpx.Response
 
 
 def world_env() -> dict[str, str]:
@@ -145,7 +146,7 @@ class World:
         r.delete(url__regex=rf"{YCLIENTS_URL}/record/\d+/(?P<record>\d+)").mock(side_effect=self._delete)
         r.put(url__regex=rf"{YCLIENTS_URL}/record/\d+/(?P<record>\d+)").mock(side_effect=self._put)
 
-    def _llm(self, request: httpx.Request) -> httpx.Response:
+    async def _llm(self, request: httpx.Request) -> httpx.Response:
         body = orjson.loads(request.content)
         self.llm_requests.append(body)
         if not self.llm_answers:
@@ -153,7 +154,10 @@ class World:
         answer = self.llm_answers.popleft()
         if isinstance(answer, httpx.Response):
             return answer
-        return httpx.Response(200, json=answer(body) if callable(answer) else answer)
+        if callable(answer):
+            result = answer(body)
+            return httpx.Response(200, json=await result if inspect.isawaitable(result) else result)
+        return httpx.Response(200, json=answer)
 
     def _whatsapp(self, request: httpx.Request) -> httpx.Response:
         body = orjson.loads(request.content)

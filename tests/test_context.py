@@ -1,0 +1,69 @@
+"""Context and turn-record stores: one contract on fakeredis and on real Redis."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from system.context import ContextStore, ContextUpdate, Dialog, HistoryItem, Preferences, remember_service
+from system.keys import Keys
+from system.models import BatchedMessage, Job, MessageKind
+from system.turns import TurnStage, TurnStore
+
+PHONE = "79001234567"
+
+
+def update(n: int) -> ContextUpdate:
+    return ContextUpdate(
+        new_messages=(HistoryItem("client", f"вопрос {n}", n), HistoryItem("admin", f"ответ {n}", n + 1)),
+        dialog=Dialog(stage="choosing", draft={"service": "Стрижка машинкой"}, offered_slots=("2025-11-26T15:00",)),
+        preferences=remember_service(Preferences(name="Иван"), "Стрижка машинкой"),
+    )
+
+
+async def test_a_turn_is_read_back_as_written(redis: Redis) -> None:
+    store = ContextStore(redis)
+    await store.save(962302, PHONE, update(1))
+    ctx = await store.load(962302, PHONE)
+    assert ctx.dialog.draft == {"service": "Стрижка машинкой"}
+    assert ctx.dialog.offered_slots == ("2025-11-26T15:00",)
+    assert ctx.preferences.usual_services == ("Стрижка машинкой",)
+    assert [h.text for h in ctx.history] == ["вопрос 1", "ответ 1"]
+
+
+async def test_history_keeps_the_last_50_messages(redis: Redis) -> None:
+    store = ContextStore(redis)
+    for n in range(40):
+        await store.save(962302, PHONE, update(n))
+    ctx = await store.load(962302, PHONE)
+    assert len(ctx.history) == 50
+    assert ctx.history[-1].text == "ответ 39"
+    assert await redis.llen(Keys.context(962302, PHONE).messages) == 50
+
+
+async def test_an_unknown_client_has_an_empty_context(redis: Redis) -> None:
+    ctx = await ContextStore(redis).load(962302, PHONE)
+    assert (ctx.dialog, ctx.history, ctx.preferences) == (Dialog(), (), Preferences())
+
+
+async def test_the_same_phone_in_two_salons_has_two_contexts(redis: Redis) -> None:
+    store = ContextStore(redis)
+    await store.save(962302, PHONE, update(1))
+    assert (await store.load(100500, PHONE)).history == ()
+
+
+async def test_turn_records_move_forward_and_expire(redis: Redis) -> None:
+    turns = TurnStore(redis, keys=Keys())
+    job = Job(
+        batch_id="962302:79001234567:wamid.1",
+        company_id=962302,
+        phone=PHONE,
+        messages=(BatchedMessage("wamid.1", "привет", MessageKind.TEXT, 1),),
+        enqueued_ms=1,
+    )
+    assert (await turns.get(job)).stage is TurnStage.NEW
+    await turns.save_reply(job, "Здравствуйте!")
+    assert (await turns.get(job)).reply == "Здравствуйте!"
+    await turns.mark_sent(job, ["wamid.out1"])
+    record = await turns.get(job)
+    assert (record.sent, record.sent_ids) == (True, ("wamid.out1",))
+    assert 0 < await redis.ttl(turns.key(job)) <= 7 * 24 * 3600
