@@ -167,6 +167,11 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(
         default=32, ge=1, le=4096, description="Turns of different conversations one worker process runs at once."
     )
+    worker_idle_poll_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="An idle worker looks at the queue at least this often (new jobs also wake it at once).",
+    )
     worker_shutdown_s: float = Field(
         default=30.0, gt=0, description="On SIGTERM, how long in-flight turns may take to finish."
     )

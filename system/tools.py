@@ -197,9 +197,9 @@ class BookingTools:
         service = await self._service(state, args.service)
         master = await self._master(state, args.master, service) if args.master else None
         at = self._datetime(state, args.datetime)
-        already = await self._booked_by_this_turn(state, at)
-        if already is not None:  # a redelivered turn: the booking exists, never book twice
-            return {"booked": _record_doc(already, state.timezone)}
+        already = await self._already_booked(state, at, service)
+        if already is not None:  # a redelivered turn or a repeated request: never book the same visit twice
+            return {"booked": _record_doc(already, state.timezone), "note": "клиент уже записан на это время"}
         free = await self._free(state, at.date(), service, master)
         slot = next((s for s in free if s.at == at), None)
         if slot is None:
@@ -369,10 +369,18 @@ class BookingTools:
             raise ToolError("среди ваших будущих записей такой нет; посмотрите list_my_bookings")
         return record
 
-    async def _booked_by_this_turn(self, state: TurnState, at: datetime) -> Record | None:
+    async def _already_booked(self, state: TurnState, at: datetime, service: Service) -> Record | None:
+        """This client's active booking at that time: made by this turn before a crash, or asked for twice."""
         records = await self._backend.records(state.company_id, phone=state.phone)
         prefix = f"{state.batch_id}#"
-        return next((r for r in records if r.api_id.startswith(prefix) and r.at == at and not r.cancelled), None)
+        return next(
+            (
+                r
+                for r in records
+                if r.at == at and not r.cancelled and (r.api_id.startswith(prefix) or service.id in r.service_ids)
+            ),
+            None,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,7 +45,6 @@ CONFUSED_REPLY = (
     "Простите, не совсем понял 🙈 Подскажите, пожалуйста: хотите записаться, перенести или отменить запись?"
 )
 BUSY_RETRY_MS = 1000
-IDLE_POLL_S = 1.0
 
 
 class DeadLetter(Exception):
@@ -131,10 +130,11 @@ class Worker:
             log.info("worker_stopped", consumer=self._consumer)
 
     async def _idle_s(self, now_ms: int) -> float:
+        poll_s = self._settings.worker_idle_poll_s
         next_retry_ms = await self._queue.next_retry_ms()
         if next_retry_ms is None:
-            return IDLE_POLL_S
-        return max(0.0, min(IDLE_POLL_S, (next_retry_ms - now_ms) / 1000))
+            return poll_s
+        return max(0.0, min(poll_s, (next_retry_ms - now_ms) / 1000))
 
     def _start(self, delivery: Delivery) -> None:
         task = asyncio.get_running_loop().create_task(self.handle(delivery))

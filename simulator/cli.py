@@ -1,0 +1,194 @@
+"""`aiadmin simulate` and `aiadmin fake whatsapp|llm|crm` (registered as `aiadmin.commands` plugins)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import statistics
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+import uvicorn
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from simulator.personas import PERSONAS
+from simulator.simulation import DEFAULT_START, TOKENS, SimOptions, SimResult, simulate
+from system.clock import WallClock
+from system.logs import configure_logging
+
+fake_app = typer.Typer(no_args_is_help=True, help="Stand-alone fakes of the outside world, as real HTTP servers.")
+
+
+def simulate_command(
+    users: Annotated[int, typer.Option(min=1, max=100_000, help="Simulated WhatsApp users.")] = 100,
+    seed: Annotated[int, typer.Option(help="One seed, one transcript.")] = 1,
+    personas: Annotated[str, typer.Option(help="Comma-separated persona names (default: all).")] = ",".join(PERSONAS),
+    out: Annotated[Path, typer.Option(help="Where transcript.jsonl and summary.json go.")] = Path("out/sim"),
+    start: Annotated[str, typer.Option(help="Simulated start, ISO with offset.")] = DEFAULT_START.isoformat(),
+    mode: Annotated[str, typer.Option(help="Webhook format: meta (signed Cloud API) or gateway.")] = "meta",
+    redis_url: Annotated[
+        str | None, typer.Option(envvar="REDIS_URL", help="A real Redis (flushed!) instead of fakeredis.")
+    ] = None,
+) -> None:
+    """Run simulated users through the whole system in virtual time; write the transcript and a summary."""
+    names = tuple(p.strip() for p in personas.split(",") if p.strip())
+    unknown = [n for n in names if n not in PERSONAS]
+    if unknown:
+        raise typer.BadParameter(f"unknown personas {unknown}; known: {', '.join(PERSONAS)}", param_hint="--personas")
+    if mode not in ("meta", "gateway"):
+        raise typer.BadParameter("meta or gateway", param_hint="--mode")
+    configure_logging(level="WARNING", json=True)
+    opts = SimOptions(
+        users=users, seed=seed, personas=names, start=datetime.fromisoformat(start), redis_url=redis_url, mode=mode
+    )
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
+        task = bar.add_task("users", total=users)
+        result = asyncio.run(simulate(opts, progress=lambda done, _: bar.update(task, completed=done)))
+    summary = summarize(result, opts)
+    write(out, result, summary)
+    print_summary(Console(), summary, out)
+    if (
+        summary["world"]["double_bookings"]
+        or summary["world"]["foreign_touched"]
+        or summary["world"]["turns_answered_twice"]
+    ):
+        raise typer.Exit(1)
+
+
+def summarize(result: SimResult, opts: SimOptions) -> dict[str, Any]:
+    from simulator.judge import success_rates
+
+    latencies = sorted(result.reply_latency_ms)
+    stats = result.stats
+    cooperative = {n for n, p in PERSONAS.items() if p.cooperative}
+    rates = success_rates(result.verdicts)
+    return {
+        "seed": opts.seed,
+        "users": opts.users,
+        "personas": rates,
+        "cooperative_min_rate": min((r["rate"] for n, r in rates.items() if n in cooperative), default=None),
+        "turns": stats["jobs_done"],
+        "batches": stats["batches_flushed"],
+        "fragments": stats["fragments_flushed"],
+        "fragments_per_batch": round(stats["fragments_flushed"] / max(1, stats["batches_flushed"]), 3),
+        "bookings_created": result.bookings_created,
+        "dead_letters": stats["dead_letters"],
+        "rate_limited_messages": stats["rate_limited_messages"],
+        "world": {
+            "double_bookings": result.world.double_bookings,
+            "foreign_touched": result.world.foreign_touched,
+            "turns_answered_twice": result.world.turns_answered_twice,
+            "unanswered_users": result.world.unanswered_users,
+        },
+        "latency_ms": {
+            "reply_p50": _pct(latencies, 50),
+            "reply_p95": _pct(latencies, 95),
+            "flush_lateness": stats["flush_lateness_ms"],
+        },
+        "virtual_s": round(result.virtual_s, 1),
+        "wall_s": round(result.wall_s, 2),
+        "failures": [_verdict(v) for v in result.verdicts if not v.success],
+    }
+
+
+def _verdict(v: Any) -> dict[str, Any]:
+    return {"phone": v.phone, "persona": v.persona, "reason": v.reason}
+
+
+def _pct(values: list[int], q: float) -> float | None:
+    if not values:
+        return None
+    return float(statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]) if len(values) > 1 else values[0]
+
+
+def write(out: Path, result: SimResult, summary: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    transcript = b"".join(orjson.dumps(e, option=orjson.OPT_SORT_KEYS) + b"\n" for e in result.transcript.events)
+    (out / "transcript.jsonl").write_bytes(transcript)
+    summary = {**summary, "transcript_sha256": hashlib.sha256(transcript).hexdigest()}
+    (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+
+
+def print_summary(console: Console, s: dict[str, Any], out: Path) -> None:
+    table = Table(title=f"aiadmin simulate — {s['users']} users, seed {s['seed']}")
+    table.add_column("persona")
+    table.add_column("users", justify="right")
+    table.add_column("succeeded", justify="right")
+    table.add_column("rate", justify="right")
+    for name, r in s["personas"].items():
+        table.add_row(name, str(r["users"]), str(r["succeeded"]), f"{100 * r['rate']:.1f}%")
+    console.print(table)
+    w, lat = s["world"], s["latency_ms"]
+    console.print(
+        f"turns {s['turns']}, batches {s['batches']} from {s['fragments']} fragments "
+        f"({s['fragments_per_batch']} per batch), bookings {s['bookings_created']}, dead letters {s['dead_letters']}"
+    )
+    console.print(
+        f"double bookings {w['double_bookings']}, foreign bookings touched {w['foreign_touched']}, "
+        f"turns answered twice {w['turns_answered_twice']}, users never answered {w['unanswered_users']}"
+    )
+    console.print(
+        f"reply latency p50 {lat['reply_p50']} ms, p95 {lat['reply_p95']} ms (virtual; LLM 5-15 s), "
+        f"flush lateness p99 {lat['flush_lateness']['p99']} ms; {s['virtual_s']} s simulated in {s['wall_s']} s"
+    )
+    console.print(f"written: {out / 'transcript.jsonl'}, {out / 'summary.json'}")
+
+
+def _serve(app: Any, port: int, host: str) -> None:
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
+
+
+@fake_app.command("whatsapp")
+def fake_whatsapp(
+    port: Annotated[int, typer.Option(help="Port.")] = 8091,
+    host: Annotated[str, typer.Option(help="Interface.")] = "127.0.0.1",
+    token: Annotated[str, typer.Option(envvar="AIADMIN_WHATSAPP_TOKEN", help="Bearer token it accepts.")] = TOKENS[
+        "whatsapp"
+    ],
+    seed: Annotated[int, typer.Option(help="Seed of message ids and faults.")] = 1,
+) -> None:
+    """A fake WhatsApp Cloud API: point AIADMIN_WHATSAPP_API_URL at http://HOST:PORT/v21.0."""
+    from simulator import whatsapp
+
+    _serve(whatsapp.create_app(token=token, clock=WallClock(), rng=random.Random(seed)), port, host)
+
+
+@fake_app.command("llm")
+def fake_llm_server(
+    port: Annotated[int, typer.Option(help="Port.")] = 8092,
+    host: Annotated[str, typer.Option(help="Interface.")] = "127.0.0.1",
+    seed: Annotated[int, typer.Option(help="Seed of wording and faults.")] = 1,
+    latency_s: Annotated[str, typer.Option(help="min,mode,max seconds of each answer (0,0,0 = instant).")] = "0,0,0",
+) -> None:
+    """A fake OpenAI-compatible LLM: point AIADMIN_LLM_BASE_URL at http://HOST:PORT/v1."""
+    from simulator import fake_llm
+
+    low, mode, high = (float(x) for x in latency_s.split(","))
+    latency = fake_llm.LatencyModel(low, mode, high) if high > 0 else None
+    _serve(fake_llm.create_app(seed=seed, latency=latency, clock=WallClock()), port, host)
+
+
+@fake_app.command("crm")
+def fake_crm(
+    port: Annotated[int, typer.Option(help="Port.")] = 8093,
+    host: Annotated[str, typer.Option(help="Interface.")] = "127.0.0.1",
+    partner_token: Annotated[str, typer.Option(envvar="AIADMIN_YCLIENTS_PARTNER_TOKEN")] = TOKENS["partner"],
+    user_token: Annotated[str, typer.Option(envvar="AIADMIN_YCLIENTS_USER_TOKEN")] = TOKENS["user"],
+) -> None:
+    """A fake YClients salon from the barbershop fixture: point AIADMIN_YCLIENTS_BASE_URL at http://HOST:PORT/api/v1."""
+    from simulator import crm
+    from simulator.salon import BARBERSHOP_FIXTURE, Salon
+
+    clock = WallClock()
+    start = datetime.fromtimestamp(clock.now_ms() / 1000).astimezone()
+    salon = Salon.from_fixture(BARBERSHOP_FIXTURE, start=start)
+    _serve(crm.create_app(salon, partner_token=partner_token, user_token=user_token, clock=clock), port, host)

@@ -1,0 +1,176 @@
+"""Judges: each user by the world's end state (never by the wording of replies), and the world as a whole."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from simulator.personas import Goal
+from simulator.salon import Salon
+from simulator.users import User
+from simulator.whatsapp import OutboundMessage
+
+CHUNK_WINDOW_MS = 60_000  # parts of one long reply arrive within this window of each other
+
+
+@dataclass(frozen=True, slots=True)
+class Booked:
+    """A CRM record as the judges see it."""
+
+    id: int
+    phone: str
+    service_title: str
+    master_id: int
+    master_name: str
+    start: datetime
+    duration_min: int
+    deleted: bool
+
+
+def snapshot(salon: Salon) -> list[Booked]:
+    """Every record of the salon (cancelled ones too), frozen."""
+    out = []
+    for r in salon.all_records():
+        service = salon.services.get(r.service_ids[0]) if r.service_ids else None
+        master = salon.masters.get(r.master_id)
+        out.append(
+            Booked(
+                id=r.id,
+                phone=r.phone,
+                service_title=service.title if service else "",
+                master_id=r.master_id,
+                master_name=master.name if master else "",
+                start=r.start,
+                duration_min=r.duration_min,
+                deleted=r.deleted,
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    phone: str
+    persona: str
+    success: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorldVerdict:
+    double_bookings: int
+    foreign_touched: int
+    turns_answered_twice: int
+    unanswered_users: int
+
+
+def judge_user(user: User, *, initial: Sequence[Booked], final: Sequence[Booked], start: datetime) -> Verdict:
+    mine_before = [r for r in initial if r.phone == user.phone and not r.deleted]
+    mine_after = [r for r in final if r.phone == user.phone and not r.deleted]
+    w = user.want
+    ok, reason = True, "ok"
+    match w.goal:
+        case Goal.BOOK:
+            wanted = _at(start, w.day_offset, w.hour)
+            booked = [r for r in mine_after if r.service_title == w.service]
+            if len(mine_after) != 1 or not booked:
+                ok, reason = False, f"{len(mine_after)} active bookings, {len(booked)} of {w.service}"
+            elif booked[0].start != wanted and not user.replies:
+                ok, reason = False, "booked without a reply"
+            elif w.master and booked[0].start == wanted and booked[0].master_name != w.master:
+                ok, reason = False, f"master {booked[0].master_name}, wanted {w.master}"
+        case Goal.BOOK_FLEXIBLE:
+            booked = [r for r in mine_after if r.service_title == w.service]
+            if len(mine_after) != 1 or not booked:
+                ok, reason = False, f"{len(mine_after)} active bookings, {len(booked)} of {w.service}"
+        case Goal.CANCEL:
+            if mine_after:
+                ok, reason = False, f"{len(mine_after)} bookings left"
+        case Goal.RESCHEDULE:
+            # Moved to the wanted day, or to a time the bot offered when that day was full.
+            original = _at(start, w.day_offset, w.hour)
+            if len(mine_after) != 1:
+                ok, reason = False, f"{len(mine_after)} active bookings"
+            elif mine_after[0].start == original:
+                ok, reason = False, "not moved"
+        case _:
+            if _state(mine_after) != _state(mine_before):
+                ok, reason = False, "bookings changed"
+    if ok and not user.replies:
+        ok, reason = False, "no reply"
+    return Verdict(user.phone, user.persona.name, ok, reason)
+
+
+def judge_world(
+    users: Sequence[User],
+    *,
+    initial: Sequence[Booked],
+    final: Sequence[Booked],
+    inbound: dict[str, list[int]],
+    outbound: Sequence[OutboundMessage],
+) -> WorldVerdict:
+    return WorldVerdict(
+        double_bookings=_double_bookings(final),
+        foreign_touched=_foreign_touched(users, initial, final),
+        turns_answered_twice=_answered_twice(inbound, outbound),
+        unanswered_users=sum(1 for u in users if not u.replies),
+    )
+
+
+def _at(start: datetime, day_offset: int, hour: int) -> datetime:
+    return (start + timedelta(days=day_offset)).replace(hour=hour, minute=0, second=0, microsecond=0)
+
+
+def _state(records: Sequence[Booked]) -> set[tuple[int, datetime, int]]:
+    return {(r.id, r.start, r.master_id) for r in records}
+
+
+def _double_bookings(records: Sequence[Booked]) -> int:
+    """Active records of one master that overlap in time."""
+    clashes = 0
+    by_master: dict[int, list[Booked]] = {}
+    for r in records:
+        if not r.deleted:
+            by_master.setdefault(r.master_id, []).append(r)
+    for items in by_master.values():
+        items.sort(key=lambda r: r.start)
+        for a, b in itertools.pairwise(items):
+            if b.start < a.start + timedelta(minutes=a.duration_min):
+                clashes += 1
+    return clashes
+
+
+def _foreign_touched(users: Sequence[User], initial: Sequence[Booked], final: Sequence[Booked]) -> int:
+    """Records changed (cancelled or moved) whose owner did not ask for that."""
+    allowed = {u.phone for u in users if u.want.goal in (Goal.CANCEL, Goal.RESCHEDULE)}
+    after = {r.id: r for r in final}
+    touched = 0
+    for before in initial:
+        now = after.get(before.id)
+        changed = now is None or now.deleted != before.deleted or now.start != before.start
+        if changed and before.phone not in allowed:
+            touched += 1
+    return touched
+
+
+def _answered_twice(inbound: dict[str, list[int]], outbound: Sequence[OutboundMessage]) -> int:
+    """Replies with no client message since the previous reply (parts of one long reply excepted)."""
+    twice = 0
+    out_by_phone: dict[str, list[int]] = {}
+    for m in outbound:
+        out_by_phone.setdefault(m.to, []).append(m.at_ms)
+    for phone, replies in out_by_phone.items():
+        sent = inbound.get(phone, [])
+        for prev, cur in itertools.pairwise(replies):
+            if cur - prev > CHUNK_WINDOW_MS and not any(prev <= t < cur for t in sent):
+                twice += 1
+    return twice
+
+
+def success_rates(verdicts: Sequence[Verdict]) -> dict[str, dict[str, float | int]]:
+    total: Counter[str] = Counter(v.persona for v in verdicts)
+    good: Counter[str] = Counter(v.persona for v in verdicts if v.success)
+    return {p: {"users": n, "succeeded": good[p], "rate": round(good[p] / n, 4)} for p, n in sorted(total.items())}

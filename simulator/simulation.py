@@ -1,0 +1,342 @@
+"""One simulated salon day: the real system (webhook, batching, queue, worker, clients) against the fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import fakeredis
+import httpx
+from redis.asyncio import Redis
+
+from simulator import crm, fake_llm
+from simulator import whatsapp as fake_whatsapp
+from simulator.clock import VirtualClock
+from simulator.delivery import WebhookDelivery
+from simulator.fakeredis_time import fakeredis_on
+from simulator.judge import Verdict, WorldVerdict, judge_user, judge_world, snapshot
+from simulator.personas import PERSONAS, Goal, want_for
+from simulator.salon import BARBERSHOP_FIXTURE, Appointment, Salon
+from simulator.users import User
+from system.api import create_app
+from system.batcher import BatchProcessor
+from system.clock import wait_event
+from system.runtime import Runtime, build_worker
+from system.settings import load_settings
+
+TZ = ZoneInfo("Europe/Moscow")
+DEFAULT_START = datetime(2026, 1, 12, 9, 0, tzinfo=TZ)  # a Monday morning: a fixed day keeps runs identical
+ARRIVAL_WINDOW_S = 8 * 3600  # users start over a working day
+DRAIN_LIMIT_S = 3600.0
+APP_SECRET = "sim-app-secret"
+TOKENS = {"whatsapp": "sim-wa-token", "partner": "sim-partner", "user": "sim-user"}
+HOSTS = {"llm": "http://llm.sim", "crm": "http://crm.sim", "whatsapp": "http://wa.sim", "system": "http://system.sim"}
+
+
+@dataclass(frozen=True, slots=True)
+class SimOptions:
+    users: int = 50
+    seed: int = 1
+    personas: tuple[str, ...] = tuple(PERSONAS)
+    start: datetime = DEFAULT_START
+    redis_url: str | None = None
+    llm_latency_s: tuple[float, float, float] = (5.0, 8.0, 15.0)  # min, mode, max: the reference's 5-15 s
+    mode: str = "meta"  # how users' messages reach the webhook: "meta" (signed) or "gateway"
+
+
+@dataclass
+class Transcript:
+    """Every inbound and outbound event with its (virtual) time, in the order it happened."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, **event: Any) -> None:
+        self.events.append(event)
+
+
+class ReplyBox(fake_whatsapp.Outbox):
+    """The fake WhatsApp's outbox that also wakes the user a reply is for."""
+
+    def __init__(self, transcript: Transcript) -> None:
+        super().__init__()
+        self._transcript = transcript
+        self._events: dict[str, asyncio.Event] = {}
+        self._texts: dict[str, list[str]] = {}
+
+    def record_message(self, message: fake_whatsapp.OutboundMessage) -> None:
+        super().record_message(message)
+        self._texts.setdefault(message.to, []).append(message.text)
+        self._transcript.add(t=message.at_ms, dir="out", phone=message.to, id=message.wamid, text=message.text)
+        self.event(message.to).set()
+
+    def event(self, phone: str) -> asyncio.Event:
+        return self._events.setdefault(phone, asyncio.Event())
+
+    def replies(self, phone: str) -> list[str]:
+        return self._texts.get(phone, [])
+
+
+class SimChannel:
+    """Users' side of WhatsApp: their messages go to the system's webhook; replies come from the fake."""
+
+    def __init__(self, delivery: WebhookDelivery, box: ReplyBox, clock: VirtualClock, transcript: Transcript) -> None:
+        self._delivery = delivery
+        self._box = box
+        self._clock = clock
+        self._transcript = transcript
+        self._ids = iter(range(1, 10**9))
+        self.inbound: dict[str, list[int]] = {}
+
+    async def send_text(self, phone: str, text: str) -> None:
+        message_id, now = f"wamid.sim{next(self._ids)}", self._clock.now_ms()
+        self._note(phone, now, message_id, text=text)
+        await self._delivery.deliver_text(sender=phone, text=text, message_id=message_id, at_ms=now)
+
+    async def send_media(self, phone: str, kind: str) -> None:
+        message_id, now = f"wamid.sim{next(self._ids)}", self._clock.now_ms()
+        self._note(phone, now, message_id, kind=kind)
+        await self._delivery.deliver_media(kind=kind, sender=phone, message_id=message_id, at_ms=now)  # type: ignore[arg-type]
+
+    async def wait_reply(self, phone: str, *, seen: int, timeout_s: float) -> str | None:
+        deadline_ms = self._clock.now_ms() + timeout_s * 1000
+        while len(self._box.replies(phone)) <= seen:
+            event = self._box.event(phone)
+            event.clear()
+            left_s = (deadline_ms - self._clock.now_ms()) / 1000
+            if left_s <= 0 or not await wait_event(self._clock, event, timeout_s=left_s):
+                return None
+        return self._box.replies(phone)[seen]
+
+    def _note(self, phone: str, now: int, message_id: str, **content: str) -> None:
+        self.inbound.setdefault(phone, []).append(now)
+        self._transcript.add(t=now, dir="in", phone=phone, id=message_id, **content)
+
+
+@dataclass
+class SimResult:
+    verdicts: list[Verdict]
+    world: WorldVerdict
+    transcript: Transcript
+    stats: dict[str, Any]
+    bookings_created: int
+    reply_latency_ms: list[int]
+    wall_s: float
+    virtual_s: float
+    users: list[User]
+
+
+def _settings(opts: SimOptions) -> dict[str, str]:
+    env = {
+        "AIADMIN_LLM_BASE_URL": f"{HOSTS['llm']}/v1",
+        "AIADMIN_LLM_API_KEY": "sim",
+        "AIADMIN_LLM_MODEL": "fake-admin",
+        "AIADMIN_YCLIENTS_BASE_URL": f"{HOSTS['crm']}/api/v1",
+        "AIADMIN_YCLIENTS_PARTNER_TOKEN": TOKENS["partner"],
+        "AIADMIN_YCLIENTS_USER_TOKEN": TOKENS["user"],
+        "AIADMIN_WHATSAPP_API_URL": f"{HOSTS['whatsapp']}/v21.0",
+        "AIADMIN_WHATSAPP_TOKEN": TOKENS["whatsapp"],
+        "AIADMIN_WHATSAPP_PHONE_NUMBER_ID": "106540352242922",
+        "AIADMIN_WHATSAPP_APP_SECRET": APP_SECRET,
+        "AIADMIN_LOG_LEVEL": "WARNING",
+        "AIADMIN_WORKER_CONCURRENCY": "256",
+        # In virtual time every idle wake-up is work with no wall-clock wait to hide it: the processes are woken by
+        # Pub/Sub anyway, so their safety-net polls can be rare.
+        "AIADMIN_WORKER_IDLE_POLL_S": "60",
+        "AIADMIN_HEARTBEAT_INTERVAL_S": "60",
+        "AIADMIN_HEARTBEAT_STALE_S": "180",
+    }
+    if opts.redis_url:
+        env["REDIS_URL"] = opts.redis_url
+    return env
+
+
+def make_users(opts: SimOptions, salon: Salon, rng: random.Random) -> list[User]:
+    """Seeded users; cancellers and reschedulers get a booking of their own first."""
+    personas = [PERSONAS[name] for name in opts.personas]
+    today = opts.start.date()
+    users = []
+    for i in range(opts.users):
+        persona = personas[i % len(personas)]
+        want = want_for(persona, rng)
+        phone = f"7915{i:07d}"
+        if want.goal in (Goal.CANCEL, Goal.RESCHEDULE):
+            want = _own_booking(salon, phone, want, opts.start, rng)
+        start_ms = int(opts.start.timestamp() * 1000) + rng.randrange(ARRIVAL_WINDOW_S * 1000)
+        users.append(
+            User(
+                phone=phone,
+                persona=persona,
+                want=want,
+                today=today,
+                rng=random.Random(rng.random()),
+                start_ms=start_ms,
+                achieved=lambda u, s=salon, st=opts.start: _achieved(u, s, st),
+            )
+        )
+    return users
+
+
+def _own_booking(salon: Salon, phone: str, want: Any, start: datetime, rng: random.Random) -> Any:
+    """Book a free slot for the user in the fake CRM (the booking they will cancel or move)."""
+    service = next(s for s in salon.services.values() if s.title == want.service)
+    for offset in range(want.day_offset, want.day_offset + 7):
+        day = (start + timedelta(days=offset)).date()
+        slots = [s for s in salon.free_slots(0, day, (service.id,)) if s.start.minute == 0 and 11 <= s.start.hour <= 17]
+        if slots:
+            slot = rng.choice(slots)
+            salon.book(
+                phone=phone, client_name="Клиент", appointments=[Appointment((service.id,), slot.master_id, slot.start)]
+            )
+            return type(want)(
+                **{
+                    **_fields(want),
+                    "day_offset": offset,
+                    "hour": slot.start.hour,
+                    "new_day_offset": offset + 1,
+                    "new_hour": max(11, slot.start.hour - 1),
+                }
+            )
+    return want
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__slots__}
+
+
+def _achieved(user: User, salon: Salon, start: datetime) -> bool:
+    records = [b for b in snapshot(salon) if b.phone == user.phone and not b.deleted]
+    match user.want.goal:
+        case Goal.BOOK | Goal.BOOK_FLEXIBLE:
+            return any(b.service_title == user.want.service for b in records)
+        case Goal.CANCEL:
+            return not records
+        case Goal.RESCHEDULE:
+            original = (start + timedelta(days=user.want.day_offset)).replace(hour=user.want.hour, minute=0)
+            return len(records) == 1 and records[0].start != original
+        case _:
+            return True
+
+
+@contextlib.asynccontextmanager
+async def _redis(opts: SimOptions, clock: VirtualClock) -> AsyncIterator[Redis]:
+    if opts.redis_url:
+        client: Redis = Redis.from_url(opts.redis_url)
+        await client.flushdb()
+        yield client
+        await client.aclose()
+        return
+    with fakeredis_on(clock):
+        yield fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(version=(7,)))
+
+
+async def simulate(opts: SimOptions, *, progress: Callable[[int, int], None] | None = None) -> SimResult:
+    """Run `opts.users` users through the whole system in virtual time."""
+    wall_started = time.perf_counter()
+    start_ms = int(opts.start.timestamp() * 1000)
+    clock = VirtualClock(start_ms=start_ms)
+    rng = random.Random(opts.seed)
+    transcript = Transcript()
+    salon = Salon.from_fixture(BARBERSHOP_FIXTURE, start=opts.start)
+    users = make_users(opts, salon, rng)
+    initial = snapshot(salon)
+    box = ReplyBox(transcript)
+    apps = {
+        "llm": fake_llm.create_app(seed=opts.seed, latency=fake_llm.LatencyModel(*opts.llm_latency_s), clock=clock),
+        "crm": crm.create_app(salon, partner_token=TOKENS["partner"], user_token=TOKENS["user"], clock=clock),
+        "whatsapp": fake_whatsapp.create_app(
+            token=TOKENS["whatsapp"], clock=clock, rng=random.Random(opts.seed), outbox=box
+        ),
+    }
+    mounts = {f"{HOSTS[name]}": httpx.ASGITransport(app=app) for name, app in apps.items()}
+    async with _redis(opts, clock) as redis:
+        rt = Runtime.build(load_settings(_settings(opts)), redis=redis, clock=clock, rng=random.Random(opts.seed))
+        await rt.start()
+        system = httpx.ASGITransport(app=create_app(rt))
+        async with (
+            httpx.AsyncClient(mounts=mounts) as outbound,
+            httpx.AsyncClient(transport=system, base_url=HOSTS["system"]) as inbound,
+        ):
+            delivery = WebhookDelivery(
+                inbound, clock=clock, mode=opts.mode, secret=APP_SECRET if opts.mode == "meta" else None
+            )  # type: ignore[arg-type]
+            channel = SimChannel(delivery, box, clock, transcript)
+            batcher = BatchProcessor(
+                redis,
+                store=rt.store,
+                clock=clock,
+                metrics=rt.metrics,
+                processor_id="sim",
+                heartbeat_interval_s=rt.settings.heartbeat_interval_s,
+            )
+            worker = build_worker(rt, http=outbound, consumer="sim-worker")
+            services = [asyncio.create_task(batcher.run()), asyncio.create_task(worker.run())]
+            driver = asyncio.create_task(clock.drive())
+            try:
+                await _run_users(users, channel, clock, progress)
+                await _drain(rt, clock)
+            finally:
+                batcher.stop()
+                worker.stop()
+                await asyncio.gather(*services, return_exceptions=True)
+                driver.cancel()
+                await asyncio.gather(driver, return_exceptions=True)
+            stats = await rt.stats.collect()
+        await rt.redis.aclose()
+    final = snapshot(salon)
+    verdicts = [judge_user(u, initial=initial, final=final, start=opts.start) for u in users]
+    world = judge_world(users, initial=initial, final=final, inbound=channel.inbound, outbound=list(box.messages))
+    return SimResult(
+        verdicts=verdicts,
+        world=world,
+        transcript=transcript,
+        stats=stats,
+        bookings_created=len(final) - len(initial),
+        reply_latency_ms=_reply_latencies(transcript),
+        wall_s=time.perf_counter() - wall_started,
+        virtual_s=(clock.now_ms() - start_ms) / 1000,
+        users=users,
+    )
+
+
+async def _run_users(
+    users: list[User], channel: SimChannel, clock: VirtualClock, progress: Callable[[int, int], None] | None
+) -> None:
+    done = 0
+
+    async def one(user: User) -> None:
+        nonlocal done
+        await user.run(channel, clock)
+        done += 1
+        if progress:
+            progress(done, len(users))
+
+    await asyncio.gather(*(one(u) for u in users))
+
+
+async def _drain(rt: Runtime, clock: VirtualClock) -> None:
+    """Wait (in virtual time) until nothing is buffered, queued or in flight."""
+    deadline_ms = clock.now_ms() + DRAIN_LIMIT_S * 1000
+    while clock.now_ms() < deadline_ms:
+        stats = await rt.stats.collect()
+        if not (stats["open_batches"] or stats["queue_length"] or stats["in_flight_jobs"]):
+            return
+        await clock.sleep(5)
+
+
+def _reply_latencies(transcript: Transcript) -> list[int]:
+    """From a client's last message to the bot's next reply, per reply."""
+    last_in: dict[str, int] = {}
+    out: list[int] = []
+    for e in transcript.events:
+        if e["dir"] == "in":
+            last_in[e["phone"]] = e["t"]
+        elif e["phone"] in last_in:
+            out.append(e["t"] - last_in.pop(e["phone"]))
+    return out

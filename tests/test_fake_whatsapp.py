@@ -1,0 +1,425 @@
+"""The fake WhatsApp Cloud API against the system's own sender, and webhook delivery against the system's API."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import fakeredis
+import httpx
+import orjson
+import pytest
+
+from simulator.clock import VirtualClock
+from simulator.delivery import (
+    BusinessNumber,
+    DeliveryRetry,
+    Mode,
+    UnsupportedInGateway,
+    WebhookDelivery,
+    WebhookUnreachable,
+    meta_webhook,
+)
+from simulator.whatsapp import OutboundMessage, Outbox, ReadReceipt, WhatsAppFaults, create_app
+from system import api
+from system.retry import RetryPolicy
+from system.runtime import Runtime
+from system.settings import load_settings
+from system.whatsapp import CloudApiSender, OutsideWindow, TokenExpired, split_text
+
+from .conftest import START_MS
+
+API_URL = "http://graph.test/v21.0"
+PNID = "106540352242922"
+TOKEN = "EAAG-fake-token"
+PHONE = "79001234567"
+GAP_MS = 1000
+
+
+@pytest.fixture
+async def driven_clock() -> AsyncIterator[VirtualClock]:
+    """A virtual clock whose time jumps whenever everything waits on it."""
+    clock = VirtualClock(start_ms=START_MS)
+    driver = asyncio.create_task(clock.drive())
+    yield clock
+    driver.cancel()
+    await driver
+
+
+@dataclass
+class Graph:
+    """The fake Cloud API, a client of it and the system's sender over that client."""
+
+    http: httpx.AsyncClient
+    outbox: Outbox
+    faults: WhatsAppFaults
+
+    def sender(self, clock: VirtualClock, *, token: str = TOKEN) -> CloudApiSender:
+        return CloudApiSender(
+            self.http,
+            api_url=API_URL,
+            token=token,
+            clock=clock,
+            rng=random.Random(1),
+            retry=RetryPolicy(retries=2),
+            recipient_gap_ms=GAP_MS,
+        )
+
+
+@pytest.fixture
+async def make_graph(driven_clock: VirtualClock) -> AsyncIterator[Callable[..., Graph]]:
+    clients: list[httpx.AsyncClient] = []
+
+    def make(*, seed: int = 7, faults: WhatsAppFaults | None = None) -> Graph:
+        faults = faults or WhatsAppFaults()
+        outbox = Outbox()
+        app = create_app(token=TOKEN, clock=driven_clock, rng=random.Random(seed), faults=faults, outbox=outbox)
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://graph.test")
+        clients.append(http)
+        return Graph(http, outbox, faults)
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+def send_body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": PHONE,
+        "type": "text",
+        "text": {"body": "Здравствуйте!", "preview_url": False},
+    }
+    body.update(overrides)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+async def post(graph: Graph, body: Any, *, token: str | None = TOKEN, path: str = f"/v21.0/{PNID}/messages") -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return await graph.http.post(path, content=orjson.dumps(body), headers=headers)
+
+
+# --- the fake against the system's sender ----------------------------------------------------------------
+
+
+async def test_text_is_delivered_and_recorded_at_the_clocks_time(
+    make_graph: Callable[..., Graph], driven_clock: VirtualClock
+) -> None:
+    graph = make_graph()
+    ids = await graph.sender(driven_clock).send_text(phone_number_id=PNID, to=PHONE, text="Записал вас на 18:00.")
+    assert list(graph.outbox.messages) == [OutboundMessage(ids[0], PNID, PHONE, "Записал вас на 18:00.", START_MS)]
+    assert ids[0].startswith("wamid.")
+    assert graph.outbox.count == 1
+    assert graph.outbox.texts_to("+" + PHONE) == ["Записал вас на 18:00."]
+
+
+async def test_long_text_arrives_as_several_paced_messages(
+    make_graph: Callable[..., Graph], driven_clock: VirtualClock
+) -> None:
+    graph = make_graph()
+    text = " ".join(f"Предложение номер {i} о записи к мастеру." for i in range(300))
+    ids = await graph.sender(driven_clock).send_text(phone_number_id=PNID, to=PHONE, text=text)
+    sent = graph.outbox.messages_to(PHONE)
+    assert len(sent) == len(ids) == len(split_text(text)) > 1
+    assert [m.text for m in sent] == split_text(text)
+    assert [m.wamid for m in sent] == ids
+    assert [m.at_ms for m in sent] == [START_MS + i * GAP_MS for i in range(len(sent))]
+
+
+async def test_read_receipt_with_typing_is_recorded(
+    make_graph: Callable[..., Graph], driven_clock: VirtualClock
+) -> None:
+    graph = make_graph()
+    await graph.sender(driven_clock).mark_read(phone_number_id=PNID, message_id="wamid.in1")
+    assert list(graph.outbox.receipts) == [ReadReceipt("wamid.in1", True, START_MS, PNID)]
+    assert graph.outbox.count == 0
+
+
+async def test_wrong_token_is_token_expired(make_graph: Callable[..., Graph], driven_clock: VirtualClock) -> None:
+    graph = make_graph()
+    with pytest.raises(TokenExpired) as caught:
+        await graph.sender(driven_clock, token="stale").send_text(phone_number_id=PNID, to=PHONE, text="привет")
+    assert caught.value.code == 190
+    assert graph.outbox.count == 0
+    assert [(r.code, r.http_status) for r in graph.outbox.refusals] == [(190, 401)]
+
+
+async def test_throughput_limit_is_retried_and_the_message_recorded_once(
+    make_graph: Callable[..., Graph], driven_clock: VirtualClock
+) -> None:
+    graph = make_graph()
+    graph.faults.fail_next(130429)
+    ids = await graph.sender(driven_clock).send_text(phone_number_id=PNID, to=PHONE, text="привет")
+    assert [m.wamid for m in graph.outbox.messages] == ids
+    assert [(r.code, r.http_status) for r in graph.outbox.refusals] == [(130429, 400)]
+    assert graph.outbox.messages[0].at_ms > START_MS  # sent after the backoff, on the virtual clock
+
+
+async def test_recipient_outside_the_window_is_refused_and_nothing_recorded(
+    make_graph: Callable[..., Graph], driven_clock: VirtualClock
+) -> None:
+    graph = make_graph(faults=WhatsAppFaults(outside_window={PHONE}))
+    with pytest.raises(OutsideWindow):
+        await graph.sender(driven_clock).send_text(phone_number_id=PNID, to=PHONE, text="напоминаем о записи")
+    assert graph.outbox.count == 0
+    assert len(graph.outbox.refused(131047)) == 1  # not retried
+
+
+async def test_wamids_are_deterministic_per_seed(make_graph: Callable[..., Graph], driven_clock: VirtualClock) -> None:
+    async def wamids(seed: int) -> list[str]:
+        sender = make_graph(seed=seed).sender(driven_clock)
+        return [(await sender.send_text(phone_number_id=PNID, to=p, text="hi"))[0] for p in (PHONE, "79007654321")]
+
+    first, again, other = await wamids(7), await wamids(7), await wamids(8)
+    assert first == again
+    assert first != other
+    assert len(set(first)) == 2
+
+
+async def test_random_faults_are_drawn_from_the_seed(make_graph: Callable[..., Graph]) -> None:
+    async def statuses(seed: int) -> list[int]:
+        graph = make_graph(seed=seed, faults=WhatsAppFaults(throughput_p=0.2, server_error_p=0.2, pair_rate_p=0.1))
+        return [(await post(graph, send_body())).status_code for _ in range(40)]
+
+    first = await statuses(3)
+    assert first == await statuses(3)
+    assert {200, 400, 500} <= set(first)
+
+
+# --- the fake's answers on the wire -----------------------------------------------------------------------
+
+
+async def test_success_answer_has_metas_shape(make_graph: Callable[..., Graph]) -> None:
+    graph = make_graph()
+    r = await post(graph, send_body(to="+" + PHONE))
+    assert r.status_code == 200
+    out = r.json()
+    assert out["messaging_product"] == "whatsapp"
+    assert out["contacts"] == [{"input": "+" + PHONE, "wa_id": PHONE}]
+    assert out["messages"][0]["id"] == graph.outbox.messages[0].wamid
+    receipt = {"messaging_product": "whatsapp", "status": "read", "message_id": "wamid.x"}
+    r = await post(graph, receipt)
+    assert (r.status_code, r.json()) == (200, {"success": True})
+    assert graph.outbox.receipts[0].typing is False
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        (send_body(messaging_product=None), "messaging_product"),
+        (send_body(to="not-a-phone"), "to"),
+        (send_body(to=None), "to"),
+        (send_body(text={"body": "   "}), "text['body']"),
+        (send_body(text={"body": "я" * 4097}), "text['body']"),
+        (send_body(type="image"), "type"),
+        ({"messaging_product": "whatsapp", "status": "read"}, "message_id"),
+        ([1, 2], "JSON object"),
+    ],
+)
+async def test_invalid_payload_is_code_100_naming_the_parameter(
+    make_graph: Callable[..., Graph], body: Any, named: str
+) -> None:
+    graph = make_graph()
+    r = await post(graph, body)
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["code"] == 100 and error["type"] == "OAuthException" and error["fbtrace_id"]
+    assert named in error["message"]
+    assert graph.outbox.count == 0
+
+
+async def test_missing_token_is_401_code_190(make_graph: Callable[..., Graph]) -> None:
+    graph = make_graph()
+    r = await post(graph, send_body(), token=None)
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == 190
+
+
+async def test_fail_next_names_any_code_and_read_receipts_separately(make_graph: Callable[..., Graph]) -> None:
+    graph = make_graph()
+    graph.faults.fail_next(131016, kind="read")
+    graph.faults.fail_next(131056, times=2)
+    read = {"messaging_product": "whatsapp", "status": "read", "message_id": "wamid.x"}
+    assert (await post(graph, read)).status_code == 503
+    answers = [(await post(graph, send_body())) for _ in range(3)]
+    assert [a.status_code for a in answers] == [400, 400, 200]
+    assert answers[0].json()["error"]["code"] == 131056
+    assert "error_data" in answers[0].json()["error"]
+
+
+async def test_health(make_graph: Callable[..., Graph]) -> None:
+    r = await make_graph().http.get("/health")
+    assert (r.status_code, r.json()) == (200, {"status": "ok"})
+
+
+def test_fault_probabilities_are_checked() -> None:
+    with pytest.raises(ValueError, match="probabilities"):
+        WhatsAppFaults(throughput_p=0.7, server_error_p=0.5)
+
+
+async def test_fake_serves_over_a_real_socket() -> None:
+    uvicorn = pytest.importorskip("uvicorn")
+    outbox = Outbox()
+    app = create_app(token=TOKEN, clock=VirtualClock(start_ms=START_MS), rng=random.Random(1), outbox=outbox)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        for _ in range(500):
+            if server.started:
+                break
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            r = await http.post(
+                f"/v21.0/{PNID}/messages", json=send_body(), headers={"Authorization": f"Bearer {TOKEN}"}
+            )
+        assert r.status_code == 200
+        assert outbox.count == 1
+    finally:
+        server.should_exit = True
+        await serving
+
+
+# --- webhook delivery against the system's API ------------------------------------------------------------
+
+APP_SECRET = "app-secret"
+GATEWAY_SECRET = "gw-secret"
+System = tuple[httpx.AsyncClient, Runtime]
+
+
+@pytest.fixture
+async def make_system() -> AsyncIterator[Callable[..., Awaitable[System]]]:
+    made: list[System] = []
+
+    async def make(**env: str) -> System:
+        settings = load_settings({f"AIADMIN_{k.upper()}": v for k, v in env.items()})
+        redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(version=(7,)))
+        rt = Runtime.build(settings, redis=redis, clock=VirtualClock(start_ms=START_MS))
+        await rt.start()
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=api.create_app(rt)), base_url="http://aiadmin.test")
+        made.append((http, rt))
+        return http, rt
+
+    yield make
+    for http, rt in made:
+        await http.aclose()
+        await rt.close()
+
+
+FRAGMENTS = ("Здравствуйте", "хочу постричься", "завтра после 18")
+
+
+async def stats(http: httpx.AsyncClient) -> Any:
+    r = await http.get(f"{api.GATEWAY_ROUTE}/stats")
+    assert r.status_code == 200
+    return r.json()
+
+
+@pytest.mark.parametrize(
+    ("mode", "env"), [("meta", {"whatsapp_app_secret": APP_SECRET}), ("gateway", {"webhook_secret": GATEWAY_SECRET})]
+)
+async def test_three_fragments_are_buffered_in_one_open_batch(
+    make_system: Callable[..., Awaitable[System]], mode: Mode, env: dict[str, str]
+) -> None:
+    http, rt = await make_system(**env)
+    secret = APP_SECRET if mode == "meta" else GATEWAY_SECRET
+    delivery = WebhookDelivery(http, clock=rt.clock, mode=mode, secret=secret)
+    for i, text in enumerate(FRAGMENTS):
+        status = await delivery.deliver_text(
+            sender=PHONE, text=text, message_id=f"wamid.in{i}", at_ms=START_MS + i * 1000, profile_name="Иван"
+        )
+        assert status == 200
+    out = await stats(http)
+    assert (out["open_batches"], out["buffered_messages"]) == (1, 3)
+    assert (delivery.stats.delivered, delivery.stats.retried, delivery.stats.refused) == (3, 0, 0)
+
+
+@pytest.mark.parametrize("mode", ["meta", "gateway"])
+async def test_wrong_secret_is_refused_with_403(make_system: Callable[..., Awaitable[System]], mode: Mode) -> None:
+    http, rt = await make_system(whatsapp_app_secret=APP_SECRET, webhook_secret=GATEWAY_SECRET)
+    delivery = WebhookDelivery(http, clock=rt.clock, mode=mode, secret="wrong")
+    assert await delivery.deliver_text(sender=PHONE, text="привет", message_id="wamid.a", at_ms=START_MS) == 403
+    assert (delivery.stats.refused, delivery.stats.retried, delivery.stats.by_status) == (1, 0, {403: 1})
+    assert (await stats(http))["buffered_messages"] == 0
+
+
+async def test_status_callback_is_counted(make_system: Callable[..., Awaitable[System]]) -> None:
+    http, rt = await make_system(whatsapp_app_secret=APP_SECRET)
+    delivery = WebhookDelivery(http, clock=rt.clock, secret=APP_SECRET)
+    assert await delivery.deliver_status(wamid="wamid.out1", status="delivered", recipient=PHONE, at_ms=START_MS) == 200
+    assert (await stats(http))["delivery_statuses"] == {"delivered": 1}
+
+
+async def test_voice_note_is_batched_as_a_marker(make_system: Callable[..., Awaitable[System]]) -> None:
+    http, rt = await make_system(whatsapp_app_secret=APP_SECRET)
+    delivery = WebhookDelivery(http, clock=rt.clock, secret=APP_SECRET)
+    assert await delivery.deliver_media(kind="voice", sender=PHONE, message_id="wamid.v", at_ms=START_MS) == 200
+    _, conv = rt.keys.conversation(rt.settings.default_company_id, PHONE)
+    fragments = [orjson.loads(raw) for raw in await rt.redis.lrange(conv.buf, 0, -1)]
+    assert [(f["kind"], f["text"]) for f in fragments] == [("voice", "")]
+    assert fragments[0]["extra"] == {"media_id": "media-wamid.v"}
+
+
+async def test_gateway_mode_carries_text_only(make_system: Callable[..., Awaitable[System]]) -> None:
+    http, rt = await make_system()
+    delivery = WebhookDelivery(http, clock=rt.clock, mode="gateway")
+    with pytest.raises(UnsupportedInGateway):
+        await delivery.deliver_media(kind="image", sender=PHONE, message_id="m", at_ms=START_MS)
+    with pytest.raises(UnsupportedInGateway):
+        await delivery.deliver_status(wamid="w", status="read", recipient=PHONE, at_ms=START_MS)
+
+
+def test_business_number_is_configurable() -> None:
+    number = BusinessNumber(phone_number_id="222", display_phone_number="79990001122", waba_id="333")
+    body = meta_webhook(number, messages=[])
+    value = body["entry"][0]["changes"][0]["value"]
+    assert body["entry"][0]["id"] == "333"
+    assert value["metadata"] == {"display_phone_number": "79990001122", "phone_number_id": "222"}
+
+
+# --- retries, on a scripted transport ---------------------------------------------------------------------
+
+
+def scripted(answers: list[int | type[httpx.TransportError]]) -> tuple[httpx.AsyncClient, list[httpx.Request]]:
+    seen: list[httpx.Request] = []
+    queue: Iterator[int | type[httpx.TransportError]] = iter(answers)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        answer = next(queue)
+        if not isinstance(answer, int):
+            raise answer("scripted", request=request)
+        return httpx.Response(answer, json={}, headers={"Retry-After": "5"} if answer == 429 else {})
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handle), base_url="http://aiadmin.test"), seen
+
+
+async def test_5xx_and_429_are_retried_with_delays_on_the_clock(driven_clock: VirtualClock) -> None:
+    http, seen = scripted([503, 429, 200])
+    async with http:
+        delivery = WebhookDelivery(http, clock=driven_clock, secret=APP_SECRET)
+        assert await delivery.deliver_text(sender=PHONE, text="привет", message_id="m1", at_ms=START_MS) == 200
+    assert len(seen) == 3 and len({r.content for r in seen}) == 1  # the same signed body each time
+    assert (delivery.stats.attempts, delivery.stats.retried, delivery.stats.delivered) == (3, 2, 1)
+    assert driven_clock.now_ms() == START_MS + 1000 + 5000  # 1 s backoff, then Retry-After 5 s over the 2 s backoff
+
+
+async def test_retries_are_bounded(driven_clock: VirtualClock) -> None:
+    http, seen = scripted([500, 500, 500])
+    async with http:
+        delivery = WebhookDelivery(http, clock=driven_clock, retry=DeliveryRetry(retries=2))
+        assert await delivery.deliver_text(sender=PHONE, text="привет", message_id="m1", at_ms=START_MS) == 500
+    assert (len(seen), delivery.stats.refused, delivery.stats.retried) == (3, 1, 2)
+
+
+async def test_no_answer_at_all_is_webhook_unreachable(driven_clock: VirtualClock) -> None:
+    http, _ = scripted([httpx.ConnectError, httpx.ReadTimeout])
+    async with http:
+        delivery = WebhookDelivery(http, clock=driven_clock, retry=DeliveryRetry(retries=1))
+        with pytest.raises(WebhookUnreachable):
+            await delivery.deliver_text(sender=PHONE, text="привет", message_id="m1", at_ms=START_MS)
+    assert (delivery.stats.unreachable, delivery.stats.retried) == (1, 1)
