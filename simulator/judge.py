@@ -6,7 +6,7 @@ import itertools
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta, tzinfo
 
 from simulator.personas import Goal
 from simulator.salon import Salon
@@ -67,10 +67,11 @@ class WorldVerdict:
     unanswered_users: int
 
 
-def judge_user(user: User, *, initial: Sequence[Booked], final: Sequence[Booked], start: datetime) -> Verdict:
+def judge_user(user: User, *, initial: Sequence[Booked], final: Sequence[Booked], tz: tzinfo) -> Verdict:
     mine_before = [r for r in initial if r.phone == user.phone and not r.deleted]
     mine_after = [r for r in final if r.phone == user.phone and not r.deleted]
     w = user.want
+    start = datetime.combine(user.today, time(), tzinfo=tz)  # the day the user writes
     ok, reason = True, "ok"
     match w.goal:
         case Goal.BOOK:

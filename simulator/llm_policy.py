@@ -95,6 +95,7 @@ class Policy:
                 service=want.service.title,
                 date=want.day.isoformat() if want.day else None,
                 master=want.master,
+                time_from=_from(want.at, want.window),
             )
         found = searches[-1]
         if "error" in found:
@@ -109,6 +110,7 @@ class Policy:
                     date_from=start.isoformat(),
                     date_to=(start + timedelta(days=6)).isoformat(),
                     master=want.master,
+                    time_from=_from(want.at, want.window),
                 )
             return Say(r.nothing_free(want.day))
         busy_day = want.day if len(searches) > 1 else None
@@ -254,6 +256,7 @@ class Policy:
                 service=services[0] if services else "",
                 date=target_day.isoformat(),
                 master=record.get("master") or None,
+                time_from=_from(target_at, u.window),
             )
         if "error" in found:
             return Say(r.tool_error(found))
@@ -340,6 +343,14 @@ def _matching(
 def _mentioned(booking: dict[str, Any], text: str) -> bool:
     at = datetime.fromisoformat(str(booking["datetime"])[:16])
     return f"{day_month(at.date())} в {_hhmm(at.time())}" in text
+
+
+def _from(at: time | None, window: Any) -> str | None:
+    """Where a search should start on the clock: an hour before the wanted time, or where the window opens."""
+    if at is not None:
+        return f"{max(0, at.hour - 1):02d}:{at.minute:02d}"
+    start = getattr(window, "start", None)
+    return start.strftime("%H:%M") if isinstance(start, time) else None
 
 
 def _nearest(slots: list[dict[str, Any]], at: time) -> list[dict[str, Any]]:

@@ -33,7 +33,8 @@ from system.settings import load_settings
 
 TZ = ZoneInfo("Europe/Moscow")
 DEFAULT_START = datetime(2026, 1, 12, 9, 0, tzinfo=TZ)  # a Monday morning: a fixed day keeps runs identical
-ARRIVAL_WINDOW_S = 8 * 3600  # users start over a working day
+WORKDAY_S = 8 * 3600
+USERS_PER_DAY = 100  # a barbershop of four masters hears from about this many clients a day
 DRAIN_LIMIT_S = 3600.0
 APP_SECRET = "sim-app-secret"
 TOKENS = {"whatsapp": "sim-wa-token", "partner": "sim-partner", "user": "sim-user"}
@@ -148,9 +149,9 @@ def _settings(opts: SimOptions) -> dict[str, str]:
         "AIADMIN_WORKER_CONCURRENCY": "256",
         # In virtual time every idle wake-up is work with no wall-clock wait to hide it: the processes are woken by
         # Pub/Sub anyway, so their safety-net polls can be rare.
-        "AIADMIN_WORKER_IDLE_POLL_S": "60",
-        "AIADMIN_HEARTBEAT_INTERVAL_S": "60",
-        "AIADMIN_HEARTBEAT_STALE_S": "180",
+        "AIADMIN_WORKER_IDLE_POLL_S": "300",
+        "AIADMIN_HEARTBEAT_INTERVAL_S": "300",
+        "AIADMIN_HEARTBEAT_STALE_S": "900",
     }
     if opts.redis_url:
         env["REDIS_URL"] = opts.redis_url
@@ -158,26 +159,26 @@ def _settings(opts: SimOptions) -> dict[str, str]:
 
 
 def make_users(opts: SimOptions, salon: Salon, rng: random.Random) -> list[User]:
-    """Seeded users; cancellers and reschedulers get a booking of their own first."""
+    """Seeded users, about USERS_PER_DAY a day; cancellers and reschedulers get a booking of their own first."""
     personas = [PERSONAS[name] for name in opts.personas]
-    today = opts.start.date()
     users = []
     for i in range(opts.users):
         persona = personas[i % len(personas)]
+        arrival_day = opts.start + timedelta(days=i // USERS_PER_DAY)
         want = want_for(persona, rng)
         phone = f"7915{i:07d}"
         if want.goal in (Goal.CANCEL, Goal.RESCHEDULE):
-            want = _own_booking(salon, phone, want, opts.start, rng)
-        start_ms = int(opts.start.timestamp() * 1000) + rng.randrange(ARRIVAL_WINDOW_S * 1000)
+            want = _own_booking(salon, phone, want, arrival_day, rng)
+        start_ms = int(arrival_day.timestamp() * 1000) + rng.randrange(WORKDAY_S * 1000)
         users.append(
             User(
                 phone=phone,
                 persona=persona,
                 want=want,
-                today=today,
+                today=arrival_day.date(),
                 rng=random.Random(rng.random()),
                 start_ms=start_ms,
-                achieved=lambda u, s=salon, st=opts.start: _achieved(u, s, st),
+                achieved=lambda u, s=salon, day=arrival_day: _achieved(u, s, day),
             )
         )
     return users
@@ -188,7 +189,14 @@ def _own_booking(salon: Salon, phone: str, want: Any, start: datetime, rng: rand
     service = next(s for s in salon.services.values() if s.title == want.service)
     for offset in range(want.day_offset, want.day_offset + 7):
         day = (start + timedelta(days=offset)).date()
-        slots = [s for s in salon.free_slots(0, day, (service.id,)) if s.start.minute == 0 and 11 <= s.start.hour <= 17]
+        masters = [m.id for m in salon.masters_for((service.id,))]
+        rng.shuffle(masters)  # spread the bookings over the masters, as clients choose them
+        slots = [
+            s
+            for m in masters[:1]
+            for s in salon.free_slots(m, day, (service.id,))
+            if s.start.minute == 0 and 11 <= s.start.hour <= 17
+        ]
         if slots:
             slot = rng.choice(slots)
             salon.book(
@@ -290,7 +298,7 @@ async def simulate(opts: SimOptions, *, progress: Callable[[int, int], None] | N
             stats = await rt.stats.collect()
         await rt.redis.aclose()
     final = snapshot(salon)
-    verdicts = [judge_user(u, initial=initial, final=final, start=opts.start) for u in users]
+    verdicts = [judge_user(u, initial=initial, final=final, tz=salon.tz) for u in users]
     world = judge_world(users, initial=initial, final=final, inbound=channel.inbound, outbound=list(box.messages))
     return SimResult(
         verdicts=verdicts,

@@ -47,16 +47,23 @@ class User:
     async def run(self, channel: Channel, clock: Clock) -> None:
         await clock.sleep(max(0, self.start_ms - clock.now_ms()) / 1000)
         await self._say(channel, clock, self.opening())
-        for _ in range(MAX_TURNS):
+        answers = 0
+        while answers < MAX_TURNS:
             reply = await channel.wait_reply(self.phone, seen=len(self.replies), timeout_s=REPLY_TIMEOUT_S)
             if reply is None:
                 return
             self.replies.append(reply)
             follow = self.follow_up(reply)
             if follow is None:
-                return
+                if self._done():
+                    return
+                continue  # nothing to say to this one (an answer to an earlier message): wait for the next
+            answers += 1
             await clock.sleep(self.rng.randint(*self.persona.style.think_ms) / 1000)
             await self._say(channel, clock, [follow])
+
+    def _done(self) -> bool:
+        return self.want.goal in (Goal.PRICES, Goal.CHAT, Goal.INJECT) or self.achieved(self)
 
     async def _say(self, channel: Channel, clock: Clock, parts: list[str]) -> None:
         style = self.persona.style
@@ -115,7 +122,7 @@ class User:
 
     def follow_up(self, reply: str) -> str | None:
         """The next message after the bot's reply, or None when the user is done."""
-        if self.want.goal in (Goal.PRICES, Goal.CHAT, Goal.INJECT) or self.achieved(self):
+        if self._done():
             return "спасибо!" if self.rng.random() < 0.3 and len(self.replies) == 1 else None
         if self.want.service and "какую услугу" in reply.lower() and self.want.service.lower() in reply.lower():
             return self.want.service.lower()
@@ -124,15 +131,22 @@ class User:
             return f"давайте в {offered}"
         if offered and self.want.goal is Goal.RESCHEDULE:
             return f"давайте перенесём на {offered}"
+        if "нет" in reply.lower() and "свободн" in reply.lower():  # that day is full: try the next one
+            shift = len(self.replies)
+            if self.want.goal is Goal.RESCHEDULE:
+                return f"а на {self._day(self.want.new_day_offset + shift, prefix=False)}?"
+            return f"а {self._day(self.want.day_offset + shift)}?"
         if len(self.replies) == 1:
             return "да" if self.want.goal in (Goal.CANCEL, Goal.RESCHEDULE) else " ".join(self.opening())
         return None
 
     def _offered(self, reply: str) -> str | None:
-        """The first time the bot offers: after "свободно" when it says so, never the one just refused."""
+        """The first time the bot offers after saying what is free, never one it mentioned before that."""
         low = reply.lower()
-        start = max(low.find("свободн"), 0)
-        refused = {f"{int(h):02d}:{m}" for h, m in _TIME.findall(low[:start])} if start else set()
+        start = max(low.rfind("свободно:"), low.rfind("выберите время:"), low.rfind("есть:"))
+        if start < 0:
+            return None
+        refused = {f"{int(h):02d}:{m}" for h, m in _TIME.findall(low[:start])}
         times = [f"{int(h):02d}:{m}" for h, m in _TIME.findall(low[start:])]
         return next((t for t in times if t not in refused), None)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -68,6 +69,10 @@ class SearchSlotsArgs(_Args):
     date_from: str | None = Field(default=None, description="Начало периода, ГГГГ-ММ-ДД")
     date_to: str | None = Field(default=None, description="Конец периода, ГГГГ-ММ-ДД")
     master: str | None = Field(default=None, description="Имя или id мастера; пусто — любой мастер")
+    time_from: str | None = Field(
+        default=None, description="Не раньше, ЧЧ:ММ (например, желаемое время или 17:00 для «вечером»)"
+    )
+    time_to: str | None = Field(default=None, description="Не позже, ЧЧ:ММ")
 
 
 class CreateBookingArgs(_Args):
@@ -174,9 +179,10 @@ class BookingTools:
         service = await self._service(state, args.service)
         master = await self._master(state, args.master, service) if args.master else None
         days = await self._days(state, args, service, master)
+        earliest, latest = _clock_time(args.time_from, time.min), _clock_time(args.time_to, time.max)
         slots: list[Slot] = []
         for day in days:
-            slots.extend(await self._free(state, day, service, master))
+            slots.extend(s for s in await self._free(state, day, service, master) if earliest <= s.at.time() <= latest)
             if len(slots) >= SLOTS_SHOWN:
                 break
         shown = slots[:SLOTS_SHOWN]
@@ -388,6 +394,15 @@ class _Master:
     """A master known only by id (rescheduling with the same master)."""
 
     id: int
+
+
+def _clock_time(text: str | None, default: time) -> time:
+    if not text:
+        return default
+    match = re.fullmatch(r"(\d{1,2})[:.](\d{2})", text.strip())
+    if not match or int(match[1]) > 23 or int(match[2]) > 59:
+        raise ToolError(f"не понимаю время {text!r}: нужен формат ЧЧ:ММ")
+    return time(int(match[1]), int(match[2]))
 
 
 def _norm(text: str) -> str:

@@ -335,7 +335,10 @@ async def test_booking_conversation_through_the_systems_client(make_llm: Callabl
         make_llm(), system_message(_prompt()), user_message("Хочу записаться на стрижку машинкой завтра в 15:00")
     )
 
-    assert only_call(await chat.next()) == ("search_slots", {"service": "Стрижка машинкой", "date": "2025-11-26"})
+    assert only_call(await chat.next()) == (
+        "search_slots",
+        {"service": "Стрижка машинкой", "date": "2025-11-26", "time_from": "14:00"},
+    )
     chat.answer(
         {"service": "Стрижка машинкой", "slots": [_slot("2025-11-26", t) for t in ("14:00", "15:00")], "note": ""}
     )
@@ -357,7 +360,7 @@ async def test_a_taken_time_is_not_booked_but_free_ones_are_offered(make_llm: Ca
     chat = Chat(make_llm(), system_message(_prompt()), user_message("запишите на бороду завтра в 15 к Алексею"))
     assert only_call(await chat.next()) == (
         "search_slots",
-        {"service": "Оформление бороды", "date": "2025-11-26", "master": "Алексей"},
+        {"service": "Оформление бороды", "date": "2025-11-26", "master": "Алексей", "time_from": "14:00"},
     )
     chat.answer(
         {
@@ -459,7 +462,7 @@ async def test_reschedule_lists_searches_and_moves(make_llm: Callable[..., LLMCl
     chat.answer({"bookings": [_record(77, "2025-11-26", "15:00")]})
     assert only_call(await chat.next()) == (
         "search_slots",
-        {"service": "Стрижка машинкой", "date": "2025-11-28", "master": "Сергей"},
+        {"service": "Стрижка машинкой", "date": "2025-11-28", "master": "Сергей", "time_from": "11:00"},
     )
     chat.answer({"service": "Стрижка машинкой", "slots": [_slot("2025-11-28", t) for t in ("11:00", "12:00")]})
     assert only_call(await chat.next()) == ("reschedule_booking", {"record_id": 77, "datetime": "2025-11-28T12:00"})
