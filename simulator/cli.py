@@ -35,6 +35,9 @@ def simulate_command(
     redis_url: Annotated[
         str | None, typer.Option(envvar="REDIS_URL", help="A real Redis (flushed!) instead of fakeredis.")
     ] = None,
+    realtime: Annotated[bool, typer.Option(help="Run on the wall clock (users arrive within --window-s).")] = False,
+    window_s: Annotated[float | None, typer.Option(help="Arrival window of a day's users, seconds.")] = None,
+    llm_latency_s: Annotated[str, typer.Option(help="Fake LLM latency min,mode,max seconds.")] = "5,8,15",
 ) -> None:
     """Run simulated users through the whole system in virtual time; write the transcript and a summary."""
     names = tuple(p.strip() for p in personas.split(",") if p.strip())
@@ -44,8 +47,17 @@ def simulate_command(
     if mode not in ("meta", "gateway"):
         raise typer.BadParameter("meta or gateway", param_hint="--mode")
     configure_logging(level="WARNING", json=True)
+    low, likely, high = (float(x) for x in llm_latency_s.split(","))
     opts = SimOptions(
-        users=users, seed=seed, personas=names, start=datetime.fromisoformat(start), redis_url=redis_url, mode=mode
+        users=users,
+        seed=seed,
+        personas=names,
+        start=datetime.fromisoformat(start),
+        redis_url=redis_url,
+        mode=mode,
+        realtime=realtime,
+        window_s=window_s,
+        llm_latency_s=(low, likely, high),
     )
     console = Console(stderr=True)
     with Progress(
@@ -94,6 +106,8 @@ def summarize(result: SimResult, opts: SimOptions) -> dict[str, Any]:
             "reply_p95": _pct(latencies, 95),
             "flush_lateness": stats["flush_lateness_ms"],
         },
+        "clock": "wall" if opts.realtime else "virtual",
+        "llm_latency_s": list(opts.llm_latency_s),
         "virtual_s": round(result.virtual_s, 1),
         "wall_s": round(result.wall_s, 2),
         "failures": [_verdict(v) for v in result.verdicts if not v.success],
@@ -137,7 +151,8 @@ def print_summary(console: Console, s: dict[str, Any], out: Path) -> None:
         f"turns answered twice {w['turns_answered_twice']}, users never answered {w['unanswered_users']}"
     )
     console.print(
-        f"reply latency p50 {lat['reply_p50']} ms, p95 {lat['reply_p95']} ms (virtual; LLM 5-15 s), "
+        f"reply latency p50 {lat['reply_p50']} ms, p95 {lat['reply_p95']} ms ({s['clock']} clock; fake LLM "
+        f"{'-'.join(f'{x:g}' for x in s['llm_latency_s'])} s), "
         f"flush lateness p99 {lat['flush_lateness']['p99']} ms; {s['virtual_s']} s simulated in {s['wall_s']} s"
     )
     console.print(f"written: {out / 'transcript.jsonl'}, {out / 'summary.json'}")

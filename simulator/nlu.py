@@ -19,6 +19,8 @@ from rapidfuzz import fuzz
 
 from simulator.nlu_when import TimeWindow, month_number, parse_when
 
+_MASTER_FUZZ_MIN = 84  # a swapped letter pair in "алексей" (7 letters) gives 85.7; other names stay under 50
+_MASTER_FUZZ_LEN = 5  # shorter words are too easily near a short name
 _FUZZ_MIN = 80  # rapidfuzz ratio: "машина"~"машинка" is 92, "стришка"~"стрижка" 86, unrelated words < 60
 # Client words → the lemma a catalogue title uses for the same thing.
 _SYNONYMS = {
@@ -306,7 +308,21 @@ def _master(t: str, masters: Sequence[str], morph: Morph, *, skip: str | None) -
         for key, master in keys.items():
             if key in forms:
                 return master
-    return None
+    return _master_misspelt(t, keys, morph, skipped=skipped)
+
+
+def _master_misspelt(t: str, keys: dict[str, str], morph: Morph, *, skipped: str) -> str | None:
+    """A master's name with a typo ("к аелксею"): the closest name whose normal form is near enough, if one is."""
+    best: tuple[float, str] | None = None
+    for word in _words(t):
+        if word == skipped or len(word) < _MASTER_FUZZ_LEN:
+            continue
+        forms = lemmas(word, morph)
+        for key, master in keys.items():
+            score = max(fuzz.ratio(form, key) for form in forms)
+            if score >= _MASTER_FUZZ_MIN and (best is None or score > best[0]):
+                best = (score, master)
+    return best[1] if best else None
 
 
 def _name(text: str, morph: Morph) -> str | None:

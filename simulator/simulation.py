@@ -7,7 +7,7 @@ import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -27,13 +27,14 @@ from simulator.salon import BARBERSHOP_FIXTURE, Appointment, Salon
 from simulator.users import User
 from system.api import create_app
 from system.batcher import BatchProcessor
-from system.clock import wait_event
+from system.clock import Clock, WallClock, wait_event
 from system.runtime import Runtime, build_worker
 from system.settings import load_settings
 
 TZ = ZoneInfo("Europe/Moscow")
 DEFAULT_START = datetime(2026, 1, 12, 9, 0, tzinfo=TZ)  # a Monday morning: a fixed day keeps runs identical
 WORKDAY_S = 8 * 3600
+REALTIME_WINDOW_S = 60.0
 USERS_PER_DAY = 100  # a barbershop of four masters hears from about this many clients a day
 DRAIN_LIMIT_S = 3600.0
 APP_SECRET = "sim-app-secret"
@@ -50,6 +51,8 @@ class SimOptions:
     redis_url: str | None = None
     llm_latency_s: tuple[float, float, float] = (5.0, 8.0, 15.0)  # min, mode, max: the reference's 5-15 s
     mode: str = "meta"  # how users' messages reach the webhook: "meta" (signed) or "gateway"
+    realtime: bool = False  # the wall clock instead of the virtual one (users arrive within `window_s`)
+    window_s: float | None = None  # arrival window per day of users; default a working day, 60 s in real time
 
 
 @dataclass
@@ -87,7 +90,7 @@ class ReplyBox(fake_whatsapp.Outbox):
 class SimChannel:
     """Users' side of WhatsApp: their messages go to the system's webhook; replies come from the fake."""
 
-    def __init__(self, delivery: WebhookDelivery, box: ReplyBox, clock: VirtualClock, transcript: Transcript) -> None:
+    def __init__(self, delivery: WebhookDelivery, box: ReplyBox, clock: Clock, transcript: Transcript) -> None:
         self._delivery = delivery
         self._box = box
         self._clock = clock
@@ -169,7 +172,8 @@ def make_users(opts: SimOptions, salon: Salon, rng: random.Random) -> list[User]
         phone = f"7915{i:07d}"
         if want.goal in (Goal.CANCEL, Goal.RESCHEDULE):
             want = _own_booking(salon, phone, want, arrival_day, rng)
-        start_ms = int(arrival_day.timestamp() * 1000) + rng.randrange(WORKDAY_S * 1000)
+        window_ms = int(1000 * (opts.window_s or (REALTIME_WINDOW_S if opts.realtime else WORKDAY_S)))
+        start_ms = int(arrival_day.timestamp() * 1000) + rng.randrange(max(1, window_ms))
         users.append(
             User(
                 phone=phone,
@@ -233,12 +237,15 @@ def _achieved(user: User, salon: Salon, start: datetime) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def _redis(opts: SimOptions, clock: VirtualClock) -> AsyncIterator[Redis]:
+async def _redis(opts: SimOptions, clock: Clock) -> AsyncIterator[Redis]:
     if opts.redis_url:
         client: Redis = Redis.from_url(opts.redis_url)
         await client.flushdb()
         yield client
         await client.aclose()
+        return
+    if not isinstance(clock, VirtualClock):
+        yield fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(version=(7,)))
         return
     with fakeredis_on(clock):
         yield fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(version=(7,)))
@@ -247,8 +254,13 @@ async def _redis(opts: SimOptions, clock: VirtualClock) -> AsyncIterator[Redis]:
 async def simulate(opts: SimOptions, *, progress: Callable[[int, int], None] | None = None) -> SimResult:
     """Run `opts.users` users through the whole system in virtual time."""
     wall_started = time.perf_counter()
+    clock: Clock
+    if opts.realtime:
+        clock = WallClock()
+        opts = replace(opts, start=datetime.fromtimestamp(clock.now_ms() / 1000, tz=TZ))
+    else:
+        clock = VirtualClock(start_ms=int(opts.start.timestamp() * 1000))
     start_ms = int(opts.start.timestamp() * 1000)
-    clock = VirtualClock(start_ms=start_ms)
     rng = random.Random(opts.seed)
     transcript = Transcript()
     salon = Salon.from_fixture(BARBERSHOP_FIXTURE, start=opts.start)
@@ -285,7 +297,7 @@ async def simulate(opts: SimOptions, *, progress: Callable[[int, int], None] | N
             )
             worker = build_worker(rt, http=outbound, consumer="sim-worker")
             services = [asyncio.create_task(batcher.run()), asyncio.create_task(worker.run())]
-            driver = asyncio.create_task(clock.drive())
+            driver = asyncio.create_task(clock.drive() if isinstance(clock, VirtualClock) else asyncio.sleep(0))
             try:
                 await _run_users(users, channel, clock, progress)
                 await _drain(rt, clock)
@@ -314,7 +326,7 @@ async def simulate(opts: SimOptions, *, progress: Callable[[int, int], None] | N
 
 
 async def _run_users(
-    users: list[User], channel: SimChannel, clock: VirtualClock, progress: Callable[[int, int], None] | None
+    users: list[User], channel: SimChannel, clock: Clock, progress: Callable[[int, int], None] | None
 ) -> None:
     done = 0
 
@@ -328,7 +340,7 @@ async def _run_users(
     await asyncio.gather(*(one(u) for u in users))
 
 
-async def _drain(rt: Runtime, clock: VirtualClock) -> None:
+async def _drain(rt: Runtime, clock: Clock) -> None:
     """Wait (in virtual time) until nothing is buffered, queued or in flight."""
     deadline_ms = clock.now_ms() + DRAIN_LIMIT_S * 1000
     while clock.now_ms() < deadline_ms:
