@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from simulator.personas import PERSONAS
-from simulator.simulation import DEFAULT_START, TOKENS, SimOptions, SimResult, simulate
+from simulator.simulation import DEFAULT_START, TOKENS, SimOptions, SimResult, simulate, system_env_for_fakes
 from system.clock import WallClock
 from system.logs import configure_logging
 
@@ -38,6 +38,10 @@ def simulate_command(
     realtime: Annotated[bool, typer.Option(help="Run on the wall clock (users arrive within --window-s).")] = False,
     window_s: Annotated[float | None, typer.Option(help="Arrival window of a day's users, seconds.")] = None,
     llm_latency_s: Annotated[str, typer.Option(help="Fake LLM latency min,mode,max seconds.")] = "5,8,15",
+    system_url: Annotated[
+        str | None,
+        typer.Option(help="Drive separately started system processes at this URL (real time; see the README)."),
+    ] = None,
 ) -> None:
     """Run simulated users through the whole system in virtual time; write the transcript and a summary."""
     names = tuple(p.strip() for p in personas.split(",") if p.strip())
@@ -58,7 +62,11 @@ def simulate_command(
         realtime=realtime,
         window_s=window_s,
         llm_latency_s=(low, likely, high),
+        system_url=system_url,
     )
+    if system_url:
+        env = " ".join(f"{k}={v}" for k, v in system_env_for_fakes().items())
+        Console(stderr=True).print(f"the system at {system_url} must run with: {env}")
     console = Console(stderr=True)
     with Progress(
         TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
@@ -106,7 +114,7 @@ def summarize(result: SimResult, opts: SimOptions) -> dict[str, Any]:
             "reply_p95": _pct(latencies, 95),
             "flush_lateness": stats["flush_lateness_ms"],
         },
-        "clock": "wall" if opts.realtime else "virtual",
+        "clock": "wall" if opts.realtime or opts.system_url else "virtual",
         "llm_latency_s": list(opts.llm_latency_s),
         "virtual_s": round(result.virtual_s, 1),
         "wall_s": round(result.wall_s, 2),

@@ -25,7 +25,7 @@ from simulator.llm_replies import (
 )
 from simulator.llm_turn import Calls, Decision, Say, Turn, call
 from simulator.nlu import Intent, Morph, ServiceRef, Understanding, understand
-from simulator.nlu_when import TimeWindow
+from simulator.nlu_when import TimeWindow, month_number
 from system.tools import SLOTS_SHOWN
 
 CARRY_MESSAGES = 4  # earlier client messages of the same request a booking may take its details from
@@ -68,6 +68,10 @@ class Policy:
             return call("list_my_bookings") if listed is None else Say(r.bookings(listed))
         if intent is Intent.PRICES:
             return self._prices(turn, u, r)
+        if intent is Intent.BOOK and _names_master_after_booking(u, turn):
+            moved = self._to_master(turn, u, r)
+            if moved is not None:
+                return moved
         if intent in (Intent.BOOK, Intent.AVAILABILITY):
             return self._book(turn, u, r, confirm_first=intent is Intent.AVAILABILITY)
         return Say(r.small_talk(intent))
@@ -131,6 +135,29 @@ class Policy:
             return Say(r.offer(inside[:3] or slots[:3], outside_window=not inside, busy_day=busy_day))
         return Say(r.offer(slots[:3], busy_day=busy_day))
 
+    def _to_master(self, turn: Turn, u: Understanding, r: Replies) -> Decision | None:
+        """ "к Сергею" right after a booking: move that booking to the master at the same time (None: not found)."""
+        listed = turn.last("list_my_bookings")
+        if listed is None:
+            return call("list_my_bookings")
+        if "error" in listed:
+            return Say(r.tool_error(listed))
+        last = turn.last_reply()
+        just_booked = [b for b in listed.get("bookings") or [] if _mentioned(b, last)]
+        if len(just_booked) != 1:
+            return None
+        record = just_booked[0]
+        moved = turn.last("reschedule_booking")
+        if moved is None:
+            if record.get("master") == u.master:
+                return Say(r.booked({"booked": record}))
+            at = str(record["datetime"])[:16]
+            return call("reschedule_booking", record_id=record["record_id"], datetime=at, master=u.master)
+        if "rescheduled" in moved or not moved.get("next_free"):
+            return Say(r.rescheduled(moved))
+        day = date.fromisoformat(str(record["datetime"])[:10])
+        return Say(r.move_offer(record, moved["next_free"][:3], taken=_slot_time(record), day=day))
+
     def _want(self, turn: Turn, u: Understanding) -> _Want:
         f = turn.facts
         carried = self._carry(turn)
@@ -144,7 +171,9 @@ class Policy:
         )
         master = u.master or carried.master or draft.get("master") or None
         slot = _picked_slot(u, f.offered, turn.last_reply())
-        day = u.day or (slot.date() if slot else None) or carried.day
+        # the latest explicit choice wins: a time picked from an earlier offer takes that offer's day
+        earlier = _offered_day(turn, u.at) if u.at is not None and slot is None else None
+        day = u.day or (slot.date() if slot else None) or earlier or carried.day
         if day is None and u.at is not None and len({o.date() for o in f.offered}) == 1:
             day = f.offered[0].date()
         at = u.at or (slot.time() if slot else None) or (carried.at if not u.window else None)
@@ -159,14 +188,16 @@ class Policy:
         day: date | None = None
         at: time | None = None
         window: TimeWindow | None = None
-        seen = 0
+        said: set[str] = set()
         for role, text in reversed(turn.history):
             if role == "assistant":
                 if DONE in text:
                     break
                 continue
-            seen += 1
-            if seen > CARRY_MESSAGES:
+            if text in said:  # a repeated message ("мужская стрижка" again) adds nothing and must not push details out
+                continue
+            said.add(text)
+            if len(said) > CARRY_MESSAGES:
                 break
             earlier = understand(text, now=f.now, services=f.services, masters=f.masters, morph=self._morph)
             service = service or earlier.service
@@ -242,7 +273,9 @@ class Policy:
             record = chosen[0]
         slot = _picked_slot(u, turn.facts.offered, last) if mentioned else None
         if slot is not None and turn.last("search_slots") is None:
-            return call("reschedule_booking", record_id=record["record_id"], datetime=_iso(slot))
+            master = u.master or _offered_master(last)
+            master = master if master != record.get("master") else None
+            return call("reschedule_booking", record_id=record["record_id"], datetime=_iso(slot), master=master)
         if target_day is None and (target_at is not None or u.window is not None):
             offered_days = {o.date() for o in turn.facts.offered}
             target_day = offered_days.pop() if len(offered_days) == 1 else date.fromisoformat(record["datetime"][:10])
@@ -288,6 +321,12 @@ def _followup(u: Understanding, last_reply: str) -> Intent:
     return u.intent
 
 
+def _names_master_after_booking(u: Understanding, turn: Turn) -> bool:
+    """Only a master's name, just after the administrator booked: the client wants that booking with them."""
+    details = u.service or u.service_options or u.day or u.at or u.window or u.choice is not None
+    return bool(u.master) and not details and turn.facts.stage == "booked" and DONE in turn.last_reply()
+
+
 def _picked_slot(u: Understanding, offered: tuple[datetime, ...], last_reply: str) -> datetime | None:
     """The offered slot the client chose: by time ("в 16:00"), by position ("второй") or by a plain "да"."""
     if not offered:
@@ -301,6 +340,29 @@ def _picked_slot(u: Understanding, offered: tuple[datetime, ...], last_reply: st
         return shown[u.choice]
     if u.affirmative and len(shown) == 1:
         return shown[0]
+    return None
+
+
+def _offered_master(text: str) -> str | None:
+    """The master whose times the administrator's last message listed ("… (мастер Сергей)."), if one was."""
+    m = re.search(r"\(мастер ([^)]+)\)\.", re.split(SLOTS_LEAD, text)[-1])
+    return m[1] if m else None
+
+
+def _offered_day(turn: Turn, at: time) -> date | None:
+    """The day of the latest earlier offer that listed `at` ("Свободно: завтра, 26 ноября — 15:00, 16:00")."""
+    hhmm = _hhmm(at)
+    today = turn.facts.now.date()
+    for role, text in reversed(turn.history):
+        if role != "assistant" or not re.search(SLOTS_LEAD, text):
+            continue
+        listing = re.split(SLOTS_LEAD, text)[-1]
+        for day, month, times in re.findall(r"(\d{1,2}) ([а-я]+) — ([\d:, ]+)", listing):
+            number = month_number(month)
+            if number is None or hhmm not in times:
+                continue
+            found = date(today.year, number, int(day))
+            return found if found >= today else date(today.year + 1, number, int(day))
     return None
 
 

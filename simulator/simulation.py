@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 import fakeredis
 import httpx
+import uvicorn
 from redis.asyncio import Redis
 
 from simulator import crm, fake_llm
@@ -39,6 +41,7 @@ USERS_PER_DAY = 100  # a barbershop of four masters hears from about this many c
 DRAIN_LIMIT_S = 3600.0
 APP_SECRET = "sim-app-secret"
 TOKENS = {"whatsapp": "sim-wa-token", "partner": "sim-partner", "user": "sim-user"}
+FAKE_PORTS = {"whatsapp": 8091, "llm": 8092, "crm": 8093}  # as `aiadmin fake` serves them by default
 HOSTS = {"llm": "http://llm.sim", "crm": "http://crm.sim", "whatsapp": "http://wa.sim", "system": "http://system.sim"}
 
 
@@ -52,6 +55,7 @@ class SimOptions:
     llm_latency_s: tuple[float, float, float] = (5.0, 8.0, 15.0)  # min, mode, max: the reference's 5-15 s
     mode: str = "meta"  # how users' messages reach the webhook: "meta" (signed) or "gateway"
     realtime: bool = False  # the wall clock instead of the virtual one (users arrive within `window_s`)
+    system_url: str | None = None  # drive separately started system processes (real time; fakes on FAKE_PORTS)
     window_s: float | None = None  # arrival window per day of users; default a working day, 60 s in real time
 
 
@@ -255,7 +259,7 @@ async def simulate(opts: SimOptions, *, progress: Callable[[int, int], None] | N
     """Run `opts.users` users through the whole system in virtual time."""
     wall_started = time.perf_counter()
     clock: Clock
-    if opts.realtime:
+    if opts.realtime or opts.system_url:
         clock = WallClock()
         opts = replace(opts, start=datetime.fromtimestamp(clock.now_ms() / 1000, tz=TZ))
     else:
@@ -274,41 +278,23 @@ async def simulate(opts: SimOptions, *, progress: Callable[[int, int], None] | N
             token=TOKENS["whatsapp"], clock=clock, rng=random.Random(opts.seed), outbox=box
         ),
     }
-    mounts = {f"{HOSTS[name]}": httpx.ASGITransport(app=app) for name, app in apps.items()}
-    async with _redis(opts, clock) as redis:
-        rt = Runtime.build(load_settings(_settings(opts)), redis=redis, clock=clock, rng=random.Random(opts.seed))
-        await rt.start()
-        system = httpx.ASGITransport(app=create_app(rt))
-        async with (
-            httpx.AsyncClient(mounts=mounts) as outbound,
-            httpx.AsyncClient(transport=system, base_url=HOSTS["system"]) as inbound,
-        ):
-            delivery = WebhookDelivery(
-                inbound, clock=clock, mode=opts.mode, secret=APP_SECRET if opts.mode == "meta" else None
-            )  # type: ignore[arg-type]
-            channel = SimChannel(delivery, box, clock, transcript)
-            batcher = BatchProcessor(
-                redis,
-                store=rt.store,
-                clock=clock,
-                metrics=rt.metrics,
-                processor_id="sim",
-                heartbeat_interval_s=rt.settings.heartbeat_interval_s,
-            )
-            worker = build_worker(rt, http=outbound, consumer="sim-worker")
-            services = [asyncio.create_task(batcher.run()), asyncio.create_task(worker.run())]
-            driver = asyncio.create_task(clock.drive() if isinstance(clock, VirtualClock) else asyncio.sleep(0))
-            try:
-                await _run_users(users, channel, clock, progress)
-                await _drain(rt, clock)
-            finally:
-                batcher.stop()
-                worker.stop()
-                await asyncio.gather(*services, return_exceptions=True)
-                driver.cancel()
-                await asyncio.gather(driver, return_exceptions=True)
-            stats = await rt.stats.collect()
-        await rt.redis.aclose()
+    system = _remote_system(opts, apps) if opts.system_url else _in_process_system(opts, clock, apps)
+    async with system as (inbound, read_stats):
+        delivery = WebhookDelivery(
+            inbound,
+            clock=clock,
+            mode=opts.mode,  # type: ignore[arg-type]
+            secret=APP_SECRET if opts.mode == "meta" else None,
+        )
+        channel = SimChannel(delivery, box, clock, transcript)
+        driver = asyncio.create_task(clock.drive() if isinstance(clock, VirtualClock) else asyncio.sleep(0))
+        try:
+            await _run_users(users, channel, clock, progress)
+            await _drain(read_stats, clock)
+            stats = await read_stats()
+        finally:
+            driver.cancel()
+            await asyncio.gather(driver, return_exceptions=True)
     final = snapshot(salon)
     verdicts = [judge_user(u, initial=initial, final=final, tz=salon.tz) for u in users]
     world = judge_world(users, initial=initial, final=final, inbound=channel.inbound, outbound=list(box.messages))
@@ -323,6 +309,98 @@ async def simulate(opts: SimOptions, *, progress: Callable[[int, int], None] | N
         virtual_s=(clock.now_ms() - start_ms) / 1000,
         users=users,
     )
+
+
+StatsReader = Callable[[], Awaitable[dict[str, Any]]]
+
+
+@contextlib.asynccontextmanager
+async def _in_process_system(
+    opts: SimOptions, clock: Clock, apps: dict[str, Any]
+) -> AsyncIterator[tuple[httpx.AsyncClient, StatsReader]]:
+    """The whole system in this process: API (through ASGI), batch processor and worker."""
+    mounts = {HOSTS[name]: httpx.ASGITransport(app=app) for name, app in apps.items()}
+    async with _redis(opts, clock) as redis:
+        rt = Runtime.build(load_settings(_settings(opts)), redis=redis, clock=clock, rng=random.Random(opts.seed))
+        await rt.start()
+        async with (
+            httpx.AsyncClient(mounts=mounts) as outbound,
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(rt)), base_url=HOSTS["system"]) as inbound,
+        ):
+            batcher = BatchProcessor(
+                redis,
+                store=rt.store,
+                clock=clock,
+                metrics=rt.metrics,
+                processor_id="sim",
+                heartbeat_interval_s=rt.settings.heartbeat_interval_s,
+            )
+            worker = build_worker(rt, http=outbound, consumer="sim-worker")
+            services = [asyncio.create_task(batcher.run()), asyncio.create_task(worker.run())]
+            try:
+                yield inbound, rt.stats.collect
+            finally:
+                batcher.stop()
+                worker.stop()
+                await asyncio.gather(*services, return_exceptions=True)
+        await rt.redis.aclose()
+
+
+class _QuietServer(uvicorn.Server):
+    """A fake served beside others in one process: the simulator, not uvicorn, handles signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _remote_system(
+    opts: SimOptions, apps: dict[str, Any]
+) -> AsyncIterator[tuple[httpx.AsyncClient, StatsReader]]:
+    """Separately started system processes at `opts.system_url`; the fakes are served here on real ports."""
+    servers = [
+        _QuietServer(uvicorn.Config(app, host="127.0.0.1", port=FAKE_PORTS[name], log_config=None, access_log=False))
+        for name, app in apps.items()
+    ]
+    tasks = [asyncio.create_task(server.serve()) for server in servers]
+    try:
+        for _ in range(200):  # bounded wait for the three listeners
+            if all(server.started for server in servers):
+                break
+            await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(base_url=opts.system_url or "", timeout=30) as inbound:
+
+            async def read_stats() -> dict[str, Any]:
+                response = await inbound.get("/webhook/whatsapp/batched/stats", headers=_stats_auth())
+                response.raise_for_status()
+                return dict(response.json())
+
+            yield inbound, read_stats
+    finally:
+        for server in servers:
+            server.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _stats_auth() -> dict[str, str]:
+    token = os.environ.get("AIADMIN_STATS_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def system_env_for_fakes() -> dict[str, str]:
+    """The settings a separately started system needs to talk to the simulator's fakes."""
+    return {
+        "AIADMIN_LLM_BASE_URL": f"http://127.0.0.1:{FAKE_PORTS['llm']}/v1",
+        "AIADMIN_LLM_API_KEY": "sim",
+        "AIADMIN_YCLIENTS_BASE_URL": f"http://127.0.0.1:{FAKE_PORTS['crm']}/api/v1",
+        "AIADMIN_YCLIENTS_PARTNER_TOKEN": TOKENS["partner"],
+        "AIADMIN_YCLIENTS_USER_TOKEN": TOKENS["user"],
+        "AIADMIN_WHATSAPP_API_URL": f"http://127.0.0.1:{FAKE_PORTS['whatsapp']}/v21.0",
+        "AIADMIN_WHATSAPP_TOKEN": TOKENS["whatsapp"],
+        "AIADMIN_WHATSAPP_PHONE_NUMBER_ID": "106540352242922",
+        "AIADMIN_WHATSAPP_APP_SECRET": APP_SECRET,
+    }
 
 
 async def _run_users(
@@ -340,11 +418,11 @@ async def _run_users(
     await asyncio.gather(*(one(u) for u in users))
 
 
-async def _drain(rt: Runtime, clock: Clock) -> None:
-    """Wait (in virtual time) until nothing is buffered, queued or in flight."""
+async def _drain(read_stats: StatsReader, clock: Clock) -> None:
+    """Wait until nothing is buffered, queued or in flight."""
     deadline_ms = clock.now_ms() + DRAIN_LIMIT_S * 1000
     while clock.now_ms() < deadline_ms:
-        stats = await rt.stats.collect()
+        stats = await read_stats()
         if not (stats["open_batches"] or stats["queue_length"] or stats["in_flight_jobs"]):
             return
         await clock.sleep(5)
