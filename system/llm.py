@@ -10,7 +10,6 @@ import json
 import random
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any
 
@@ -18,7 +17,7 @@ import httpx
 import structlog
 
 from system.clock import Clock
-from system.retry import RetryPolicy, retrying
+from system.retry import RetryPolicy, parse_retry_after, retrying
 from system.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -185,21 +184,6 @@ def _status_error(status: int, detail: str, *, retry_after_s: float) -> LLMError
     if status in _RETRY_STATUSES or status >= 500:
         return LLMUnavailable(f"HTTP {status}: {detail}", retry_after_s=retry_after_s)
     return LLMRequestRejected(f"HTTP {status}: {detail}")
-
-
-def parse_retry_after(value: str | None, *, now_ms: int) -> float:
-    """Seconds a Retry-After header asks to wait (delta seconds or an HTTP date); 0 when absent or bad."""
-    if not value:
-        return 0.0
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return 0.0
-    return max(0.0, when.timestamp() - now_ms / 1000)
 
 
 def _error_detail(response: httpx.Response) -> str:

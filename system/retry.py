@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
 import structlog
@@ -13,6 +15,20 @@ from system.clock import Clock
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
+
+
+def parse_retry_after(value: str | None, *, now_ms: int) -> float:
+    """Seconds a Retry-After header asks to wait (delta seconds or an HTTP date); 0 when absent or unreadable."""
+    if not value:
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - now_ms / 1000
+        except (TypeError, ValueError):
+            return 0.0
+    return seconds if math.isfinite(seconds) and seconds > 0 else 0.0
 
 
 def backoff_s(attempt: int, *, base_s: float, max_s: float, rng: random.Random) -> float:

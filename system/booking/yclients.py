@@ -6,7 +6,6 @@ import random
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import replace
 from datetime import date, datetime
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import httpx
@@ -31,7 +30,7 @@ from system.booking.base import (
 from system.booking.ratelimit import LimitExhausted, RequestLimiter
 from system.clock import Clock
 from system.phones import PhoneError, mask_phone, normalize_phone
-from system.retry import RetryPolicy, retrying
+from system.retry import RetryPolicy, parse_retry_after, retrying
 from system.settings import SettingsError
 
 if TYPE_CHECKING:
@@ -370,7 +369,9 @@ def _error(response: httpx.Response, body: Any, *, now_ms: int) -> BookingError:
             return CRM_ERRORS[code](message, code=code)
     message = _error_message(body, errors) or f"YClients refused the request (HTTP {status})"
     if status == httpx.codes.TOO_MANY_REQUESTS:
-        return CrmRateLimited(message, retry_after_s=_retry_after_s(response.headers.get("Retry-After"), now_ms))
+        return CrmRateLimited(
+            message, retry_after_s=parse_retry_after(response.headers.get("Retry-After"), now_ms=now_ms)
+        )
     if status in (httpx.codes.UNAUTHORIZED, httpx.codes.FORBIDDEN):
         return Unauthorized(message)
     if status == httpx.codes.NOT_FOUND:
@@ -401,20 +402,6 @@ def _crm_errors(body: Any) -> list[tuple[int, str]]:
             if isinstance(item, dict) and isinstance(item.get("code"), int | str) and str(item["code"]).isdigit():
                 found.append((int(item["code"]), str(item.get("message") or "")))
     return found
-
-
-def _retry_after_s(value: str | None, now_ms: int) -> float:
-    """Retry-After as seconds (delta or HTTP date); 0 when absent or unreadable."""
-    if not value:
-        return 0.0
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - now_ms / 1000)
-    except (TypeError, ValueError):
-        return 0.0
 
 
 def _json_or_none(response: httpx.Response) -> Any:
