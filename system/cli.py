@@ -180,7 +180,7 @@ def worker(
         rt = Runtime.build(settings)
         await rt.start()
         try:
-            async with http_client() as http:
+            async with http_client(concurrency or settings.worker_concurrency) as http:
                 service = new_worker(rt, http, concurrency)
                 await run_until_stopped(service)
         finally:
@@ -202,7 +202,7 @@ def run(
         rt = Runtime.build(settings)
         await rt.start()
         try:
-            async with http_client() as http:
+            async with http_client(concurrency or settings.worker_concurrency) as http:
                 services: list[Service] = [new_batch_processor(rt), new_worker(rt, http, concurrency)]
                 await serve_http(rt, host=host, port=port, services=services)
         finally:
@@ -211,9 +211,13 @@ def run(
     run_async(main)
 
 
-def http_client() -> httpx.AsyncClient:
-    """The one outbound HTTP client of a process (LLM, CRM and WhatsApp share its pool)."""
-    return httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
+def http_client(concurrency: int) -> httpx.AsyncClient:
+    """The one outbound HTTP client of a process (LLM, CRM and WhatsApp share its pool).
+
+    A turn holds at most one request at a time, so a pool twice the concurrency never makes a turn wait.
+    """
+    size = max(100, 2 * concurrency)
+    return httpx.AsyncClient(limits=httpx.Limits(max_connections=size, max_keepalive_connections=size))
 
 
 def new_worker(rt: Runtime, http: httpx.AsyncClient, concurrency: int) -> Worker:

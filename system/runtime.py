@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 
 import httpx
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from system.batching import BatchConfig, BatchStore
@@ -24,17 +24,24 @@ from system.turns import TurnStore
 from system.whatsapp import build_sender
 from system.worker import Worker
 
+REDIS_MAX_CONNECTIONS = 256
+REDIS_POOL_WAIT_S = 10.0
+
 
 def connect_redis(settings: Settings) -> Redis:
     """A client for REDIS_URL, or an embedded fakeredis server when it is unset."""
     if settings.redis_url:
-        return Redis.from_url(
+        # A blocking pool: with more turns in flight than connections, a turn waits for a free connection
+        # (up to the timeout) instead of failing.
+        pool = BlockingConnectionPool.from_url(
             settings.redis_url,
+            max_connections=REDIS_MAX_CONNECTIONS,
+            timeout=REDIS_POOL_WAIT_S,
             socket_timeout=5,
             socket_connect_timeout=2,
             health_check_interval=30,
-            max_connections=256,
         )
+        return Redis(connection_pool=pool)
     import fakeredis  # the embedded default only; production never loads it
 
     return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(version=(7,)))

@@ -159,6 +159,14 @@ class Worker:
 
     async def handle(self, delivery: Delivery) -> None:
         """Process one delivery to its end: ack, retry later, or dead letter."""
+        try:
+            await self._handle(delivery)
+        except RedisError as exc:
+            # Redis failed outside the turn (taking the lease, acking): the job stays pending and another
+            # worker reclaims it after the visibility timeout; the turn records keep that redelivery safe.
+            log.error("job_left_for_reclaim", batch_id=delivery.job.batch_id, error=f"{type(exc).__name__}: {exc}")
+
+    async def _handle(self, delivery: Delivery) -> None:
         job = delivery.job
         now_ms = self._clock.now_ms()
         self._metrics.queue_wait_seconds.observe(max(0, now_ms - job.enqueued_ms) / 1000)

@@ -176,14 +176,6 @@ def test_quick_worker_bench_reports_numbers_and_no_double_replies(
 
 @pytest.mark.redis
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    reason=(
-        "system/: at --concurrency 500 the worker's Redis pool (max_connections=256, non-blocking) raises "
-        "MaxConnectionsError in Worker.handle -> JobQueue.hold, outside the turn's error handling, so the job "
-        "is neither acked nor failed and waits for the 60 s visibility reclaim (see the worker bench report)"
-    ),
-    strict=True,
-)
 def test_quick_worker_bench_answers_every_job_once_at_concurrency_500(
     quick_worker_bench: tuple[int, dict[str, Any]],
 ) -> None:

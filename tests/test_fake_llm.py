@@ -615,3 +615,83 @@ async def test_faults_are_drawn_per_seed(morph: pymorphy3.MorphAnalyzer) -> None
 def test_fault_probabilities_must_add_up_to_at_most_one() -> None:
     with pytest.raises(ValueError, match="at most 1"):
         LlmFaults(server_error=0.6, rate_limited=0.6)
+
+
+@pytest.mark.parametrize("phrase", ["в воскресенье в 18 к аелксею", "к лаексею", "к алескею"])
+def test_a_misspelt_master_is_still_recognised(morph: pymorphy3.MorphAnalyzer, phrase: str) -> None:
+    assert says(phrase, morph).master == "Алексей"
+
+
+def _chat(llm: LLMClient, dialog: Dialog, *turns: tuple[str, str]) -> Chat:
+    """A chat whose history is `turns` (role, text) and whose last turn is the client's current message."""
+    *history, (_, current) = turns
+    return Chat(
+        llm,
+        system_message(_prompt(dialog=dialog)),
+        *(user_message(text) if role == "client" else assistant_message(text) for role, text in history),
+        user_message(current),
+    )
+
+
+async def test_a_master_named_after_the_booking_moves_it_to_that_master(make_llm: Callable[..., LLMClient]) -> None:
+    dialog = Dialog(stage="booked", draft={"service": "Стрижка машинкой", "master": ""})
+    chat = _chat(
+        make_llm(),
+        dialog,
+        ("client", "Хочу записаться на стрижку машинкой завтра в 15:00"),
+        ("admin", "✅ Готово! «Стрижка машинкой» завтра, 26 ноября в 15:00 к Сергею. Ждём вас!"),
+        ("client", "к Алексею"),
+    )
+    assert only_call(await chat.next()) == ("list_my_bookings", {})
+    chat.answer({"bookings": [_record(1001, "2025-11-26", "15:00")]})
+    assert only_call(await chat.next()) == (
+        "reschedule_booking",
+        {"record_id": 1001, "datetime": "2025-11-26T15:00", "master": "Алексей"},
+    )
+
+
+async def test_a_service_named_alone_keeps_the_day_time_and_master_given_before(
+    make_llm: Callable[..., LLMClient],
+) -> None:
+    chat = _chat(
+        make_llm(),
+        Dialog(),
+        ("client", "Хочу записаться подстричься послезавтра"),
+        ("client", "в 12"),
+        ("admin", "Уточните, пожалуйста, какую услугу: Стрижка машинкой — 800 ₽ или Мужская стрижка — 1500–1800 ₽?"),
+        ("client", "к Алексею"),
+        ("admin", "На какую услугу вас записать? У нас есть: Стрижка машинкой — 800 ₽, Мужская стрижка — 1500–1800 ₽."),
+        ("client", "мужская стрижка"),
+        ("admin", "Подскажите, на какую услугу? У нас есть: Стрижка машинкой — 800 ₽, Мужская стрижка — 1500–1800 ₽."),
+        ("client", "мужская стрижка"),
+        ("admin", "Подскажите, на какую услугу? У нас есть: Стрижка машинкой — 800 ₽, Мужская стрижка — 1500–1800 ₽."),
+        ("client", "мужская стрижка"),
+    )
+    assert only_call(await chat.next()) == (
+        "search_slots",
+        {"service": "Мужская стрижка", "date": "2025-11-27", "master": "Алексей", "time_from": "11:00"},
+    )
+
+
+async def test_a_time_from_an_earlier_offer_takes_that_offers_day(make_llm: Callable[..., LLMClient]) -> None:
+    dialog = Dialog(
+        stage="choosing",
+        draft={"service": "Оформление бороды", "master": "Сергей"},
+        offered_slots=("2025-11-28T13:00:00+03:00",),
+    )
+    chat = _chat(
+        make_llm(),
+        dialog,
+        ("client", "на оформление бороды завтра в 18:00 к Сергею"),
+        (
+            "admin",
+            "На 18:00 уже занято. Свободно: в четверг, 27 ноября — 18:15, 18:30 (мастер Сергей). Что вам подходит?",
+        ),
+        ("client", "оформление бороды"),
+        ("admin", "На 26 ноября свободного времени уже нет. Свободно: в пятницу, 28 ноября — 13:00 (мастер Сергей)."),
+        ("client", "давайте в 18:15"),
+    )
+    assert only_call(await chat.next()) == (
+        "search_slots",
+        {"service": "Оформление бороды", "date": "2025-11-27", "master": "Сергей", "time_from": "17:15"},
+    )
