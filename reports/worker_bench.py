@@ -127,9 +127,9 @@ def summary_rows(cfg: WorkerBenchConfig, s: dict[str, dict[str, Any]]) -> list[R
         ),
         Row(
             f"Worker throughput, LLM stand-in 5 s, concurrency {slow['concurrency']} ({slow['jobs']} jobs)",
-            f"{sm['messages_per_s']:,.1f} messages/s (bound {slow['bound_per_s']:,.0f} = concurrency / latency; "
-            f"at most {whole(sm['llm_in_flight_max'])} LLM calls at once; worker {sm['worker_cpu_pct']:.0f}% "
-            "of a core)",
+            f"{sm['messages_per_s']:,.1f} messages/s ({_ending(slow)}bound {slow['bound_per_s']:,.0f} = "
+            f"concurrency / latency; at most {whole(sm['llm_in_flight_max'])} LLM calls at once; "
+            f"worker {sm['worker_cpu_pct']:.0f}% of a core)",
             REFERENCE_RATE,
             f"≥ {GOAL_PER_S} messages/s",
             ge(sm["messages_per_s"], GOAL_PER_S),
@@ -161,6 +161,16 @@ def summary_rows(cfg: WorkerBenchConfig, s: dict[str, dict[str, Any]]) -> list[R
             "—",
         ),
     ]
+
+
+def _ending(case: dict[str, Any]) -> str:
+    """How a case's runs ended when not every job got its reply."""
+    m = case["median"]
+    if m["stalled"]:
+        return f"stopped after {whole(case['stall_s'])} s without a new reply; "
+    if m["timed_out"]:
+        return f"stopped at the {whole(case['timeout_s'])} s timeout; "
+    return ""
 
 
 def _replies(case: dict[str, Any]) -> str:

@@ -154,6 +154,8 @@ async def run_case(b: WorkerBench, case: WorkerCase) -> dict[str, Any]:
     await b.redis.flushdb()
     return section(
         runs,
+        stall_s=case.stall_s,
+        timeout_s=case.timeout_s,
         llm_latency_ms=case.llm_latency_s * 1000,
         concurrency=case.concurrency,
         jobs=case.jobs,
@@ -194,7 +196,7 @@ async def one_run(
     with CpuWindow({"worker": worker.pid, "standins": standins.pid, "redis": b.redis_pid}) as cpu:
         started = time.perf_counter()
         claimed = await claim_all(b, expected=jobs)
-        sent, elapsed_s = await wait_for_sends(http, worker, case, expected=jobs, started=started)
+        sent, elapsed_s, ended = await wait_for_sends(http, worker, case, expected=jobs, started=started)
     worker_cpu_s = cpu_s(worker.pid) - worker_cpu_s
     acked = await wait_for_acks(b, before["jobs_done"] + sent)  # a job without a reply is not acked either
     after = await b.counters()
@@ -202,6 +204,9 @@ async def one_run(
     return {
         "messages_per_s": sent / elapsed_s,
         "elapsed_s": elapsed_s,
+        # 1 when the run ended without every reply: no new one for `stall_s`, or past `timeout_s`.
+        "stalled": int(ended == "stalled"),
+        "timed_out": int(ended == "timed_out"),
         "jobs": jobs,
         "claimed": claimed,
         "replies": received["sends"],
@@ -260,18 +265,30 @@ async def claim_all(b: WorkerBench, *, expected: int) -> int:
 
 async def wait_for_sends(
     http: httpx.AsyncClient, worker: Process, case: WorkerCase, *, expected: int, started: float
-) -> tuple[int, float]:
-    """Poll the stand-in until `expected` sends, a stall or the timeout; (sends, seconds to the last one)."""
+) -> tuple[int, float, str]:
+    """Poll the stand-in until `expected` sends, a stall or the timeout; (sends, seconds to the last one, why)."""
     sends, last_s = 0, started
     while True:
         now_s = time.perf_counter()
         current = int((await http.get("/stats")).json()["sends"])
         if current > sends:
             sends, last_s = current, now_s
-        if sends >= expected or now_s - last_s > case.stall_s or now_s - started > case.timeout_s:
-            return sends, max(last_s - started, 1e-9)
+        ended = _ended(case, sends=sends, expected=expected, quiet_s=now_s - last_s, elapsed_s=now_s - started)
+        if ended:
+            return sends, max(last_s - started, 1e-9), ended
         check_alive(worker)
         await asyncio.sleep(POLL_S)
+
+
+def _ended(case: WorkerCase, *, sends: int, expected: int, quiet_s: float, elapsed_s: float) -> str:
+    """Why a run is over ("" while it is not): every reply is in, no new reply for a while, or the timeout."""
+    if sends >= expected:
+        return "replied"
+    if quiet_s > case.stall_s:
+        return "stalled"
+    if elapsed_s > case.timeout_s:
+        return "timed_out"
+    return ""
 
 
 async def wait_for_acks(b: WorkerBench, target: int) -> int:

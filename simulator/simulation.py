@@ -40,6 +40,7 @@ REALTIME_WINDOW_S = 60.0
 USERS_PER_DAY = 100  # a barbershop of four masters hears from about this many clients a day
 DRAIN_LIMIT_S = 3600.0
 APP_SECRET = "sim-app-secret"
+STATUS_STEPS = (("sent", 0.5), ("delivered", 1.0), ("read", 5.0))  # (status, seconds after the previous one)
 TOKENS = {"whatsapp": "sim-wa-token", "partner": "sim-partner", "user": "sim-user"}
 FAKE_PORTS = {"whatsapp": 8091, "llm": 8092, "crm": 8093}  # as `aiadmin fake` serves them by default
 HOSTS = {"llm": "http://llm.sim", "crm": "http://crm.sim", "whatsapp": "http://wa.sim", "system": "http://system.sim"}
@@ -77,12 +78,18 @@ class ReplyBox(fake_whatsapp.Outbox):
         self._transcript = transcript
         self._events: dict[str, asyncio.Event] = {}
         self._texts: dict[str, list[str]] = {}
+        self._on_message: Callable[[fake_whatsapp.OutboundMessage], None] | None = None
+
+    def on_message(self, callback: Callable[[fake_whatsapp.OutboundMessage], None]) -> None:
+        self._on_message = callback
 
     def record_message(self, message: fake_whatsapp.OutboundMessage) -> None:
         super().record_message(message)
         self._texts.setdefault(message.to, []).append(message.text)
         self._transcript.add(t=message.at_ms, dir="out", phone=message.to, id=message.wamid, text=message.text)
         self.event(message.to).set()
+        if self._on_message is not None:
+            self._on_message(message)
 
     def event(self, phone: str) -> asyncio.Event:
         return self._events.setdefault(phone, asyncio.Event())
@@ -101,6 +108,7 @@ class SimChannel:
         self._transcript = transcript
         self._ids = iter(range(1, 10**9))
         self.inbound: dict[str, list[int]] = {}
+        self._status_tasks: set[asyncio.Task[None]] = set()
 
     async def send_text(self, phone: str, text: str) -> None:
         message_id, now = f"wamid.sim{next(self._ids)}", self._clock.now_ms()
@@ -121,6 +129,19 @@ class SimChannel:
             if left_s <= 0 or not await wait_event(self._clock, event, timeout_s=left_s):
                 return None
         return self._box.replies(phone)[seen]
+
+    def report_statuses(self, message: fake_whatsapp.OutboundMessage) -> None:
+        """WhatsApp tells the system what became of a reply: sent, then delivered, then read."""
+        task = asyncio.get_running_loop().create_task(self._statuses(message))
+        self._status_tasks.add(task)
+        task.add_done_callback(self._status_tasks.discard)
+
+    async def _statuses(self, message: fake_whatsapp.OutboundMessage) -> None:
+        for status, delay_s in STATUS_STEPS:
+            await self._clock.sleep(delay_s)
+            await self._delivery.deliver_status(
+                wamid=message.wamid, status=status, recipient=message.to, at_ms=self._clock.now_ms()
+            )
 
     def _note(self, phone: str, now: int, message_id: str, **content: str) -> None:
         self.inbound.setdefault(phone, []).append(now)
@@ -287,6 +308,8 @@ async def simulate(opts: SimOptions, *, progress: Callable[[int, int], None] | N
             secret=APP_SECRET if opts.mode == "meta" else None,
         )
         channel = SimChannel(delivery, box, clock, transcript)
+        if opts.mode == "meta":  # the gateway format has no delivery statuses
+            box.on_message(lambda m: channel.report_statuses(m))
         driver = asyncio.create_task(clock.drive() if isinstance(clock, VirtualClock) else asyncio.sleep(0))
         try:
             await _run_users(users, channel, clock, progress)
