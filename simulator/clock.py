@@ -18,8 +18,11 @@ class VirtualClock:
 
     IDLE_POLLS = 3  # loop passes with nothing ready before time may jump (lets I/O callbacks land)
 
-    def __init__(self, *, start_ms: int) -> None:
+    def __init__(self, *, start_ms: int, io_grace_s: float = 0.0) -> None:
+        """`io_grace_s`: with real network I/O (a real Redis), how long the loop must stay quiet in wall time
+        before time may jump, so that replies in flight land first."""
         self._now_ms = start_ms
+        self._io_grace_s = io_grace_s
         self._timers: list[tuple[int, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
         self._changed = asyncio.Event()
@@ -51,11 +54,17 @@ class VirtualClock:
     async def settle(self) -> None:
         """Return once the loop has had nothing to run for a few passes."""
         loop = asyncio.get_running_loop()
-        idle = 0
-        while idle < self.IDLE_POLLS:
-            await asyncio.sleep(0)
-            ready = getattr(loop, "_ready", None)
-            idle = idle + 1 if not ready else 0
+        while True:
+            idle = 0
+            while idle < self.IDLE_POLLS:
+                await asyncio.sleep(0)
+                ready = getattr(loop, "_ready", None)
+                idle = idle + 1 if not ready else 0
+            if self._io_grace_s <= 0:
+                return
+            await asyncio.sleep(self._io_grace_s)  # wall time: let socket replies arrive
+            if not getattr(loop, "_ready", None):
+                return
 
     async def run_until(self, when_ms: int) -> None:
         """Let the system run, jumping from wait to wait, until time reaches `when_ms`."""

@@ -284,7 +284,8 @@ async def simulate(opts: SimOptions, *, progress: Callable[[int, int], None] | N
         clock = WallClock()
         opts = replace(opts, start=datetime.fromtimestamp(clock.now_ms() / 1000, tz=TZ))
     else:
-        clock = VirtualClock(start_ms=int(opts.start.timestamp() * 1000))
+        # With a real Redis the loop also waits on sockets: time may only jump once they have gone quiet.
+        clock = VirtualClock(start_ms=int(opts.start.timestamp() * 1000), io_grace_s=0.002 if opts.redis_url else 0.0)
     start_ms = int(opts.start.timestamp() * 1000)
     rng = random.Random(opts.seed)
     transcript = Transcript()

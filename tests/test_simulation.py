@@ -5,9 +5,13 @@ from __future__ import annotations
 import hashlib
 
 import orjson
+import pytest
+from redis.asyncio import Redis
 
 from simulator.personas import PERSONAS
 from simulator.simulation import SimOptions, SimResult, simulate
+
+from .conftest import REAL_REDIS_URL
 
 
 def digest(result: SimResult) -> str:
@@ -33,3 +37,17 @@ async def test_one_seed_gives_one_transcript() -> None:
     other = await simulate(SimOptions(users=12, seed=4))
     assert digest(first) == digest(second)
     assert digest(first) != digest(other)
+
+
+@pytest.mark.redis
+async def test_a_small_salon_day_on_real_redis(real_redis: Redis) -> None:
+    result = await simulate(SimOptions(users=len(PERSONAS), seed=11, redis_url=REAL_REDIS_URL))
+    world = result.world
+    assert (world.double_bookings, world.foreign_touched, world.turns_answered_twice, world.unanswered_users) == (
+        0,
+        0,
+        0,
+        0,
+    )
+    assert result.stats["dead_letters"] == 0
+    assert result.stats["flush_lateness_ms"]["p99"] <= 20
