@@ -3,31 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 import socket
 import sys
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from importlib.metadata import entry_points
-from typing import Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
-import structlog
 import typer
-import uvicorn
 
-from system.api import create_app
 from system.batcher import BatchProcessor
+from system.http import outbound_client
 from system.logs import configure_logging
 from system.runtime import Runtime, build_worker
+from system.services import Service, run_until_stopped
 from system.settings import Settings, SettingsError, load_settings
-from system.worker import Worker
+
+if TYPE_CHECKING:
+    from system.worker import Worker
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="AI Admin: a WhatsApp administrator for salons.")
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-SHUTDOWN_TIMEOUT_S = 10.0
-log = structlog.get_logger(__name__)
 
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: jobs that failed for good.")
 app.add_typer(dlq_app, name="dlq")
@@ -67,73 +63,6 @@ def processor_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server with our signal handling: SIGTERM/SIGINT shut down gracefully and exit 0."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        loop = asyncio.get_running_loop()
-        for sig in STOP_SIGNALS:
-            loop.add_signal_handler(sig, self._stop)
-        try:
-            yield
-        finally:
-            for sig in STOP_SIGNALS:
-                loop.remove_signal_handler(sig)
-
-    def _stop(self) -> None:
-        self.force_exit = self.should_exit  # a second signal stops at once
-        self.should_exit = True
-
-
-class Service(Protocol):
-    """A long-running component: `run()` until `stop()` is called."""
-
-    async def run(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-
-async def serve_http(rt: Runtime, *, host: str, port: int, services: Sequence[Service] = ()) -> None:
-    """Serve the API until SIGINT/SIGTERM; `services` run beside it and are stopped afterwards."""
-    config = uvicorn.Config(
-        create_app(rt), host=host, port=port, log_config=None, access_log=False, lifespan="off", http="httptools"
-    )
-    server = _Server(config)
-    tasks = [asyncio.ensure_future(s.run()) for s in services]
-    try:
-        await server.serve()
-    finally:
-        await stop_services(services, tasks)
-
-
-async def stop_services(services: Sequence[Service], tasks: Sequence[asyncio.Future[None]]) -> None:
-    for service in services:
-        service.stop()
-    if tasks:
-        _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT_S)
-        for task in pending:  # past the deadline: what is left is reclaimed by other processes
-            task.cancel()
-
-
-async def run_until_stopped(service: Service) -> None:
-    """Run `service` until it ends or SIGINT/SIGTERM stops it."""
-    task = asyncio.ensure_future(service.run())
-    loop = asyncio.get_running_loop()
-
-    def on_signal(sig: signal.Signals) -> None:
-        log.info("stop_signal", signal=sig.name)
-        service.stop()
-
-    for sig in STOP_SIGNALS:
-        loop.add_signal_handler(sig, on_signal, sig)
-    try:
-        await task
-    finally:
-        for sig in STOP_SIGNALS:
-            loop.remove_signal_handler(sig)
-
-
 @app.command()
 def api(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
@@ -146,6 +75,8 @@ def api(
         rt = Runtime.build(settings)
         await rt.start()
         try:
+            from system.serve import serve_http
+
             await serve_http(rt, host=host, port=port)
         finally:
             await rt.close()
@@ -180,7 +111,7 @@ def worker(
         rt = Runtime.build(settings)
         await rt.start()
         try:
-            async with http_client(concurrency or settings.worker_concurrency) as http:
+            async with outbound_client(concurrency=concurrency or settings.worker_concurrency) as http:
                 service = new_worker(rt, http, concurrency)
                 await run_until_stopped(service)
         finally:
@@ -202,22 +133,15 @@ def run(
         rt = Runtime.build(settings)
         await rt.start()
         try:
-            async with http_client(concurrency or settings.worker_concurrency) as http:
+            async with outbound_client(concurrency=concurrency or settings.worker_concurrency) as http:
                 services: list[Service] = [new_batch_processor(rt), new_worker(rt, http, concurrency)]
+                from system.serve import serve_http
+
                 await serve_http(rt, host=host, port=port, services=services)
         finally:
             await rt.close()
 
     run_async(main)
-
-
-def http_client(concurrency: int) -> httpx.AsyncClient:
-    """The one outbound HTTP client of a process (LLM, CRM and WhatsApp share its pool).
-
-    A turn holds at most one request at a time, so a pool twice the concurrency never makes a turn wait.
-    """
-    size = max(100, 2 * concurrency)
-    return httpx.AsyncClient(limits=httpx.Limits(max_connections=size, max_keepalive_connections=size))
 
 
 def new_worker(rt: Runtime, http: httpx.AsyncClient, concurrency: int) -> Worker:

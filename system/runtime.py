@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from system.batching import BatchConfig, BatchStore
-from system.booking.yclients import YClientsBackend
 from system.clock import Clock, WallClock
-from system.context import ContextStore
 from system.ingest import Ingestor
 from system.keys import Keys
-from system.llm import LLMClient
 from system.metrics import Metrics
 from system.queue import JobQueue, QueueConfig
 from system.settings import Settings
 from system.stats import StatsReader
-from system.turns import TurnStore
-from system.whatsapp import build_sender
-from system.worker import Worker
+
+if TYPE_CHECKING:
+    from system.worker import Worker
 
 REDIS_MAX_CONNECTIONS = 256
 REDIS_POOL_WAIT_S = 10.0
@@ -116,6 +114,14 @@ class Runtime:
 
 def build_worker(rt: Runtime, *, http: httpx.AsyncClient, consumer: str, concurrency: int | None = None) -> Worker:
     """A worker over this runtime whose LLM, CRM and WhatsApp clients share `http`."""
+    # Imported here: API and batcher processes never load the worker's stack (memory per process).
+    from system.booking.yclients import YClientsBackend
+    from system.context import ContextStore
+    from system.llm import LLMClient
+    from system.turns import TurnStore
+    from system.whatsapp import build_sender
+    from system.worker import Worker
+
     s = rt.settings
     return Worker(
         rt.redis,

@@ -115,6 +115,7 @@ class BookingTools:
     def __init__(self, backend: BookingBackend, *, clock: Clock) -> None:
         self._backend = backend
         self._clock = clock
+        self._schemas: list[dict[str, Any]] | None = None
         self._tools: dict[str, _Tool] = {
             "list_services": _Tool("Каталог услуг салона с ценами и длительностью.", NoArgs, self.list_services),
             "search_slots": _Tool(
@@ -137,7 +138,12 @@ class BookingTools:
         }
 
     def schemas(self) -> list[dict[str, Any]]:
-        """The tools in the OpenAI function-calling format."""
+        """The tools in the OpenAI function-calling format (built once: pydantic schema generation is costly)."""
+        if self._schemas is None:
+            self._schemas = self._build_schemas()
+        return self._schemas
+
+    def _build_schemas(self) -> list[dict[str, Any]]:
         out = []
         for name, tool in self._tools.items():
             params = tool.args.model_json_schema()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import replace
@@ -146,6 +147,7 @@ class YClientsBackend:
         ttl_ms = round(cache_ttl_s * 1000)
         self._services: _TtlCache[list[Service]] = _TtlCache(ttl_ms=ttl_ms, max_entries=CACHE_MAX_ENTRIES)
         self._masters: _TtlCache[list[Master]] = _TtlCache(ttl_ms=ttl_ms, max_entries=CACHE_MAX_ENTRIES)
+        self._fetching: dict[tuple[Any, ...], asyncio.Lock] = {}
         auth = f"Bearer {partner_token}" + (f", User {user_token}" if user_token else "")
         self._headers = {"Accept": ACCEPT, "Content-Type": "application/json", "Authorization": auth}
 
@@ -171,21 +173,32 @@ class YClientsBackend:
 
     async def services(self, company_id: int) -> list[Service]:
         key = (company_id,)
-        cached = self._services.get(key, now_ms=self._clock.now_ms())
-        if cached is None:
-            data = await self._request("GET", f"book_services/{company_id}")
-            cached = _parsed("services", lambda: _parse_services(data))
-            self._services.put(key, cached, now_ms=self._clock.now_ms())
+        async with self._single_flight(("services", key)):
+            cached = self._services.get(key, now_ms=self._clock.now_ms())
+            if cached is None:
+                data = await self._request("GET", f"book_services/{company_id}")
+                cached = _parsed("services", lambda: _parse_services(data))
+                self._services.put(key, cached, now_ms=self._clock.now_ms())
         return list(cached)
 
     async def masters(self, company_id: int, *, service_ids: tuple[int, ...] = ()) -> list[Master]:
         key = (company_id, tuple(sorted(set(service_ids))))
-        cached = self._masters.get(key, now_ms=self._clock.now_ms())
-        if cached is None:
-            data = await self._request("GET", f"book_staff/{company_id}", params=_service_params(service_ids))
-            cached = _parsed("staff", lambda: _parse_masters(data))
-            self._masters.put(key, cached, now_ms=self._clock.now_ms())
+        async with self._single_flight(("masters", key)):
+            cached = self._masters.get(key, now_ms=self._clock.now_ms())
+            if cached is None:
+                data = await self._request("GET", f"book_staff/{company_id}", params=_service_params(service_ids))
+                cached = _parsed("staff", lambda: _parse_masters(data))
+                self._masters.put(key, cached, now_ms=self._clock.now_ms())
         return list(cached)
+
+    def _single_flight(self, key: tuple[Any, ...]) -> asyncio.Lock:
+        """One catalogue request per key at a time: concurrent turns wait for it instead of all asking."""
+        lock = self._fetching.get(key)
+        if lock is None:
+            if len(self._fetching) >= CACHE_MAX_ENTRIES:
+                self._fetching.clear()  # bounded: a lock is only needed while a fetch is running
+            lock = self._fetching[key] = asyncio.Lock()
+        return lock
 
     async def dates(
         self, company_id: int, *, service_ids: tuple[int, ...], master_id: int | None, start: date, end: date

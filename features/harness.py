@@ -1,0 +1,222 @@
+"""The runner: the whole system in this process, on a virtual clock, behind a synchronous facade for the steps.
+
+It reuses the simulator's world (fake WhatsApp outbox, fake LLM, fake CRM salon, signed webhook delivery) and
+touches the system only where a client or an operator could: the HTTP webhook, the stats route and the Redis
+keys the README names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import fakeredis
+import httpx
+import orjson
+from redis.asyncio import Redis
+
+from simulator import crm, fake_llm
+from simulator import meta_payloads as meta
+from simulator import whatsapp as fake_whatsapp
+from simulator.clock import VirtualClock
+from simulator.delivery import META_PATH, WebhookDelivery, meta_webhook
+from simulator.fakeredis_time import fakeredis_on
+from simulator.judge import Booked, snapshot
+from simulator.salon import BARBERSHOP_FIXTURE, Salon
+from simulator.simulation import APP_SECRET, HOSTS, TOKENS, TZ, ReplyBox, SimOptions, Transcript, _settings
+from system.api import create_app
+from system.batcher import BatchProcessor
+from system.runtime import Runtime, build_worker
+from system.settings import load_settings
+from system.signatures import sign
+
+START = datetime(2025, 11, 25, 13, 0, tzinfo=TZ)  # a Tuesday afternoon in Moscow: "завтра" is a Wednesday
+STATS_ROUTE = "/webhook/whatsapp/batched/stats"
+T = TypeVar("T")
+ASGIApp = Callable[..., Awaitable[None]]
+
+
+class LlmRequests:
+    """Wraps the fake LLM's ASGI app and keeps every chat request body it receives."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+        self.bodies: list[dict[str, Any]] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            event = await receive()
+            chunks.append(event.get("body", b""))
+            if not event.get("more_body"):
+                break
+        raw = b"".join(chunks)
+        with contextlib.suppress(orjson.JSONDecodeError):
+            self.bodies.append(orjson.loads(raw))
+        replayed = iter([{"type": "http.request", "body": raw, "more_body": False}])
+        await self._app(scope, lambda: _next_or_wait(replayed, receive), send)
+
+    def turn_texts(self) -> list[str]:
+        """The client's text of each turn: the last message of a turn's first request is the user's."""
+        return [
+            str(body["messages"][-1]["content"])
+            for body in self.bodies
+            if body.get("messages") and body["messages"][-1].get("role") == "user"
+        ]
+
+
+async def _next_or_wait(replayed: Any, receive: Callable[..., Any]) -> Any:
+    event = next(replayed, None)
+    return event if event is not None else await receive()
+
+
+class Runner:
+    """The system under test, driven synchronously: every call runs the owned event loop until it settles."""
+
+    def __init__(self, **env: str) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._stack = contextlib.ExitStack()
+        self._astack = contextlib.AsyncExitStack()
+        self._ids = itertools.count(1)
+        self._sent: dict[str, tuple[str, str]] = {}
+        self.clock = VirtualClock(start_ms=int(START.timestamp() * 1000))
+        self.salon = Salon.from_fixture(BARBERSHOP_FIXTURE, start=START)
+        self._initial = {b.id for b in snapshot(self.salon)}
+        self.outbox = ReplyBox(Transcript())
+        self.llm = LlmRequests(fake_llm.create_app(seed=1, clock=self.clock))
+        self._env = {**_settings(SimOptions()), **env}
+        self._stack.enter_context(fakeredis_on(self.clock))
+        self.redis: Redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(version=(7,)))
+        self._run(self._start())
+
+    async def _start(self) -> None:
+        apps: dict[str, Any] = {
+            "llm": self.llm,
+            "crm": crm.create_app(
+                self.salon, partner_token=TOKENS["partner"], user_token=TOKENS["user"], clock=self.clock
+            ),
+            "whatsapp": fake_whatsapp.create_app(
+                token=TOKENS["whatsapp"], clock=self.clock, rng=random.Random(1), outbox=self.outbox
+            ),
+        }
+        rt = Runtime.build(load_settings(self._env), redis=self.redis, clock=self.clock, rng=random.Random(1))
+        await rt.start()
+        mounts = {HOSTS[name]: httpx.ASGITransport(app=app) for name, app in apps.items()}
+        outbound = await self._astack.enter_async_context(httpx.AsyncClient(mounts=mounts))
+        self.http = await self._astack.enter_async_context(
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(rt)), base_url=HOSTS["system"])
+        )
+        self.delivery = WebhookDelivery(self.http, clock=self.clock, mode="meta", secret=APP_SECRET)
+        batcher = BatchProcessor(
+            self.redis,
+            store=rt.store,
+            clock=self.clock,
+            metrics=rt.metrics,
+            processor_id="qa",
+            heartbeat_interval_s=rt.settings.heartbeat_interval_s,
+        )
+        worker = build_worker(rt, http=outbound, consumer="qa-worker")
+        services = [asyncio.create_task(batcher.run()), asyncio.create_task(worker.run())]
+
+        async def stop() -> None:
+            batcher.stop()
+            worker.stop()
+            for task in services:
+                task.cancel()
+            await asyncio.gather(*services, return_exceptions=True)
+
+        self._astack.push_async_callback(stop)
+
+    def _run(self, coro: Awaitable[T]) -> T:
+        async def settled() -> T:
+            result = await coro
+            await self.clock.settle()
+            return result
+
+        return self._loop.run_until_complete(settled())
+
+    async def _stop(self) -> None:
+        # Turns still in flight finish in virtual time: the worker drains them before it stops.
+        driver = asyncio.create_task(self.clock.drive())
+        try:
+            await self._astack.aclose()
+        finally:
+            driver.cancel()
+            await asyncio.gather(driver, return_exceptions=True)
+
+    def close(self) -> None:
+        try:
+            self._run(self._stop())
+            self._run(self.redis.aclose())
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+        finally:
+            self._loop.close()
+            self._stack.close()
+
+    # --- the client's side ---
+
+    def send(self, phone: str, text: str, *, message_id: str | None = None) -> int:
+        """A text from `phone` through the signed Cloud API webhook, now; the HTTP status."""
+        message_id = message_id or f"wamid.qa{next(self._ids)}"
+        self._sent[message_id] = (phone, text)
+        return self._run(
+            self.delivery.deliver_text(sender=phone, text=text, message_id=message_id, at_ms=self.clock.now_ms())
+        )
+
+    def redeliver(self, message_id: str) -> int:
+        """WhatsApp delivers a message it delivered before again (same id, same text), now."""
+        phone, text = self._sent[message_id]
+        return self.send(phone, text, message_id=message_id)
+
+    def post_webhook(self, raw: bytes, *, secret: str | None = APP_SECRET) -> httpx.Response:
+        """Any bytes to the Cloud API webhook, signed with `secret` (None: unsigned), as anyone could send them."""
+        headers = {"content-type": "application/json"}
+        if secret is not None:
+            headers["X-Hub-Signature-256"] = sign(raw, secret)
+        return self._run(self.http.post(META_PATH, content=raw, headers=headers))
+
+    def text_webhook(self, phone: str, text: str) -> bytes:
+        """The Cloud API webhook body WhatsApp would send for a text from `phone`, now."""
+        message = meta.message(phone, f"wamid.qa{next(self._ids)}", timestamp_s=self.clock.now_ms() // 1000, text=text)
+        return orjson.dumps(meta_webhook(self.delivery.number, messages=[message]))
+
+    def wait(self, seconds: float) -> None:
+        """Let `seconds` of virtual time pass, the system running through every wait on the way."""
+        self._run(self.clock.run_until(self.clock.now_ms() + round(seconds * 1000)))
+
+    def wait_for_reply(self, phone: str, *, timeout_s: float = 120) -> bool:
+        """Let time pass, a second at a time, until `phone` gets one more reply; False if none came in time."""
+        seen = len(self.outbox.replies(phone))
+        for _ in range(round(timeout_s)):
+            self.wait(1)
+            if len(self.outbox.replies(phone)) > seen:
+                return True
+        return False
+
+    # --- what can be observed ---
+
+    def replies_to(self, phone: str) -> list[str]:
+        return list(self.outbox.replies(phone))
+
+    def stats(self) -> dict[str, Any]:
+        response = self._run(self.http.get(STATS_ROUTE))
+        response.raise_for_status()
+        return dict(response.json())
+
+    def turn_texts(self) -> list[str]:
+        return self.llm.turn_texts()
+
+    def redis_ttl(self, key: str) -> int:
+        return int(self._run(self.redis.ttl(key)))
+
+    def bookings(self, phone: str) -> list[Booked]:
+        """Records the system made in the fake CRM for `phone` (not the salon's own, not cancelled)."""
+        return [b for b in snapshot(self.salon) if b.phone == phone and b.id not in self._initial and not b.deleted]
