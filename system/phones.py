@@ -8,7 +8,7 @@ from functools import lru_cache
 import phonenumbers
 
 # The same few thousand senders repeat on the hot path; the bound keeps memory flat under abuse.
-_PARSE_CACHE_SIZE = 65_536
+_PARSE_CACHE_SIZE = 16_384
 # E.164 allows at most 15 digits; no valid number anywhere has fewer than 7.
 _MIN_DIGITS = 7
 _MAX_DIGITS = 15
