@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from functools import partial
 
 import orjson
@@ -49,12 +48,6 @@ BUSY_RETRY_MS = 1000
 
 class DeadLetter(Exception):
     """The turn can never succeed as it is: dead-letter the job with this error, at once."""
-
-
-@dataclass(frozen=True, slots=True)
-class TurnResult:
-    reply: str
-    replayed: bool  # the reply had been decided (or sent) by an earlier delivery
 
 
 class Worker:
@@ -231,14 +224,14 @@ class Worker:
                 log.warning("lease_lost", batch_id=delivery.job.batch_id)
                 return
 
-    async def _turn(self, job: Job, tenant: Tenant) -> TurnResult:
+    async def _turn(self, job: Job, tenant: Tenant) -> None:
         record = await self._turns.get(job)
         pnid = tenant.phone_number_id or self._settings.whatsapp_phone_number_id or ""
         context = await self._context.load(job.company_id, job.phone)
         if record.sent:  # redelivered after the reply went out: never send it twice
             if record.stage is not TurnStage.DONE:
                 await self._save(job, context.dialog, context.preferences, record.reply)
-            return TurnResult(record.reply, replayed=True)
+            return
         if job.messages[-1].message_id.startswith("wamid."):
             await self._sender.mark_read(phone_number_id=pnid, message_id=job.messages[-1].message_id)
         state = TurnState(
@@ -263,7 +256,6 @@ class Worker:
         await self._turns.mark_sent(job, sent_ids)
         await self._save(job, state.dialog, state.preferences, reply)
         log.info("turn_done", batch_id=job.batch_id, phone=job.phone, fragments=len(job.messages), replayed=replayed)
-        return TurnResult(reply, replayed=replayed)
 
     async def _apologise(self, job: Job, pnid: str, *, already: bool) -> None:
         """The LLM is down: tell the client once, politely; the job goes to the dead letters."""
