@@ -37,3 +37,11 @@ Feature: The webhook takes only genuine, well-formed WhatsApp messages
     Then the stats show 1 message accepted and 2 duplicates
     And the administrator reads 1 turn
     And the client 79001234567 gets 1 reply
+
+  @security
+  Scenario: A flood from one sender is refused while an allowlisted test number passes
+    Given the number 79990009999 is exempt from rate limits
+    When the client 79001234567 floods the webhook with 25 messages at once
+    Then the webhook takes the first 20 and answers 429 to the other 5
+    When the client 79990009999 floods the webhook with 25 messages at once
+    Then the webhook takes all 25

@@ -10,9 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import random
+import tempfile
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import fakeredis
@@ -24,7 +28,7 @@ from simulator import crm, fake_llm
 from simulator import meta_payloads as meta
 from simulator import whatsapp as fake_whatsapp
 from simulator.clock import VirtualClock
-from simulator.delivery import META_PATH, WebhookDelivery, meta_webhook
+from simulator.delivery import META_PATH, BusinessNumber, WebhookDelivery, meta_webhook
 from simulator.fakeredis_time import fakeredis_on
 from simulator.judge import Booked, snapshot
 from simulator.salon import BARBERSHOP_FIXTURE, Salon
@@ -32,21 +36,49 @@ from simulator.simulation import APP_SECRET, HOSTS, TOKENS, TZ, ReplyBox, SimOpt
 from system.api import create_app
 from system.batcher import BatchProcessor
 from system.runtime import Runtime, build_worker
-from system.settings import load_settings
+from system.settings import TENANTS_ENV, load_settings
 from system.signatures import sign
 
 START = datetime(2025, 11, 25, 13, 0, tzinfo=TZ)  # a Tuesday afternoon in Moscow: "завтра" is a Wednesday
+SECOND_COMPANY_ID = 962303  # the second salon of a two-salon setup: the same fixture under another company id
+SECOND_PHONE_NUMBER_ID = "106540352242923"
 STATS_ROUTE = "/webhook/whatsapp/batched/stats"
 T = TypeVar("T")
 ASGIApp = Callable[..., Awaitable[None]]
 
 
+@dataclass
+class Setup:
+    """What a scenario's Given steps set before the system starts: the clock, the fakes' behaviour, settings."""
+
+    start: datetime = START
+    llm_latency_s: float | None = None  # every LLM answer takes this long; None: at once
+    llm_faults: fake_llm.LlmFaults | None = None
+    two_salons: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class ByCompany:
+    """Routes a CRM request to the salon whose company id its path names (the first salon otherwise)."""
+
+    def __init__(self, default: ASGIApp, others: dict[int, ASGIApp]) -> None:
+        self._default = default
+        self._others = {str(company): app for company, app in others.items()}
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        segments = str(scope.get("path", "")).split("/") if scope["type"] == "http" else []
+        app = next((self._others[s] for s in segments if s in self._others), self._default)
+        await app(scope, receive, send)
+
+
 class LlmRequests:
     """Wraps the fake LLM's ASGI app and keeps every chat request body it receives."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, clock: VirtualClock) -> None:
         self._app = app
+        self._clock = clock
         self.bodies: list[dict[str, Any]] = []
+        self.times_ms: list[int] = []  # when each body arrived, in step with `bodies`
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] != "http":
@@ -61,14 +93,19 @@ class LlmRequests:
         raw = b"".join(chunks)
         with contextlib.suppress(orjson.JSONDecodeError):
             self.bodies.append(orjson.loads(raw))
+            self.times_ms.append(self._clock.now_ms())
         replayed = iter([{"type": "http.request", "body": raw, "more_body": False}])
         await self._app(scope, lambda: _next_or_wait(replayed, receive), send)
 
     def turn_texts(self) -> list[str]:
         """The client's text of each turn: the last message of a turn's first request is the user's."""
+        return [text for text, _ in self.turns()]
+
+    def turns(self) -> list[tuple[str, int]]:
+        """Each turn's client text and when the administrator started thinking about it."""
         return [
-            str(body["messages"][-1]["content"])
-            for body in self.bodies
+            (str(body["messages"][-1]["content"]), at_ms)
+            for body, at_ms in zip(self.bodies, self.times_ms, strict=True)
             if body.get("messages") and body["messages"][-1].get("role") == "user"
         ]
 
@@ -81,30 +118,62 @@ async def _next_or_wait(replayed: Any, receive: Callable[..., Any]) -> Any:
 class Runner:
     """The system under test, driven synchronously: every call runs the owned event loop until it settles."""
 
-    def __init__(self, **env: str) -> None:
+    def __init__(self, setup: Setup | None = None, **env: str) -> None:
+        setup = setup or Setup()
         self._loop = asyncio.new_event_loop()
         self._stack = contextlib.ExitStack()
         self._astack = contextlib.AsyncExitStack()
         self._ids = itertools.count(1)
-        self._sent: dict[str, tuple[str, str]] = {}
-        self.clock = VirtualClock(start_ms=int(START.timestamp() * 1000))
-        self.salon = Salon.from_fixture(BARBERSHOP_FIXTURE, start=START)
+        self._sent: dict[str, tuple[str, str, int]] = {}
+        self.clock = VirtualClock(start_ms=int(setup.start.timestamp() * 1000))
+        self.salon = Salon.from_fixture(BARBERSHOP_FIXTURE, start=setup.start)
+        self.salons = {self.salon.company_id: self.salon}
         self._initial = {b.id for b in snapshot(self.salon)}
         self.outbox = ReplyBox(Transcript())
-        self.llm = LlmRequests(fake_llm.create_app(seed=1, clock=self.clock))
-        self._env = {**_settings(SimOptions()), **env}
+        self.whatsapp_faults = fake_whatsapp.WhatsAppFaults()
+        latency = None if setup.llm_latency_s is None else fake_llm.LatencyModel(*(setup.llm_latency_s,) * 3)
+        self.llm = LlmRequests(
+            fake_llm.create_app(seed=1, clock=self.clock, latency=latency, faults=setup.llm_faults), self.clock
+        )
+        self._env = {**_settings(SimOptions()), **setup.env, **env}
+        self._numbers = {self.salon.company_id: BusinessNumber()}
+        if setup.two_salons:
+            data = json.loads(Path(BARBERSHOP_FIXTURE).read_text(encoding="utf-8"))
+            self.salons[SECOND_COMPANY_ID] = Salon.from_dict(
+                {**data, "company_id": SECOND_COMPANY_ID, "name": "Барбершоп «Усы»"}, start=setup.start
+            )
+            self._numbers[SECOND_COMPANY_ID] = BusinessNumber(phone_number_id=SECOND_PHONE_NUMBER_ID)
+            self._env[TENANTS_ENV] = str(self._tenants_file())
         self._stack.enter_context(fakeredis_on(self.clock))
         self.redis: Redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(version=(7,)))
         self._run(self._start())
 
+    def _tenants_file(self) -> Path:
+        folder = Path(self._stack.enter_context(tempfile.TemporaryDirectory()))
+        tables = [
+            f'[[tenant]]\ncompany_id = {company}\nphone_number_id = "{number.phone_number_id}"\n'
+            f'name = "{self.salons[company].name}"\ntimezone = "Europe/Moscow"\n'
+            for company, number in self._numbers.items()
+        ]
+        path = folder / "tenants.toml"
+        path.write_text("\n".join(tables), encoding="utf-8")
+        return path
+
     async def _start(self) -> None:
+        crms = {
+            company: crm.create_app(salon, partner_token=TOKENS["partner"], user_token=TOKENS["user"], clock=self.clock)
+            for company, salon in self.salons.items()
+        }
+        first = crms.pop(self.salon.company_id)
         apps: dict[str, Any] = {
             "llm": self.llm,
-            "crm": crm.create_app(
-                self.salon, partner_token=TOKENS["partner"], user_token=TOKENS["user"], clock=self.clock
-            ),
+            "crm": ByCompany(first, crms) if crms else first,
             "whatsapp": fake_whatsapp.create_app(
-                token=TOKENS["whatsapp"], clock=self.clock, rng=random.Random(1), outbox=self.outbox
+                token=TOKENS["whatsapp"],
+                clock=self.clock,
+                rng=random.Random(1),
+                outbox=self.outbox,
+                faults=self.whatsapp_faults,
             ),
         }
         rt = Runtime.build(load_settings(self._env), redis=self.redis, clock=self.clock, rng=random.Random(1))
@@ -114,7 +183,11 @@ class Runner:
         self.http = await self._astack.enter_async_context(
             httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(rt)), base_url=HOSTS["system"])
         )
-        self.delivery = WebhookDelivery(self.http, clock=self.clock, mode="meta", secret=APP_SECRET)
+        self.deliveries = {
+            company: WebhookDelivery(self.http, clock=self.clock, mode="meta", secret=APP_SECRET, number=number)
+            for company, number in self._numbers.items()
+        }
+        self.delivery = self.deliveries[self.salon.company_id]
         batcher = BatchProcessor(
             self.redis,
             store=rt.store,
@@ -163,18 +236,22 @@ class Runner:
 
     # --- the client's side ---
 
-    def send(self, phone: str, text: str, *, message_id: str | None = None) -> int:
-        """A text from `phone` through the signed Cloud API webhook, now; the HTTP status."""
+    def send(self, phone: str, text: str, *, message_id: str | None = None, company: int | None = None) -> int:
+        """A text from `phone` to a salon's number (the first salon's by default) through the signed Cloud API
+        webhook, now; the HTTP status."""
+        company = company or self.salon.company_id
         message_id = message_id or f"wamid.qa{next(self._ids)}"
-        self._sent[message_id] = (phone, text)
+        self._sent[message_id] = (phone, text, company)
         return self._run(
-            self.delivery.deliver_text(sender=phone, text=text, message_id=message_id, at_ms=self.clock.now_ms())
+            self.deliveries[company].deliver_text(
+                sender=phone, text=text, message_id=message_id, at_ms=self.clock.now_ms()
+            )
         )
 
     def redeliver(self, message_id: str) -> int:
         """WhatsApp delivers a message it delivered before again (same id, same text), now."""
-        phone, text = self._sent[message_id]
-        return self.send(phone, text, message_id=message_id)
+        phone, text, company = self._sent[message_id]
+        return self.send(phone, text, message_id=message_id, company=company)
 
     def post_webhook(self, raw: bytes, *, secret: str | None = APP_SECRET) -> httpx.Response:
         """Any bytes to the Cloud API webhook, signed with `secret` (None: unsigned), as anyone could send them."""
@@ -206,6 +283,21 @@ class Runner:
     def replies_to(self, phone: str) -> list[str]:
         return list(self.outbox.replies(phone))
 
+    def reply_times_ms(self, phone: str) -> list[int]:
+        return [m.at_ms for m in self.outbox.messages_to(phone)]
+
+    def replies_from(self, company: int, phone: str) -> list[str]:
+        """What `phone` got from the WhatsApp number of the salon `company`."""
+        number = self._numbers[company].phone_number_id
+        return [m.text for m in self.outbox.messages_to(phone) if m.phone_number_id == number]
+
+    def refusals(self, code: int) -> list[fake_whatsapp.Refusal]:
+        """Sends the fake WhatsApp refused with Meta's error `code`."""
+        return self.outbox.refused(code)
+
+    def redis_exists(self, key: str) -> bool:
+        return bool(self._run(self.redis.exists(key)))
+
     def stats(self) -> dict[str, Any]:
         response = self._run(self.http.get(STATS_ROUTE))
         response.raise_for_status()
@@ -220,3 +312,10 @@ class Runner:
     def bookings(self, phone: str) -> list[Booked]:
         """Records the system made in the fake CRM for `phone` (not the salon's own, not cancelled)."""
         return [b for b in snapshot(self.salon) if b.phone == phone and b.id not in self._initial and not b.deleted]
+
+    def records(self, company: int | None = None) -> list[Booked]:
+        """Every live record in a salon's CRM (the first salon's by default), the salon's own ones too."""
+        return [b for b in snapshot(self.salons[company or self.salon.company_id]) if not b.deleted]
+
+    def records_of(self, phone: str) -> list[Booked]:
+        return [b for b in self.records() if b.phone == phone]

@@ -166,6 +166,7 @@ def _settings(opts: SimOptions) -> dict[str, str]:
         "AIADMIN_LLM_BASE_URL": f"{HOSTS['llm']}/v1",
         "AIADMIN_LLM_API_KEY": "sim",
         "AIADMIN_LLM_MODEL": "fake-admin",
+        "AIADMIN_DEFAULT_SALON_NAME": "Барбершоп «Борода»",
         "AIADMIN_YCLIENTS_BASE_URL": f"{HOSTS['crm']}/api/v1",
         "AIADMIN_YCLIENTS_PARTNER_TOKEN": TOKENS["partner"],
         "AIADMIN_YCLIENTS_USER_TOKEN": TOKENS["user"],

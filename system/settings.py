@@ -28,7 +28,6 @@ from system.phones import PhoneError, normalize_phone
 ENV_PREFIX = "AIADMIN_"
 TENANTS_ENV = "AIADMIN_TENANTS"
 DEFAULT_TIMEZONE = "Europe/Moscow"
-DEFAULT_TENANT_NAME = "Salon"
 _PYDANTIC_VALUE_ERROR = "Value error, "
 
 
@@ -93,6 +92,12 @@ class Settings(BaseSettings):
     )
     default_company_id: int = Field(
         default=962302, gt=0, description="Company of messages that name none, and of the default tenant."
+    )
+    default_salon_name: str = Field(
+        default="Салон",
+        min_length=1,
+        max_length=100,
+        description="The salon's name as the bot says it, when there is no tenants file.",
     )
     tenants_file: Path | None = Field(
         default=None,
@@ -305,7 +310,7 @@ class Settings(BaseSettings):
         return Tenant(
             company_id=self.default_company_id,
             phone_number_id=None,
-            name=DEFAULT_TENANT_NAME,
+            name=self.default_salon_name,
             timezone=DEFAULT_TIMEZONE,
         )
 

@@ -57,7 +57,7 @@ def test_defaults() -> None:
     assert s.rate_limit_allowlist == frozenset()
     assert (s.redis_prefix, s.redis_shards, s.max_attempts) == ("aiadmin", 1, 5)
     assert (s.log_level, s.log_json, s.default_region) == ("INFO", True, "RU")
-    assert s.tenants == (Tenant(company_id=962302, phone_number_id=None, name="Salon", timezone="Europe/Moscow"),)
+    assert s.tenants == (Tenant(company_id=962302, phone_number_id=None, name="Салон", timezone="Europe/Moscow"),)
 
 
 def test_an_explicit_mapping_ignores_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,61 @@
+"""Reliability: the language model or WhatsApp failing, and a flood from one sender."""
+
+from __future__ import annotations
+
+from harness import Runner, Setup
+from pytest_bdd import given, parsers, then, when
+
+from simulator.fake_llm import LlmFaults
+
+
+@given("the language model answers every request with a server error")
+def llm_down(setup: Setup) -> None:
+    setup.llm_faults = LlmFaults(server_error=1.0)
+
+
+@given(parsers.parse("the number {phone} is exempt from rate limits"))
+def allowlisted(setup: Setup, phone: str) -> None:
+    setup.env["AIADMIN_RATE_LIMIT_ALLOWLIST"] = phone
+
+
+@when(parsers.parse("WhatsApp refuses the next message with error {code:d}"))
+def refuse_next(runner: Runner, code: int) -> None:
+    runner.whatsapp_faults.fail_next(code)
+
+
+@when(parsers.parse("the client {phone} has not written for more than 24 hours as far as WhatsApp knows"))
+def outside_window(runner: Runner, phone: str) -> None:
+    runner.whatsapp_faults.outside_window.add(phone)
+
+
+@when(parsers.parse("the client {phone} floods the webhook with {count:d} messages at once"), target_fixture="statuses")
+def flood(runner: Runner, phone: str, count: int) -> list[int]:
+    return [runner.post_webhook(runner.text_webhook(phone, f"сообщение {i}")).status_code for i in range(count)]
+
+
+@then(parsers.parse("the webhook takes the first {taken:d} and answers 429 to the other {refused:d}"))
+def first_taken_rest_refused(statuses: list[int], taken: int, refused: int) -> None:
+    assert statuses == [200] * taken + [429] * refused, statuses
+
+
+@then(parsers.parse("the webhook takes all {count:d}"))
+def all_taken(statuses: list[int], count: int) -> None:
+    assert statuses == [200] * count, statuses
+
+
+@then(parsers.parse('the client {phone} gets an apology "{text}"'))
+def apology(runner: Runner, phone: str, text: str) -> None:
+    [reply] = runner.replies_to(phone)
+    assert text in reply, reply
+
+
+@then(parsers.parse("the stats show {count:d} dead letter"))
+@then(parsers.parse("the stats show {count:d} dead letters"))
+def dead_letters(runner: Runner, count: int) -> None:
+    assert runner.stats()["dead_letters"] == count
+
+
+@then(parsers.parse("WhatsApp refused {count:d} message with error {code:d}"))
+@then(parsers.parse("WhatsApp refused {count:d} messages with error {code:d}"))
+def refused(runner: Runner, count: int, code: int) -> None:
+    assert len(runner.refusals(code)) == count, runner.refusals(code)
