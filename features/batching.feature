@@ -46,3 +46,13 @@ Feature: Quick messages are answered as one
       | turn                |
       | Хочу записаться     |
       | на стрижку машинкой |
+
+  @realtime
+  Scenario: The 9 s batch timeout holds on the wall clock against a real Redis
+    Given the wall clock and a real Redis
+    When the client 79001234567 quickly writes
+      | message             |
+      | Хочу записаться     |
+      | на стрижку машинкой |
+      | завтра в 15:00      |
+    Then the batch is flushed between 9000 and 9100 ms after the last message

@@ -11,10 +11,12 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import random
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,9 +37,11 @@ from simulator.salon import BARBERSHOP_FIXTURE, Salon
 from simulator.simulation import APP_SECRET, HOSTS, TOKENS, TZ, ReplyBox, SimOptions, Transcript, _settings
 from system.api import create_app
 from system.batcher import BatchProcessor
+from system.clock import Clock, WallClock
 from system.runtime import Runtime, build_worker
 from system.settings import TENANTS_ENV, load_settings
 from system.signatures import sign
+from system.worker import Worker
 
 START = datetime(2025, 11, 25, 13, 0, tzinfo=TZ)  # a Tuesday afternoon in Moscow: "завтра" is a Wednesday
 SECOND_COMPANY_ID = 962303  # the second salon of a two-salon setup: the same fixture under another company id
@@ -56,6 +60,7 @@ class Setup:
     llm_faults: fake_llm.LlmFaults | None = None
     two_salons: bool = False
     env: dict[str, str] = field(default_factory=dict)
+    realtime: bool = False  # the wall clock instead of the virtual one (and "now" instead of `start`)
 
 
 class ByCompany:
@@ -74,7 +79,7 @@ class ByCompany:
 class LlmRequests:
     """Wraps the fake LLM's ASGI app and keeps every chat request body it receives."""
 
-    def __init__(self, app: ASGIApp, clock: VirtualClock) -> None:
+    def __init__(self, app: ASGIApp, clock: Clock) -> None:
         self._app = app
         self._clock = clock
         self.bodies: list[dict[str, Any]] = []
@@ -125,7 +130,16 @@ class Runner:
         self._astack = contextlib.AsyncExitStack()
         self._ids = itertools.count(1)
         self._sent: dict[str, tuple[str, str, int]] = {}
-        self.clock = VirtualClock(start_ms=int(setup.start.timestamp() * 1000))
+        # With a real Redis (REDIS_URL) the loop also waits on sockets: time may only jump once they have gone quiet.
+        self.redis_url = os.environ.get("REDIS_URL") or None
+        self.clock: Clock
+        if setup.realtime:
+            self.clock = WallClock()
+            setup = replace(setup, start=datetime.fromtimestamp(self.clock.now_ms() / 1000, tz=TZ))
+        else:
+            self.clock = VirtualClock(
+                start_ms=int(setup.start.timestamp() * 1000), io_grace_s=0.002 if self.redis_url else 0.0
+            )
         self.salon = Salon.from_fixture(BARBERSHOP_FIXTURE, start=setup.start)
         self.salons = {self.salon.company_id: self.salon}
         self._initial = {b.id for b in snapshot(self.salon)}
@@ -144,8 +158,15 @@ class Runner:
             )
             self._numbers[SECOND_COMPANY_ID] = BusinessNumber(phone_number_id=SECOND_PHONE_NUMBER_ID)
             self._env[TENANTS_ENV] = str(self._tenants_file())
-        self._stack.enter_context(fakeredis_on(self.clock))
-        self.redis: Redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(version=(7,)))
+        self.redis_server: fakeredis.FakeServer | None = None
+        if self.redis_url:
+            self.redis: Redis = Redis.from_url(self.redis_url)
+            self._run(self.redis.flushdb())
+        else:
+            if isinstance(self.clock, VirtualClock):
+                self._stack.enter_context(fakeredis_on(self.clock))
+            self.redis_server = fakeredis.FakeServer(version=(7,))
+            self.redis = fakeredis.FakeAsyncRedis(server=self.redis_server)
         self._run(self._start())
 
     def _tenants_file(self) -> Path:
@@ -196,29 +217,39 @@ class Runner:
             processor_id="qa",
             heartbeat_interval_s=rt.settings.heartbeat_interval_s,
         )
-        worker = build_worker(rt, http=outbound, consumer="qa-worker")
-        services = [asyncio.create_task(batcher.run()), asyncio.create_task(worker.run())]
+        self._rt, self._outbound = rt, outbound
+        self._workers: list[tuple[Worker, asyncio.Task[None]]] = []
+        self._start_worker("qa-worker")
+        batching = asyncio.create_task(batcher.run())
 
         async def stop() -> None:
             batcher.stop()
-            worker.stop()
+            for worker, _ in self._workers:
+                worker.stop()
+            services = [batching, *(task for _, task in self._workers)]
             for task in services:
                 task.cancel()
             await asyncio.gather(*services, return_exceptions=True)
 
         self._astack.push_async_callback(stop)
 
+    def _start_worker(self, consumer: str) -> None:
+        worker = build_worker(self._rt, http=self._outbound, consumer=consumer)
+        self._workers.append((worker, asyncio.get_running_loop().create_task(worker.run())))
+
     def _run(self, coro: Awaitable[T]) -> T:
         async def settled() -> T:
             result = await coro
-            await self.clock.settle()
+            if isinstance(self.clock, VirtualClock):
+                await self.clock.settle()
             return result
 
         return self._loop.run_until_complete(settled())
 
     async def _stop(self) -> None:
         # Turns still in flight finish in virtual time: the worker drains them before it stops.
-        driver = asyncio.create_task(self.clock.drive())
+        clock = self.clock
+        driver = asyncio.create_task(clock.drive() if isinstance(clock, VirtualClock) else asyncio.sleep(0))
         try:
             await self._astack.aclose()
         finally:
@@ -228,11 +259,37 @@ class Runner:
     def close(self) -> None:
         try:
             self._run(self._stop())
+            if self.redis_url:
+                self._run(self.redis.flushdb())
             self._run(self.redis.aclose())
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
         finally:
             self._loop.close()
             self._stack.close()
+
+    # --- the operator's side ---
+
+    def kill_worker(self) -> None:
+        """The worker dies where it stands, as a killed process would: its turns stop mid-way (no ack, no release,
+        no drain) and it reads nothing more; what it held stays pending in Redis until another worker reclaims it."""
+
+        async def kill() -> None:
+            worker, task = self._workers.pop()
+            turns = list(worker._tasks)  # its in-flight turns: a process's death takes them with it
+            for turn in turns:
+                turn.cancel()
+            task.cancel()
+            await asyncio.gather(*turns, task, return_exceptions=True)
+
+        self._run(kill())
+
+    def start_worker(self, consumer: str) -> None:
+        """Another worker process starts and joins the consumer group as `consumer`."""
+
+        async def start() -> None:
+            self._start_worker(consumer)
+
+        self._run(start())
 
     # --- the client's side ---
 
@@ -242,6 +299,7 @@ class Runner:
         company = company or self.salon.company_id
         message_id = message_id or f"wamid.qa{next(self._ids)}"
         self._sent[message_id] = (phone, text, company)
+        self.last_sent_s = time.perf_counter()  # the wall time the last message set off, for real-time timing
         return self._run(
             self.deliveries[company].deliver_text(
                 sender=phone, text=text, message_id=message_id, at_ms=self.clock.now_ms()
@@ -266,8 +324,12 @@ class Runner:
         return orjson.dumps(meta_webhook(self.delivery.number, messages=[message]))
 
     def wait(self, seconds: float) -> None:
-        """Let `seconds` of virtual time pass, the system running through every wait on the way."""
-        self._run(self.clock.run_until(self.clock.now_ms() + round(seconds * 1000)))
+        """Let `seconds` of (virtual or, in real time, wall) time pass, the system running through every wait on
+        the way."""
+        if isinstance(self.clock, VirtualClock):
+            self._run(self.clock.run_until(self.clock.now_ms() + round(seconds * 1000)))
+        else:
+            self._run(asyncio.sleep(seconds))
 
     def wait_for_reply(self, phone: str, *, timeout_s: float = 120) -> bool:
         """Let time pass, a second at a time, until `phone` gets one more reply; False if none came in time."""

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from harness import Runner
-from pytest_bdd import parsers, then, when
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from harness import Runner, Setup
+from pytest_bdd import given, parsers, then, when
 
 from steps.common import QUICK_GAP_S
 
@@ -42,3 +48,43 @@ def batches_flushed_with(runner: Runner, batches: int, fragments: int) -> None:
 @then(parsers.parse("the stats show {count:d} open batches"))
 def open_batches(runner: Runner, count: int) -> None:
     assert runner.stats()["open_batches"] == count
+
+
+REALTIME_REPORT = Path(__file__).resolve().parents[2] / "out" / "realtime-timeout.json"
+
+
+@given("the wall clock and a real Redis")
+def wall_clock(setup: Setup, request: pytest.FixtureRequest) -> None:
+    # Skipped here, in the scenario's first step, not at collection: the cucumber JSON then lists it too.
+    markexpr = str(request.config.getoption("markexpr", "") or "")
+    if os.environ.get("AIADMIN_REALTIME") != "1" and ("realtime" not in markexpr or "not realtime" in markexpr):
+        pytest.skip("@realtime runs on the wall clock: select it with -m realtime or AIADMIN_REALTIME=1")
+    if not os.environ.get("REDIS_URL"):
+        pytest.skip("@realtime needs a real Redis: set REDIS_URL")
+    setup.realtime = True
+
+
+@then(parsers.parse("the batch is flushed between {low:d} and {high:d} ms after the last message"))
+def flushed_on_time(runner: Runner, low: int, high: int) -> None:
+    deadline = runner.last_sent_s + high / 1000 + 5
+    while runner.stats()["batches_flushed"] < 1 and time.perf_counter() < deadline:
+        runner.wait(0.01)
+    flushed = time.perf_counter()
+    delay_ms = (flushed - runner.last_sent_s) * 1000
+    timeout_ms = 9000
+    REALTIME_REPORT.parent.mkdir(exist_ok=True)
+    REALTIME_REPORT.write_text(
+        json.dumps(
+            {
+                "batch_timeout_ms": timeout_ms,
+                "delay_ms": round(delay_ms, 1),
+                "lateness_ms": round(delay_ms - timeout_ms, 1),
+                "bounds_ms": [low, high],
+                "poll_interval_ms": 10,
+                "stats": runner.stats(),
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
+    assert low <= delay_ms <= high, f"flushed {delay_ms:.1f} ms after the last message"

@@ -1,7 +1,10 @@
-"""Reliability: the language model or WhatsApp failing, and a flood from one sender."""
+"""Reliability: the language model, WhatsApp or Redis failing, and a flood from one sender."""
 
 from __future__ import annotations
 
+import os
+
+import pytest
 from harness import Runner, Setup
 from pytest_bdd import given, parsers, then, when
 
@@ -59,3 +62,46 @@ def dead_letters(runner: Runner, count: int) -> None:
 @then(parsers.parse("WhatsApp refused {count:d} messages with error {code:d}"))
 def refused(runner: Runner, count: int, code: int) -> None:
     assert len(runner.refusals(code)) == count, runner.refusals(code)
+
+
+@given("Redis can be switched off from the test")
+def redis_switchable(setup: Setup) -> None:
+    if os.environ.get("REDIS_URL"):
+        pytest.skip("REDIS_URL is set: a real Redis server cannot be switched off from the test")
+
+
+@when("Redis becomes unreachable")
+def redis_down(runner: Runner) -> None:
+    assert runner.redis_server is not None
+    runner.redis_server.connected = False
+
+
+@when("Redis is reachable again")
+def redis_up(runner: Runner) -> None:
+    assert runner.redis_server is not None
+    runner.redis_server.connected = True
+
+
+@then(parsers.parse("a webhook from the client {phone} is answered 503 with a Retry-After"))
+def answered_503(runner: Runner, phone: str) -> None:
+    response = runner.post_webhook(runner.text_webhook(phone, "Алло?"))
+    assert response.status_code == 503, response.text
+    assert response.headers.get("retry-after"), response.headers
+
+
+@given(parsers.parse("a job whose worker went silent is taken over after {seconds:d} seconds"))
+def visibility_timeout(setup: Setup, seconds: int) -> None:
+    if os.environ.get("REDIS_URL"):
+        pytest.skip("REDIS_URL is set: a real Redis measures a job's idleness on its own wall clock, not the test's")
+    setup.env["AIADMIN_VISIBILITY_TIMEOUT_S"] = str(seconds)
+    setup.env["AIADMIN_WORKER_IDLE_POLL_S"] = str(seconds // 3)  # the survivors look for abandoned jobs this often
+
+
+@when("the worker dies mid-turn")
+def worker_dies(runner: Runner) -> None:
+    runner.kill_worker()
+
+
+@when("another worker starts")
+def another_worker(runner: Runner) -> None:
+    runner.start_worker("qa-survivor")
