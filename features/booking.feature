@@ -70,3 +70,18 @@ Feature: A client books a visit through WhatsApp
       | 2025-11-25 13:00 | в пятницу   | 2025-11-28 |
       | 2025-11-25 13:00 | в среду     | 2025-11-26 |
       | 2025-11-26 00:30 | сегодня     | 2025-11-26 |
+
+  Scenario Outline: A time in words is the time booked
+    When the client 79001234567 writes "Хочу записаться на стрижку машинкой к Сергею завтра <time>"
+    And the administrator answers the client 79001234567
+    Then the CRM has one booking for 79001234567
+      | service          | master | time             |
+      | Стрижка машинкой | Сергей | 2025-11-26 <at>  |
+
+    Examples:
+      | time           | at    |
+      | в 17:00        | 17:00 |
+      | в 5 вечера     | 17:00 |
+      | в 4 часа дня   | 16:00 |
+      | в 16           | 16:00 |
+      | в 10 утра      | 10:00 |
