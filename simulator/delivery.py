@@ -9,7 +9,6 @@ re-sending it proves nothing, so it is counted as refused at once.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -18,6 +17,7 @@ import orjson
 
 from simulator import meta_payloads as meta
 from system.clock import Clock
+from system.retry import parse_retry_after
 from system.signatures import sign
 
 Mode = Literal["meta", "gateway"]
@@ -191,7 +191,7 @@ class WebhookDelivery:
                 if not _retryable(status) or retry >= self._retry.retries:
                     self._final(status)
                     return status
-                retry_after_s = _retry_after_s(response)
+                retry_after_s = parse_retry_after(response.headers.get("Retry-After"), now_ms=self._clock.now_ms())
             retry += 1
             self.stats.retried += 1
             await self._clock.sleep(self._retry.delay_s(retry, retry_after_s=retry_after_s))
@@ -219,11 +219,3 @@ class WebhookDelivery:
 
 def _retryable(status: int) -> bool:
     return status == httpx.codes.TOO_MANY_REQUESTS or status >= httpx.codes.INTERNAL_SERVER_ERROR
-
-
-def _retry_after_s(response: httpx.Response) -> float | None:
-    try:
-        value = float(response.headers.get("Retry-After", ""))
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and value >= 0 else None

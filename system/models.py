@@ -39,17 +39,6 @@ class InboundMessage:
     profile_name: str | None = None
     extra: dict[str, str] = field(default_factory=dict)  # media id, button id, coordinates
 
-    def as_batched(self) -> BatchedMessage:
-        return BatchedMessage(
-            message_id=self.message_id,
-            text=self.text,
-            kind=self.kind,
-            received_ms=self.received_ms,
-            sent_ms=self.sent_ms,
-            profile_name=self.profile_name,
-            extra=self.extra,
-        )
-
     def to_json(self) -> bytes:
         """The fragment as stored in a batch (the shape `BatchedMessage.from_doc` reads)."""
         return orjson.dumps(message_doc(self))
