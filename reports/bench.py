@@ -20,8 +20,10 @@ from rich.console import Console
 from reports.ingest_bench import render_ingest, run_ingest
 from reports.ingest_sections import BenchConfig
 from reports.procs import BenchError, check_redis_url
+from reports.stage_bench import StagesConfig, render_stages, run_stages
 from reports.summary import write_report
 from reports.worker_bench import WORKER_DEFAULT_DB, WorkerBenchConfig, render_worker, run_worker_bench
+from system.logs import configure_logging
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Benchmarks on a real Redis.")
 
@@ -30,6 +32,7 @@ DEFAULT_OUT = Path("out/bench-ingest.json")
 # Its own database by default, so that it never flushes an ingest run going on beside it.
 WORKER_REDIS_URL = f"redis://127.0.0.1:6379/{WORKER_DEFAULT_DB}"
 WORKER_OUT = Path("out/bench-worker.json")
+STAGES_OUT = Path("out/bench-stages.json")
 
 Report = dict[str, Any]
 Bench = Callable[[Console, Path], Coroutine[Any, Any, Report]]
@@ -88,6 +91,23 @@ def worker(
     _run("worker", lambda console, log_dir: run_worker_bench(cfg, console, log_dir), render_worker, out=out)
 
 
+@app.command()
+def stages(
+    redis_url: Annotated[
+        str, typer.Option("--redis-url", envvar="REDIS_URL", help="Redis to benchmark on; its database is FLUSHED.")
+    ] = DEFAULT_REDIS_URL,
+    repeats: Annotated[int, typer.Option(min=1, max=20, help="Runs of each section; medians are reported.")] = 3,
+    duration_s: Annotated[float, typer.Option("--duration-s", min=0.5, max=120, help="Each HTTP phase.")] = 5.0,
+    quick: Annotated[bool, typer.Option("--quick", help="Smoke test: one short repeat of everything.")] = False,
+    out: Annotated[Path, typer.Option(help="Where the JSON figures go (the monthly report reads it).")] = STAGES_OUT,
+    force: Annotated[bool, typer.Option("--force", help="Allow db 0 and a non-local Redis.")] = False,
+) -> None:
+    """Every stage of the reference report's performance section: ingest, worker and turn stages."""
+    _check_url("stages", redis_url, force=force, default_db=14)
+    cfg = StagesConfig.build(redis_url=redis_url, repeats=repeats, duration_s=duration_s, quick=quick)
+    _run("stages", lambda console, log_dir: run_stages(cfg, console, log_dir), render_stages, out=out)
+
+
 def _check_url(command: str, redis_url: str, *, force: bool, default_db: int) -> None:
     try:
         check_redis_url(redis_url, force=force, default_db=default_db)
@@ -100,6 +120,7 @@ def _run(command: str, bench: Bench, render: Render, *, out: Path) -> None:
     """Run a benchmark on uvloop, write its JSON, print its table; exit 1 on any correctness problem."""
     # A wide table when piped to a file or a CI log; the terminal's own width otherwise.
     console = Console(width=None if sys.stdout.isatty() else 160)
+    configure_logging(level="WARNING")  # the clients under test log as in production, quietly
     out.parent.mkdir(parents=True, exist_ok=True)
     log_dir = out.parent / "bench-logs"
     log_dir.mkdir(exist_ok=True)

@@ -13,6 +13,8 @@ import uvicorn
 import uvloop
 from fastapi import FastAPI, Request, Response
 
+from system.serve import freeze_startup_heap
+
 EMPTY_ROUTE = "/empty"
 
 
@@ -39,6 +41,7 @@ async def serve(*, host: str, port: int) -> None:
         lifespan="off",
         http="httptools",
     )
+    freeze_startup_heap()  # as serve_http does
     await uvicorn.Server(config).serve()
 
 

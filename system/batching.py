@@ -8,6 +8,7 @@ from enum import IntEnum
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
 
 from system.coalesce import Coalescer
 from system.keys import Keys, ShardKeys
@@ -17,6 +18,9 @@ from system.settings import Settings
 
 LATENESS_KEPT = 1000
 APPEND_PIPELINE_MAX = 256  # appends per round trip when many requests arrive at once
+# Round trips of appends in flight at once, each on a connection of its own kept for the process's
+# life: borrowing from the pool costs more than the append. More lanes add no throughput on one core.
+APPEND_LANES = 4
 
 
 class AppendOutcome(IntEnum):
@@ -100,8 +104,10 @@ class BatchStore:
             ),
         )
         self._appends: Coalescer[tuple[InboundMessage, int], AppendOutcome] = Coalescer(
-            self._append_pipeline, max_items=APPEND_PIPELINE_MAX
+            self._append_pipeline, max_items=APPEND_PIPELINE_MAX, lanes=APPEND_LANES
         )
+        # Borrowed from the pool once and never given back: closing the client disconnects them.
+        self._lanes: list[Connection | None] = [None] * APPEND_LANES
 
     @property
     def keys(self) -> Keys:
@@ -125,8 +131,13 @@ class BatchStore:
         """
         return await self._appends.submit([(m, now_ms) for m in messages])
 
-    async def _append_pipeline(self, items: list[tuple[InboundMessage, int]]) -> list[AppendOutcome | BaseException]:
-        batch = ScriptBatch(self._redis)
+    async def _append_pipeline(
+        self, items: list[tuple[InboundMessage, int]], lane: int
+    ) -> list[AppendOutcome | BaseException]:
+        connection = self._lanes[lane]
+        if connection is None:
+            connection = self._lanes[lane] = await self._redis.connection_pool.get_connection()
+        batch = ScriptBatch(self._redis, connection=connection)
         for message, now_ms in items:
             self._append(batch, message, now_ms)
         results = await batch.run()

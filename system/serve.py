@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import Iterator, Sequence
 
 import uvicorn
@@ -32,12 +33,23 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
+def freeze_startup_heap() -> None:
+    """Move everything alive after start-up out of the collector's sight.
+
+    Modules, the app and settings live as long as the process; without this every full collection
+    walks them again, which is a visible share of a busy API's CPU.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def serve_http(rt: Runtime, *, host: str, port: int, services: Sequence[Service] = ()) -> None:
     """Serve the API until SIGINT/SIGTERM; `services` run beside it and are stopped afterwards."""
     config = uvicorn.Config(
         create_app(rt), host=host, port=port, log_config=None, access_log=False, lifespan="off", http="httptools"
     )
     server = _Server(config)
+    freeze_startup_heap()
     tasks = [asyncio.ensure_future(s.run()) for s in services]
     try:
         await server.serve()
