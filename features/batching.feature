@@ -13,6 +13,7 @@ Feature: Quick messages are answered as one
     Then the administrator reads one turn "Хочу записаться на стрижку машинкой завтра в 15:00"
     And the stats show 1 batch flushed with 3 fragments
 
+  @batcher
   Scenario: The batch is sent 9 seconds after the last message, not before
     When the client 79001234567 writes "Хочу записаться"
     And 5 seconds pass
@@ -28,6 +29,7 @@ Feature: Quick messages are answered as one
     Then the stats show 1 batch flushed with 8 fragments
     And the administrator reads 1 turn
 
+  @batcher
   Scenario: Ten messages seal a batch at once and the eleventh starts the next
     When the client 79001234567 quickly writes 10 messages
     Then the stats show 1 batch flushed with 10 fragments
@@ -37,6 +39,7 @@ Feature: Quick messages are answered as one
     Then the stats show 2 batches flushed with 11 fragments
     And the administrator reads 2 turns
 
+  @batcher
   Scenario: Messages 10 seconds apart are separate turns
     When the client 79001234567 writes "Хочу записаться"
     And 10 seconds pass
@@ -47,7 +50,7 @@ Feature: Quick messages are answered as one
       | Хочу записаться     |
       | на стрижку машинкой |
 
-  @realtime
+  @realtime @batcher
   Scenario: The 9 s batch timeout holds on the wall clock against a real Redis
     Given the wall clock and a real Redis
     When the client 79001234567 quickly writes

@@ -18,6 +18,7 @@ Feature: Every conversation gets its turns one at a time, and conversations neve
     And the second turn began only after the client 79001234567 got the first reply
     And the client 79001234567 gets 2 replies
 
+  @batcher
   Scenario: Two clients writing at the same time get their own batches
     When the clients write at once
       | client      | message                    |

@@ -161,10 +161,11 @@ async def http_sections(b: Bench) -> tuple[dict[str, Any], dict[str, Any]]:
     ):
         await wait_http_ready(api)
         await wait_http_ready(empty)
+        idle_rss_mb = {"api_idle_rss_mb": rss_mb(api.pid), "empty_idle_rss_mb": rss_mb(empty.pid)}
         await warm_up(b, api, empty)
         latency = await accept_latency(b, api)
         b.console.print(f"[1/5] accept latency: {brief(latency['median'], 'latency_ms')}")
-        throughput = await max_throughput(b, api, empty)
+        throughput = await max_throughput(b, api, empty) | idle_rss_mb
         m = throughput["median"]
         b.console.print(f"[2/5] throughput: {m['api_rps']:,.0f} req/s, empty {m['empty_rps']:,.0f} req/s")
         check_alive(api)
@@ -263,13 +264,18 @@ async def flush_lateness(b: Bench) -> dict[str, Any]:
     async with redis_client(settings) as consumer_redis:
         with spawned("batcher", args, env=env, log_dir=b.log_dir) as batcher:
             await wait_batcher_ready(b.redis, b.keys, batcher)
+            batcher_idle_rss_mb = rss_mb(batcher.pid)
             for repeat in range(b.cfg.repeats):
                 runs.append(await lateness_run(b, settings, consumer_redis, tag=f"late{repeat}"))
                 check_alive(batcher)
             batcher_rss_mb = rss_mb(batcher.pid)
     await b.flush()
     return section(
-        runs, open_batches=b.cfg.open_batches, timeout_ms=b.cfg.lateness_timeout_ms, batcher_rss_mb=batcher_rss_mb
+        runs,
+        open_batches=b.cfg.open_batches,
+        timeout_ms=b.cfg.lateness_timeout_ms,
+        batcher_rss_mb=batcher_rss_mb,
+        batcher_idle_rss_mb=batcher_idle_rss_mb,
     )
 
 

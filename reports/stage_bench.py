@@ -1,5 +1,7 @@
 """`aiadmin bench stages`: every figure of the reference report's performance section, measured.
 
+The notes beside the figures are in Russian: they go into the monthly report as they are.
+
 It runs the ingest benchmark, the worker benchmark and the turn stages on one Redis (each flushes it),
 then sets each stage, throughput and process beside the reference figure and the goal. The result,
 `out/bench-stages.json`, is what the monthly report reads.
@@ -97,6 +99,20 @@ def stages(s: dict[str, Any], turn: dict[str, Any]) -> list[dict[str, Any]]:
     accept, append, late, claim = (s[k]["median"] for k in ("accept_latency", "append", "flush_lateness", "claim"))
     hand, llm, send = (turn[k]["median"] for k in ("handover", "llm", "sending"))
     timeout_ms = s["flush_lateness"]["timeout_ms"]
+    timeout = _stage(
+        "timeout",
+        "Ожидание таймаута",
+        late["delay_ms_p50"],
+        late["delay_ms_p99"],
+        reference="9000 ms (fired at 9455 ms)",
+        goal=f"lateness p99 ≤ {GOAL_LATENESS_P99_MS:g} ms",
+        met=_le(late["observed_ms_p99"], GOAL_LATENESS_P99_MS),
+        note=(
+            f"последний фрагмент → задача в очереди, таймаут {timeout_ms} мс, "
+            f"{s['flush_lateness']['open_batches']} открытых батчей; опоздание p50/p99 "
+            f"{num('{:.1f}', late['observed_ms_p50'])}/{num('{:.1f}', late['observed_ms_p99'])} мс"
+        ),
+    ) | {"timeout_ms": timeout_ms}
     return [
         _stage(
             "api_accept",
@@ -106,7 +122,7 @@ def stages(s: dict[str, Any], turn: dict[str, Any]) -> list[dict[str, Any]]:
             reference="~10-15 ms",
             goal=f"p99 ≤ {GOAL_ACCEPT_P99_MS:g} ms",
             met=_le(accept["latency_ms_p99"], GOAL_ACCEPT_P99_MS),
-            note=f"{s['accept_latency']['rate_per_s']} req/s, open loop, one API process",
+            note=f"{s['accept_latency']['rate_per_s']} запросов/с, открытый цикл, один процесс API",
         ),
         _stage(
             "add_to_batch",
@@ -114,22 +130,9 @@ def stages(s: dict[str, Any], turn: dict[str, Any]) -> list[dict[str, Any]]:
             _ms(append["append_us_p50"]),
             _ms(append["append_us_p99"]),
             reference="~5 ms",
-            note="one atomic script: dedup, rate limits, append, deadline, TTLs; one round trip",
+            note="один атомарный скрипт: дедупликация, лимиты, добавление, дедлайн, TTL; один обмен с Redis",
         ),
-        _stage(
-            "timeout",
-            "Ожидание таймаута",
-            late["delay_ms_p50"],
-            late["delay_ms_p99"],
-            reference="9000 ms (fired at 9455 ms)",
-            goal=f"lateness p99 ≤ {GOAL_LATENESS_P99_MS:g} ms",
-            met=_le(late["observed_ms_p99"], GOAL_LATENESS_P99_MS),
-            note=(
-                f"last fragment → job in the queue, timeout {timeout_ms} ms, "
-                f"{s['flush_lateness']['open_batches']} open batches; lateness p50/p99 "
-                f"{num('{:.1f}', late['observed_ms_p50'])}/{num('{:.1f}', late['observed_ms_p99'])} ms"
-            ),
-        ),
+        timeout,
         _stage(
             "batch_processing",
             "Обработка батча",
@@ -139,8 +142,8 @@ def stages(s: dict[str, Any], turn: dict[str, Any]) -> list[dict[str, Any]]:
             goal=f"p50 ≤ {GOAL_BATCH_P50_MS:g} ms",
             met=_le(_ms(claim["single_us_p50"]), GOAL_BATCH_P50_MS),
             note=(
-                "claim = take, merge, remove and enqueue in one script, one batch per round trip; "
-                f"{num('{:.0f}', claim['chunked_per_batch_us'])} µs per batch in the batcher's chunks"
+                "claim = взять, склеить, удалить и поставить в очередь одним скриптом, один батч за обмен; "
+                f"{num('{:.0f}', claim['chunked_per_batch_us'])} мкс на батч пачками, как в batch processor"
             ),
         ),
         _stage(
@@ -151,7 +154,7 @@ def stages(s: dict[str, Any], turn: dict[str, Any]) -> list[dict[str, Any]]:
             reference="~5 ms",
             goal=f"p50 ≤ {GOAL_HANDOVER_P50_MS:g} ms",
             met=_le(hand["handover_ms_p50"], GOAL_HANDOVER_P50_MS),
-            note="claim → a consumer woken as the worker is (Pub/Sub, then a read) has the job",
+            note="claim → потребитель, разбуженный как воркер (Pub/Sub, затем чтение), получил задачу",
         ),
         _stage(
             "ai_processing",
@@ -160,8 +163,8 @@ def stages(s: dict[str, Any], turn: dict[str, Any]) -> list[dict[str, Any]]:
             llm["llm_ms_p99"],
             reference="5-15 s",
             note=(
-                "our LLM client against a stand-in that answers at once; the model's own latency is not "
-                "ours to measure (the worker benchmark runs it at a configured 5 s)"
+                "наш клиент LLM против заглушки, отвечающей сразу; задержку самой модели мы не измеряем "
+                "(в замере воркера заглушка отвечает за заданные 5 с)"
             ),
         ),
         _stage(
@@ -170,7 +173,7 @@ def stages(s: dict[str, Any], turn: dict[str, Any]) -> list[dict[str, Any]]:
             send["send_ms_p50"],
             send["send_ms_p99"],
             reference="1-2 s",
-            note="one reply through the Cloud API sender to a stand-in on loopback (no network to Meta)",
+            note="один ответ через клиент Cloud API к заглушке на loopback (без сети до Meta)",
         ),
     ]
 
@@ -188,8 +191,8 @@ def throughput(s: dict[str, Any], w: dict[str, Any]) -> list[dict[str, Any]]:
             reference="до 100 запросов/сек",
             goal=f"≥ {GOAL_API_RPS:,.0f} req/s",
             met=_ge(thr["api_rps"], GOAL_API_RPS),
-            note=f"closed loop, {s['throughput']['connections']} connections, p99 "
-            f"{num('{:.1f}', thr['api_latency_ms_p99'])} ms",
+            note=f"замкнутый цикл, {s['throughput']['connections']} соединения, p99 "
+            f"{num('{:.1f}', thr['api_latency_ms_p99'])} мс",
         ),
         _rate(
             "api_vs_empty",
@@ -198,7 +201,7 @@ def throughput(s: dict[str, Any], w: dict[str, Any]) -> list[dict[str, Any]]:
             "%",
             goal=f"≥ {GOAL_API_RATIO_PCT:g}%",
             met=_ge(thr["ratio_pct"], GOAL_API_RATIO_PCT),
-            note=f"empty FastAPI endpoint of the same stack in the same run: {num('{:,.0f}', thr['empty_rps'])} req/s",
+            note=f"пустой endpoint FastAPI того же стека, тот же прогон: {num('{:,.0f}', thr['empty_rps'])} запросов/с",
         ),
         _rate(
             "batcher",
@@ -206,7 +209,7 @@ def throughput(s: dict[str, Any], w: dict[str, Any]) -> list[dict[str, Any]]:
             1e6 / per_batch_us if per_batch_us else None,
             "batches/s",
             reference="проверка каждую секунду",
-            note="claim + enqueue in the batcher's chunks; it sleeps until the earliest deadline, no polling",
+            note="claim + постановка в очередь пачками; спит до ближайшего дедлайна, без опроса",
         ),
         _rate(
             "worker",
@@ -216,29 +219,46 @@ def throughput(s: dict[str, Any], w: dict[str, Any]) -> list[dict[str, Any]]:
             reference="3-5 сообщений/сек (с AI)",
             goal=f"≥ {GOAL_WORKER_PER_S:g} msg/s",
             met=_ge(slow["median"]["messages_per_s"], GOAL_WORKER_PER_S),
-            note=f"LLM stand-in at 5 s, concurrency {slow['concurrency']}, {slow['jobs']} jobs",
+            note=f"заглушка LLM отвечает за 5 с, параллельность {slow['concurrency']}, {slow['jobs']} задач",
         ),
         _rate(
             "worker_no_llm_wait",
             "Worker (LLM без задержки)",
             fast["median"]["messages_per_s"],
             "msg/s",
-            note=f"LLM stand-in at 0 ms, concurrency {fast['concurrency']}: the worker's own ceiling",
+            note=f"заглушка LLM без задержки, параллельность {fast['concurrency']}: потолок самого воркера",
         ),
     ]
 
 
 def processes(s: dict[str, Any], w: dict[str, Any]) -> list[dict[str, Any]]:
-    thr = s["throughput"]
-    slow = w["llm_5s"]
+    """RSS at rest, as the reference's process table was read, and after each benchmark's load."""
+    thr, late = s["throughput"], s["flush_lateness"]
+    slow, fast = w["llm_5s"], w["llm_0ms"]
     return [
-        _process("aiadmin api", thr["api_rss_mb"], thr["median"]["api_server_cpu_pct"], reference_mb=88),
-        _process("aiadmin batcher", s["flush_lateness"]["batcher_rss_mb"], None, reference_mb=61),
+        _process(
+            "aiadmin api",
+            thr["api_idle_rss_mb"],
+            thr["api_rss_mb"],
+            thr["median"]["api_server_cpu_pct"],
+            reference_mb=88,
+            load=f"после {s['throughput']['connections']} соединений на полной скорости и 10 000 отправителей",
+        ),
+        _process(
+            "aiadmin batcher",
+            late["batcher_idle_rss_mb"],
+            late["batcher_rss_mb"],
+            None,
+            reference_mb=61,
+            load=f"после сброса {late['open_batches']} открытых батчей за повтор",
+        ),
         _process(
             "aiadmin worker",
-            max(slow["after_rss_mb"], w["llm_0ms"]["after_rss_mb"]),
+            max(slow["idle_rss_mb"], fast["idle_rss_mb"]),
+            max(slow["after_rss_mb"], fast["after_rss_mb"]),
             slow["median"]["worker_cpu_pct"],
             reference_mb=62,
+            load=f"после {slow['concurrency']} ходов одновременно (LLM 5 с)",
         ),
     ]
 
@@ -283,8 +303,9 @@ def summary_rows(report: dict[str, Any]) -> list[Row]:
     ]
     rows += [
         Row(
-            f"{x['name']}: RSS, CPU",
-            f"{num('{:.1f}', x['rss_mb'])} MB, {num('{:.0f}', x['cpu_pct'])}% of a core",
+            f"{x['name']}: RSS at rest (under load), CPU under load",
+            f"{num('{:.1f}', x['rss_mb'])} MB ({num('{:.1f}', x['rss_under_load_mb'])} MB), "
+            f"{num('{:.0f}', x['cpu_pct'])}% of a core",
             f"{x['reference_rss_mb']} MB",
             f"≤ {x['goal_rss_mb']:g} MB",
             x["met"],
@@ -326,11 +347,15 @@ def _rate(
     return asdict(_Figure(key, name, reference, goal, met, note)) | {"value": value, "unit": unit}
 
 
-def _process(name: str, rss_mb: float | None, cpu_pct: float | None, *, reference_mb: int) -> dict[str, Any]:
+def _process(
+    name: str, rss_mb: float | None, loaded_rss_mb: float | None, cpu_pct: float | None, *, reference_mb: int, load: str
+) -> dict[str, Any]:
     return {
         "name": name,
         "instances": 1,
         "rss_mb": rss_mb,
+        "rss_under_load_mb": loaded_rss_mb,
+        "load": load,
         "cpu_pct": cpu_pct,
         "reference_rss_mb": reference_mb,
         "goal_rss_mb": GOAL_RSS_MB,

@@ -6,12 +6,18 @@ read receipt with a typing indicator; errors come as Meta's JSON `{"error": {"me
 400 for parameter errors and for the throughput and per-recipient limits (130429, 131056) and the 24 h window
 (131047), 500 for 131000, 503 for 131016. Some providers in front of Meta answer throttling with 429; the
 system's sender reads `error.code` first, so either status classifies the same.
+
+`GET /_sim/messages?after=N&to=PHONE&wait_ms=MS` is not Meta's: it lets a load test see what its clients received.
+It lists the accepted messages numbered after N (1-based, in order of acceptance), optionally to one recipient,
+and long-polls up to `wait_ms` when there are none yet.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
+import itertools
 import random
 import re
 from collections import deque
@@ -19,13 +25,16 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import Response
 
-from system.clock import Clock
+from system.clock import Clock, wait_event
 
 MAX_TEXT_CHARS = 4096
 MAX_KEPT = 100_000  # records an Outbox keeps; a simulation run sends far fewer, a load test may not
+PER_RECIPIENT_KEPT = 1000  # messages to one recipient the inspection index keeps (a client gets a few per visit)
+MAX_LISTED = 1000  # messages one inspection answer lists; a caller pages on with `after`
+MAX_WAIT_MS = 30_000  # longest long poll of the inspection route
 _VERSION = re.compile(r"v\d{1,2}\.\d{1,2}")
 _PHONE_NUMBER_ID = re.compile(r"\d{1,20}")
 _RECIPIENT = re.compile(r"\+?(\d{8,15})")  # Meta takes the number with or without "+"; it answers with digits
@@ -95,6 +104,10 @@ class Outbox:
         self.receipts: deque[ReadReceipt] = deque(maxlen=max_kept)
         self.refusals: deque[Refusal] = deque(maxlen=max_kept)
         self._count = 0
+        self._max_kept = max_kept
+        # Recipient → (number, message), so a long poll per client does not scan every message; bounded in both
+        # directions (recipients in insertion order, the oldest dropped first).
+        self._by_recipient: dict[str, deque[tuple[int, OutboundMessage]]] = {}
 
     @property
     def count(self) -> int:
@@ -114,6 +127,21 @@ class Outbox:
     def record_message(self, message: OutboundMessage) -> None:
         self.messages.append(message)
         self._count += 1
+        kept = self._by_recipient.get(message.to)
+        if kept is None:
+            if len(self._by_recipient) >= self._max_kept:
+                del self._by_recipient[next(iter(self._by_recipient))]
+            kept = self._by_recipient[message.to] = deque(maxlen=PER_RECIPIENT_KEPT)
+        kept.append((self._count, message))
+
+    def since(self, after: int, *, to: str | None = None, limit: int = MAX_LISTED) -> list[tuple[int, OutboundMessage]]:
+        """(number, message) of the kept messages numbered after `after` (1-based), oldest first; `to` filters."""
+        if to is not None:
+            kept = self._by_recipient.get(to.removeprefix("+"), ())
+            return list(itertools.islice(((n, m) for n, m in kept if n > after), limit))
+        first = self._count - len(self.messages) + 1  # the number of the oldest message still kept
+        start = max(0, after + 1 - first)
+        return [(first + i, m) for i, m in enumerate(itertools.islice(self.messages, start, start + limit), start)]
 
     def record_receipt(self, receipt: ReadReceipt) -> None:
         self.receipts.append(receipt)
@@ -261,6 +289,32 @@ class FakeCloudApi:
         return "".join(self._traces.choice(alphabet) for _ in range(27))
 
 
+class _Arrivals:
+    """Wakes the inspection route's long polls whenever a message is accepted."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()  # the woken waiters hold the old one; the next wait is for the next message
+
+    async def wait(self, clock: Clock, *, timeout_s: float) -> bool:
+        return await wait_event(clock, self._event, timeout_s=timeout_s)
+
+
+def _listed(seq: int, m: OutboundMessage) -> dict[str, Any]:
+    """One message as the inspection route lists it; `at_ms` is when the fake accepted it, on its clock."""
+    return {
+        "seq": seq,
+        "wamid": m.wamid,
+        "phone_number_id": m.phone_number_id,
+        "to": m.to,
+        "text": m.text,
+        "at_ms": m.at_ms,
+    }
+
+
 def _wamid(to: str, counter: int, salt: int) -> str:
     raw = f"{to}:{counter:010d}:{salt:016X}".encode()
     return "wamid." + base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -344,16 +398,37 @@ def create_app(
     api = FakeCloudApi(token=token, clock=clock, rng=rng, faults=faults or WhatsAppFaults(), outbox=outbox or Outbox())
     app = FastAPI(title="Fake WhatsApp Cloud API", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.api = api
+    arrivals = _Arrivals()
 
     @app.post("/{version}/{phone_number_id}/messages")
     async def messages(version: str, phone_number_id: str, request: Request) -> Response:
+        before = api.outbox.count
         status, body = api.handle(
             version=version,
             phone_number_id=phone_number_id,
             authorization=request.headers.get("authorization"),
             body=await request.body(),
         )
+        if api.outbox.count != before:
+            arrivals.notify()
         return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+    @app.get("/_sim/messages")
+    async def sent_messages(
+        after: int = Query(0, ge=0),
+        to: str | None = Query(None, pattern=f"^{_RECIPIENT.pattern}$"),
+        wait_ms: int = Query(0, ge=0, le=MAX_WAIT_MS),
+        limit: int = Query(MAX_LISTED, ge=1, le=MAX_LISTED),
+    ) -> Response:
+        deadline_ms = clock.now_ms() + wait_ms
+        while True:
+            found = api.outbox.since(after, to=to, limit=limit)
+            left_ms = deadline_ms - clock.now_ms()
+            if found or left_ms <= 0:
+                break
+            await arrivals.wait(clock, timeout_s=left_ms / 1000)
+        body = {"messages": [_listed(n, m) for n, m in found], "last_seq": api.outbox.count}
+        return Response(orjson.dumps(body), media_type="application/json")
 
     @app.get("/health")
     async def health() -> Response:

@@ -13,7 +13,7 @@ from redis.asyncio.connection import Connection
 from system.coalesce import Coalescer
 from system.keys import Keys, ShardKeys
 from system.models import InboundMessage
-from system.scripts import Script, ScriptBatch, Scripts, append_script
+from system.scripts import Script, ScriptBatch, Scripts, append_script, borrow_connection
 from system.settings import Settings
 
 LATENESS_KEPT = 1000
@@ -136,7 +136,7 @@ class BatchStore:
     ) -> list[AppendOutcome | BaseException]:
         connection = self._lanes[lane]
         if connection is None:
-            connection = self._lanes[lane] = await self._redis.connection_pool.get_connection()
+            connection = self._lanes[lane] = await borrow_connection(self._redis)
         batch = ScriptBatch(self._redis, connection=connection)
         for message, now_ms in items:
             self._append(batch, message, now_ms)

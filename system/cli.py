@@ -10,17 +10,17 @@ from collections.abc import Callable, Coroutine, Sequence
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 import typer
 
 from system.batcher import BatchProcessor
-from system.http import outbound_client
 from system.logs import configure_logging
 from system.runtime import Runtime, build_worker
 from system.services import Service, run_until_stopped
 from system.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
+    import httpx
+
     from system.worker import Worker
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="AI Admin: a WhatsApp administrator for salons.")
@@ -111,6 +111,8 @@ def worker(
         rt = Runtime.build(settings)
         await rt.start()
         try:
+            from system.http import outbound_client  # only worker processes load the HTTP client stack
+
             async with outbound_client(concurrency=concurrency or settings.worker_concurrency) as http:
                 service = new_worker(rt, http, concurrency)
                 await run_until_stopped(service)
@@ -133,6 +135,8 @@ def run(
         rt = Runtime.build(settings)
         await rt.start()
         try:
+            from system.http import outbound_client
+
             async with outbound_client(concurrency=concurrency or settings.worker_concurrency) as http:
                 services: list[Service] = [new_batch_processor(rt), new_worker(rt, http, concurrency)]
                 from system.serve import serve_http

@@ -6,7 +6,6 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import httpx
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
@@ -20,6 +19,8 @@ from system.settings import Settings
 from system.stats import StatsReader
 
 if TYPE_CHECKING:
+    import httpx
+
     from system.worker import Worker
 
 REDIS_MAX_CONNECTIONS = 256

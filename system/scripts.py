@@ -6,7 +6,9 @@ argument, so the injected clock, not the server's, decides deadlines.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from string import Template
@@ -15,6 +17,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, KeyT
 
 # Re-schedules a conversation after its turn ended (ack or dead letter): a sealed batch is due now,
@@ -363,25 +366,37 @@ class ScriptBatch:
         packed = b"".join(pack_command(b"EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args) for c in calls)
         if self._connection is not None:
             return await exchange(self._connection, packed, len(calls))
-        pool = self._redis.connection_pool
-        conn = await pool.get_connection()
+        conn = await borrow_connection(self._redis)
         try:
             return await exchange(conn, packed, len(calls))
         finally:
-            await pool.release(conn)
+            await self._redis.connection_pool.release(conn)
+
+
+async def borrow_connection(redis: Redis) -> Connection:
+    """A connection of the client's pool, connected; the caller gives it back (or keeps it for good)."""
+    conn: Connection = await redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+    return conn
 
 
 async def exchange(conn: Connection, packed: bytes, replies: int) -> list[Any]:
-    """Send packed commands and read their replies; an error reply is returned in its place."""
+    """Send packed commands and read their replies; an error reply is returned in its place.
+
+    One deadline (the connection's socket timeout) covers the whole exchange instead of one per reply.
+    """
     try:
-        await conn.send_packed_command(packed, check_health=False)
-        results: list[Any] = []
-        for _ in range(replies):
-            try:
-                results.append(await conn.read_response())
-            except ResponseError as exc:  # that command failed; the connection still holds the rest
-                results.append(exc)
-        return results
+        async with asyncio.timeout(conn.socket_timeout):
+            await conn.send_packed_command(packed, check_health=False)
+            results: list[Any] = []
+            for _ in range(replies):
+                try:
+                    results.append(await conn.read_response(timeout=math.inf))
+                except ResponseError as exc:  # that command failed; the connection still holds the rest
+                    results.append(exc)
+            return results
+    except TimeoutError as exc:
+        await conn.disconnect()
+        raise RedisTimeoutError(f"no reply from Redis within {conn.socket_timeout} s") from exc
     except BaseException:
         await conn.disconnect()  # replies may be left unread on it; it reconnects on its next use
         raise
@@ -391,16 +406,28 @@ def pack_command(*parts: EncodableT) -> bytes:
     """One command in RESP: an array of bulk strings (str as UTF-8, numbers in decimal)."""
     out = [b"*%d\r\n" % len(parts)]
     for part in parts:
-        if isinstance(part, str):
-            data = part.encode()
-        elif isinstance(part, bytes):
+        kind = type(part)  # exact types first: this runs for every argument of every append
+        if kind is str:
+            data = part.encode()  # type: ignore[union-attr]
+        elif kind is bytes:
             data = part
-        elif isinstance(part, int | float) and not isinstance(part, bool):
+        elif kind is int or kind is float:
             data = repr(part).encode()
         else:
-            raise TypeError(f"cannot send {type(part).__name__} to Redis")
+            data = _encode_subclass(part)
         out.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
+
+
+def _encode_subclass(part: object) -> bytes:
+    """str, bytes and numbers of subclasses (enums, for instance) as their plain values; nothing else."""
+    if isinstance(part, str):
+        return str.encode(part)
+    if isinstance(part, bytes):
+        return bytes(part)
+    if isinstance(part, int | float) and not isinstance(part, bool):
+        return repr(int(part) if isinstance(part, int) else float(part)).encode()
+    raise TypeError(f"cannot send {type(part).__name__} to Redis")
 
 
 @dataclass(frozen=True, slots=True)

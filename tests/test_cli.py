@@ -138,9 +138,9 @@ async def test_api_and_batcher_as_separate_processes_hand_a_batch_to_the_queue(r
     )
     with process("api", "--port", str(port), env=env), process("batcher", env=env) as batcher:
         wait_until_ready(url)
-        with httpx.Client(base_url=url) as client:
+        async with httpx.AsyncClient(base_url=url) as client:
             for text in ("Хочу записаться", "на стрижку машинкой"):
-                r = client.post("/webhook/whatsapp/batched", json={"from": "89001234567", "message": text})
+                r = await client.post("/webhook/whatsapp/batched", json={"from": "89001234567", "message": text})
                 assert r.status_code == 200
         deadline = time.monotonic() + 5
         jobs = []

@@ -1,0 +1,376 @@
+# mypy: disable-error-code="untyped-decorator,no-untyped-call"
+# (Locust's event hooks and response methods carry no annotations.)
+"""Salon clients on WhatsApp against a running system: `locust -f loadtests/ --headless --profile steady --host …`.
+
+Each Locust user is a stream of clients: a client gets a phone of its own, writes its booking in bursts of
+fragments (the webhook in Meta's signed format, or the gateway's), waits for the bot's reply at the fake
+WhatsApp (`GET /_sim/messages`), thinks, answers, until booked; then the next client comes. The load shape is
+Locust's `--profile` (steady, burst, spike, soak), stretched by `--duration-scale`.
+
+Locust's own statistics show the webhook requests ("POST webhook") and the end-to-end latency of each turn,
+from the client's last fragment to the reply arriving at the fake WhatsApp ("E2E reply"; a turn without a
+reply within `--reply-timeout-s` is a failure there). When the test stops, the run waits for the replies
+still due, then checks them and the merged messages, and writes `<out-dir>/<profile>.json` (see README.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+import gevent
+import httpx
+import orjson
+from locust import FastHttpUser, LoadTestShape, constant, events, task
+from locust.argument_parser import LocustArgumentParser
+from locust.contrib.fasthttp import ResponseContextManager
+from locust.env import Environment
+from locust.runners import MasterRunner, WorkerRunner
+
+try:
+    import loadtests  # noqa: F401
+except ImportError:  # `locust -f` from outside the repository: its root is not on the path (the cwd is)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from loadtests._drain import check_merges, collect_replies
+from loadtests._ledger import Outcome, Reply, Turn, reconcile
+from loadtests._load import LoadOptions, LoadRun, wall_ms
+from loadtests._probes import FakeWhatsAppInbox, ProbeError, SystemProbe, stored_history
+from loadtests._profiles import profile_named
+from loadtests._script import MAX_TURNS, tagged
+from loadtests._summary import histogram_count, subtract_buckets
+from loadtests._webhook import FORMATS, message_id
+
+log = logging.getLogger("loadtests")
+POLL_MS = 10_000  # one long poll of the fake WhatsApp; a client waits in several up to its reply timeout
+INBOX_CONNECTIONS = 10_000  # one long poll per client at a time: more than any profile's users
+_RUNS: weakref.WeakKeyDictionary[Environment, LoadRun] = weakref.WeakKeyDictionary()
+# One HTTP client per process for the fake WhatsApp: building one costs ~50 ms of CPU (its TLS context), which
+# would stall every greenlet of the process while a spike starts its users.
+_INBOX_HTTP: weakref.WeakKeyDictionary[Environment, httpx.Client] = weakref.WeakKeyDictionary()
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser: LocustArgumentParser) -> None:
+    env = os.environ.get
+    parser.add_argument(
+        "--duration-scale", type=float, default=1.0, help="Multiply every stage of the profile by this (0.2 = short)"
+    )
+    parser.add_argument(
+        "--webhook-format", choices=FORMATS, default="meta", help="meta (signed Cloud API) or gateway (batched route)"
+    )
+    parser.add_argument(
+        "--whatsapp-url", default="http://127.0.0.1:8091", help="The fake WhatsApp the system sends replies to"
+    )
+    parser.add_argument(
+        "--redis-url", default=env("REDIS_URL", ""), help="The system's Redis, read for the merge check (not written)"
+    )
+    parser.add_argument(
+        "--app-secret",
+        default=env("AIADMIN_WHATSAPP_APP_SECRET", "sim-app-secret"),
+        is_secret=True,
+        help="Meta's app secret: signs X-Hub-Signature-256 (meta format)",
+    )
+    parser.add_argument(
+        "--webhook-secret",
+        default=env("AIADMIN_WEBHOOK_SECRET", ""),
+        is_secret=True,
+        help="Signs X-Signature (gateway format); empty: unsigned",
+    )
+    parser.add_argument("--stats-token", default=env("AIADMIN_STATS_TOKEN", ""), is_secret=True, help="Stats bearer")
+    parser.add_argument(
+        "--metrics-url", default="", help="Comma-separated /metrics URLs with the worker's histograms (default: host)"
+    )
+    parser.add_argument(
+        "--batch-timeout-ms",
+        type=int,
+        default=int(env("AIADMIN_BATCH_TIMEOUT_MS", "9000")),
+        help="The system's batch timeout: fragment gaps stay under it (recorded in the summary)",
+    )
+    parser.add_argument("--llm-latency-s", default="unknown", help="The fake LLM's min,mode,max (recorded)")
+    parser.add_argument("--company-id", type=int, default=int(env("AIADMIN_DEFAULT_COMPANY_ID", "962302")))
+    parser.add_argument(
+        "--phone-number-id", default=env("AIADMIN_WHATSAPP_PHONE_NUMBER_ID", "106540352242922"), help="Salon number"
+    )
+    parser.add_argument("--reply-timeout-s", type=float, default=60.0, help="A turn without a reply by then is lost")
+    parser.add_argument("--settle-s", type=float, default=5.0, help="After the last reply, wait for late doubles")
+    parser.add_argument("--out-dir", default="out/load", help="Where <profile>.json goes")
+    parser.add_argument("--load-seed", type=int, default=0, help="Seed of phones and typing (0: a random one)")
+
+
+def _load_options(environment: Environment) -> LoadOptions:
+    o = environment.parsed_options
+    if o is None:
+        raise SystemExit("loadtests need Locust's command line options")
+    try:
+        profile = profile_named(o.profile, scale=o.duration_scale)
+    except ValueError as exc:
+        raise SystemExit(f"--profile: {exc}") from exc
+    metrics = tuple(u.strip() for u in o.metrics_url.split(",") if u.strip())
+    return LoadOptions(
+        profile=profile,
+        host=(environment.host or o.host or "").rstrip("/"),
+        format=o.webhook_format,
+        whatsapp_url=o.whatsapp_url,
+        redis_url=o.redis_url,
+        secret=o.app_secret if o.webhook_format == "meta" else o.webhook_secret,
+        stats_token=o.stats_token,
+        metrics_urls=metrics,
+        batch_timeout_ms=o.batch_timeout_ms,
+        llm_latency_s=o.llm_latency_s,
+        company_id=o.company_id,
+        phone_number_id=o.phone_number_id,
+        reply_timeout_s=o.reply_timeout_s,
+        settle_s=o.settle_s,
+        out_dir=Path(o.out_dir),
+        seed=o.load_seed,
+        duration_scale=o.duration_scale,
+    )
+
+
+@events.init.add_listener
+def _init(environment: Environment, **_: Any) -> None:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per long poll drowns Locust's own
+    options = _load_options(environment)
+    if not options.host:
+        raise SystemExit("--host is required: the system's base URL, e.g. http://127.0.0.1:8080")
+    _RUNS[environment] = LoadRun.create(options)
+    limits = httpx.Limits(max_connections=INBOX_CONNECTIONS, max_keepalive_connections=INBOX_CONNECTIONS)
+    _INBOX_HTTP[environment] = httpx.Client(limits=limits)
+
+
+@events.quitting.add_listener
+def _quitting(environment: Environment, **_: Any) -> None:
+    http = _INBOX_HTTP.pop(environment, None)
+    if http is not None:
+        http.close()
+
+
+def _run(environment: Environment) -> LoadRun:
+    return _RUNS[environment]
+
+
+class ProfileShape(LoadTestShape):
+    """The stages of Locust's `--profile` (steady, burst, spike, soak; default steady) times `--duration-scale`."""
+
+    def tick(self) -> tuple[int, float] | None:
+        if self.runner is None:
+            return None
+        return _run(self.runner.environment).options.profile.tick(self.get_run_time())
+
+
+class WhatsAppClient(FastHttpUser):
+    """A stream of salon clients on WhatsApp, one conversation at a time, each with a phone of its own."""
+
+    wait_time = constant(0)  # the clients pace themselves: gaps, thinking, pauses between clients
+    connection_timeout = 10.0
+    network_timeout = 30.0
+
+    def on_start(self) -> None:
+        self.load = _run(self.environment)
+        self.rng = self.load.user_rng()
+        self.webhook = self.load.options.webhook()
+        self.inbox = FakeWhatsAppInbox(self.load.options.whatsapp_url, http=_INBOX_HTTP[self.environment])
+        runner = self.environment.runner
+        self.load.peak_users = max(self.load.peak_users, runner.user_count if runner is not None else 0)
+
+    @task
+    def visit(self) -> None:
+        typing = self.load.options.profile.typing
+        conversation = self.load.conversation(self.rng)
+        fragments: list[str] | None = conversation.opening()
+        after = self.load.start_seq
+        for index in range(MAX_TURNS):
+            if not fragments:
+                break
+            turn = self._send(conversation.phone, index, fragments)
+            reply = self._wait(turn, after=after)
+            if reply is None:
+                break
+            after = reply.seq
+            fragments = conversation.answer(reply.text)
+            if fragments:
+                gevent.sleep(self.rng.randint(*typing.think_ms) / 1000)
+        gevent.sleep(self.rng.randint(*typing.pause_ms) / 1000)
+
+    def _send(self, phone: str, index: int, parts: list[str]) -> Turn:
+        load = self.load
+        turn = load.begin_turn(phone, index, now_ms=wall_ms())
+        low, high = load.options.profile.typing.gap_range_ms(load.options.batch_timeout_ms)
+        for i, part in enumerate(parts):
+            if i:
+                gevent.sleep(self.rng.randint(low, high) / 1000)
+            text = tagged(part, turn=index, fragment=i)
+            now_ms = wall_ms()
+            fragment = load.fragment(turn, text, now_ms=now_ms)
+            request = self.webhook.text(
+                sender=phone, text=text, message_id=message_id(load.run_tag, phone, index, i), at_ms=now_ms
+            )
+            started = time.perf_counter()
+            # The body goes as these exact bytes (geventhttpclient sends bytes as they are): the signature covers them.
+            with self.client.post(
+                request.path,
+                data=request.body,  # type: ignore[arg-type]
+                headers=request.headers,
+                name="webhook",
+                catch_response=True,
+            ) as response:
+                accept_ms = (time.perf_counter() - started) * 1000
+                outcome = _judge(response)
+            load.answered(fragment, outcome=outcome, accept_ms=accept_ms)
+        return turn
+
+    def _wait(self, turn: Turn, *, after: int) -> Reply | None:
+        """The first reply to the turn's phone numbered after `after`, or None by the reply timeout."""
+        if not turn.accepted:
+            return None  # nothing was taken: the system owes no reply
+        timeout_ms = round(self.load.options.reply_timeout_s * 1000)
+        deadline_ms = turn.last_sent_ms + timeout_ms
+        while (left_ms := deadline_ms - wall_ms()) > 0:
+            try:
+                replies, _ = self.inbox.read(after=after, to=turn.phone, wait_ms=min(left_ms, POLL_MS))
+            except ProbeError as exc:
+                self.load.error(str(exc))
+                gevent.sleep(1)
+                continue
+            if replies:
+                reply = replies[0]
+                _report(self.environment, turn, float(max(0, reply.at_ms - turn.last_sent_ms)), len(reply.text))
+                return reply
+        _report(self.environment, turn, float(timeout_ms), 0, TimeoutError(f"no reply within {timeout_ms} ms"))
+        return None
+
+
+def _judge(response: ResponseContextManager) -> Outcome:
+    """Accepted (200 with a message taken), refused (any other answer), or pending (no answer at all)."""
+    if response.status_code == 0:
+        response.failure(f"no answer: {getattr(response, 'error', None)}")
+        return "pending"
+    if response.status_code != 200:
+        response.failure(f"HTTP {response.status_code}: {(response.text or '')[:200]}")
+        return "refused"
+    try:
+        accepted = int(orjson.loads(response.content or b"{}").get("accepted", 0))
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+        accepted = 0
+    if accepted < 1:
+        response.failure(f"200 without the message taken: {(response.text or '')[:200]}")
+        return "refused"
+    response.success()
+    return "accepted"
+
+
+def _report(
+    environment: Environment, turn: Turn, e2e_ms: float, length: int, exception: Exception | None = None
+) -> None:
+    """The turn's end-to-end latency as a Locust request ("E2E reply"), once per turn."""
+    if turn.reported:
+        return
+    turn.reported = True
+    environment.events.request.fire(
+        request_type="E2E",
+        name="reply",
+        response_time=e2e_ms,
+        response_length=length,
+        exception=exception,
+        context={"phone": turn.phone, "turn": turn.index},
+    )
+
+
+@events.test_start.add_listener
+def _test_start(environment: Environment, **_: Any) -> None:
+    if isinstance(environment.runner, MasterRunner):
+        return
+    load = _run(environment)
+    load.start(now_ms=wall_ms())
+    o = load.options
+    http = _INBOX_HTTP[environment]
+    try:
+        load.start_seq = FakeWhatsAppInbox(o.whatsapp_url, http=http).last_seq()
+    except ProbeError as exc:
+        load.error(f"at start: {exc}")
+        log.error("the fake WhatsApp does not answer, no reply can be seen: %s", exc)
+    probe = SystemProbe(o.host, http=http, stats_token=o.stats_token, metrics_urls=o.metrics_urls)
+    try:
+        load.stats_before = probe.stats()
+    except ProbeError as exc:
+        load.error(f"at start: {exc}")
+    try:
+        load.queue_wait_before = probe.queue_wait()
+    except ProbeError as exc:
+        load.error(f"at start: {exc}")
+
+
+@events.test_stop.add_listener
+def _test_stop(environment: Environment, **_: Any) -> None:
+    if isinstance(environment.runner, MasterRunner) or environment not in _RUNS:
+        return
+    load = _run(environment)
+    load.stopped_ms = wall_ms()
+    summary = _finish(environment, load)
+    suffix = f"-worker-{os.getpid()}" if isinstance(environment.runner, WorkerRunner) else ""
+    path = load.options.out_dir / f"{load.options.profile.name}{suffix}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    e2e = summary["e2e_ms"]
+    log.info(
+        "load summary %s: %d turns, %d answered, %d lost, %d answered twice, merge %d/%d mismatched, "
+        "e2e p50 %.0f ms p99 %.0f ms, written to %s",
+        summary["profile"],
+        summary["turns_sent"],
+        summary["turns_answered"],
+        summary["lost_turns"],
+        summary["double_replies"],
+        summary["merge"]["mismatched"],
+        summary["merge"]["turns_checked"],
+        e2e["p50"],
+        e2e["p99"],
+        path,
+    )
+    if summary["lost_turns"] or summary["double_replies"] or summary["merge"]["mismatched"]:
+        environment.process_exit_code = 1
+
+
+def _finish(environment: Environment, load: LoadRun) -> dict[str, Any]:
+    """Wait for the replies still due and late doubles, then judge the turns and the merged messages."""
+    o = load.options
+    drain_started = time.perf_counter()
+    http = _INBOX_HTTP[environment]
+    replies = collect_replies(FakeWhatsAppInbox(o.whatsapp_url, http=http), load)
+    drain_s = time.perf_counter() - drain_started
+    timeout_ms = round(o.reply_timeout_s * 1000)
+    reconciliation = reconcile(load.turns, replies, reply_timeout_ms=timeout_ms)
+    for verdict in reconciliation.verdicts:  # clients stopped while waiting: their turns count in Locust's stats
+        if verdict.answered and verdict.e2e_ms is not None:
+            _report(environment, verdict.turn, verdict.e2e_ms, len(verdict.replies[0].text))
+        elif verdict.lost:
+            _report(environment, verdict.turn, float(timeout_ms), 0, TimeoutError("no reply (after the stop)"))
+    merge = None
+    if o.redis_url:
+        try:
+            merge = check_merges(load, history=stored_history)
+        except ProbeError as exc:
+            load.error(str(exc))
+    else:
+        load.error("no --redis-url: merge correctness not checked")
+    probe = SystemProbe(o.host, http=http, stats_token=o.stats_token, metrics_urls=o.metrics_urls)
+    stats_after = None
+    try:
+        stats_after = probe.stats()
+    except ProbeError as exc:
+        load.error(str(exc))
+    queue_wait = []
+    try:
+        queue_wait = subtract_buckets(probe.queue_wait(), load.queue_wait_before)
+    except (ProbeError, ValueError) as exc:
+        load.error(str(exc))
+    if reconciliation.turns_answered and not histogram_count(queue_wait):
+        load.error("no queue wait observed at the metrics URL: a separate `aiadmin worker` serves no /metrics")
+    return load.summary(
+        reconciliation=reconciliation, merge=merge, stats_after=stats_after, queue_wait=queue_wait, drain_s=drain_s
+    )

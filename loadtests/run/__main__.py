@@ -1,0 +1,298 @@
+"""`python -m loadtests.run --profile steady [--duration-scale 0.2] [--redis-url …] [--out-dir out/load]`.
+
+Flushes the Redis database, starts the fake WhatsApp, LLM and CRM and `aiadmin run` against them, waits for
+`/ready`, runs `locust -f loadtests/ --headless --profile …` (CSVs and an HTML report beside the JSON), stops
+everything, adds each process's RSS and CPU to `<out-dir>/<profile>.json` and exits 1 when a turn was lost or
+answered twice or a merged message was wrong (2 when the run could not start).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from redis import Redis
+from redis.exceptions import RedisError
+
+from loadtests._profiles import PROFILES, profile_named
+from loadtests.run._stack import (
+    LOCALHOST,
+    Ports,
+    ResourceSampler,
+    Spawned,
+    StackError,
+    aiadmin,
+    check_redis_url,
+    parse_overrides,
+    process_env,
+    public_settings,
+    repo_root,
+    spawn,
+    stack,
+    stop,
+    system_env,
+    tee,
+    wait_http,
+)
+
+LOCUST_MARGIN_S = 180.0  # start-up, the drain after the last stage and the checks, beyond the profile's length
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def main(
+    profile: Annotated[str, typer.Option(help=f"One of: {', '.join(PROFILES)}.")] = "steady",
+    duration_scale: Annotated[float, typer.Option(min=0.001, help="Stretch every stage (0.2 = a fifth).")] = 1.0,
+    redis_url: Annotated[str, typer.Option(help="Redis for the system; FLUSHED first.")] = "redis://127.0.0.1:6379/11",
+    out_dir: Annotated[Path, typer.Option(help="Where <profile>.json, CSVs, the HTML report and logs go.")] = Path(
+        "out/load"
+    ),
+    webhook_format: Annotated[str, typer.Option("--format", help="meta (signed Cloud API) or gateway.")] = "meta",
+    batch_timeout_ms: Annotated[int, typer.Option(min=100, help="AIADMIN_BATCH_TIMEOUT_MS of the system.")] = 1500,
+    llm_latency_s: Annotated[str, typer.Option(help="The fake LLM's latency: min,mode,max seconds.")] = "0.5,1,2",
+    port_base: Annotated[int, typer.Option(help="The system's port; the fakes take the next three.")] = 18600,
+    reply_timeout_s: Annotated[float, typer.Option(min=1, help="A turn without a reply by then is lost.")] = 60.0,
+    settle_s: Annotated[float, typer.Option(min=0, help="After the last reply, wait this long for doubles.")] = 5.0,
+    seed: Annotated[int, typer.Option(help="Seed of phones and typing (0: random).")] = 0,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="A system setting KEY=VALUE (AIADMIN_ optional); repeatable.")
+    ] = None,
+    locust_arg: Annotated[list[str] | None, typer.Option(help="One more argument for Locust; repeatable.")] = None,
+    force: Annotated[bool, typer.Option(help="Allow flushing db 0 or a remote Redis.")] = False,
+) -> None:
+    """Run one load profile end to end and write its summary."""
+    try:
+        profile_named(profile)
+        if webhook_format not in ("meta", "gateway"):
+            raise StackError("--format must be meta or gateway")
+        check_redis_url(redis_url, force=force)
+        summary = run(
+            profile=profile,
+            duration_scale=duration_scale,
+            redis_url=redis_url,
+            out_dir=out_dir,
+            webhook_format=webhook_format,
+            batch_timeout_ms=batch_timeout_ms,
+            llm_latency_s=llm_latency_s,
+            ports=Ports(port_base),
+            reply_timeout_s=reply_timeout_s,
+            settle_s=settle_s,
+            seed=seed,
+            overrides=parse_overrides(set_ or []),
+            locust_args=locust_arg or [],
+        )
+    except (StackError, ValueError) as exc:
+        typer.echo(f"loadtests.run: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(headline(summary))
+    if summary["lost_turns"] or summary["double_replies"] or summary["merge"]["mismatched"]:
+        raise typer.Exit(1)
+
+
+def run(
+    *,
+    profile: str,
+    duration_scale: float,
+    redis_url: str,
+    out_dir: Path,
+    webhook_format: str,
+    batch_timeout_ms: int,
+    llm_latency_s: str,
+    ports: Ports,
+    reply_timeout_s: float,
+    settle_s: float,
+    seed: int,
+    overrides: dict[str, str],
+    locust_args: list[str],
+) -> dict[str, Any]:
+    """Start everything, run Locust, stop everything; the summary JSON with the processes added."""
+    started = time.monotonic()
+    out_dir = out_dir.resolve()
+    log_dir = out_dir / f"{profile}-logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    summary_path = out_dir / f"{profile}.json"
+    summary_path.unlink(missing_ok=True)  # a stale summary must never pass for this run's
+    flush(redis_url)
+    settings = system_env(ports, redis_url=redis_url, batch_timeout_ms=batch_timeout_ms, overrides=overrides)
+    env = process_env(settings)
+    fakes = ports.fakes
+    system_url = f"http://{LOCALHOST}:{ports.system}"
+    procs: list[Spawned] = []
+    sampler = ResourceSampler()
+    with contextlib.closing(sampler), stack(procs):
+        for name in ("whatsapp", "llm", "crm"):
+            extra = ["--latency-s", llm_latency_s] if name == "llm" else []
+            command = aiadmin("fake", name, "--host", LOCALHOST, "--port", str(fakes[name]), *extra)
+            procs.append(spawn(f"fake-{name}", command, env=env, log_dir=log_dir))
+        for proc, name in zip(procs, ("whatsapp", "llm", "crm"), strict=True):
+            wait_http(proc, f"http://{LOCALHOST}:{fakes[name]}/health")  # any answer: the fake is serving
+        command = aiadmin("run", "--host", LOCALHOST, "--port", str(ports.system))
+        system = spawn("aiadmin-run", command, env=env, log_dir=log_dir)
+        procs.append(system)
+        wait_http(system, f"{system_url}/ready", ok=(200,))
+        for proc in procs:
+            sampler.watch(proc)
+        args = locust_command(
+            profile=profile,
+            host=system_url,
+            out_dir=out_dir,
+            duration_scale=duration_scale,
+            whatsapp_url=f"http://{LOCALHOST}:{fakes['whatsapp']}",
+            redis_url=redis_url,
+            webhook_format=webhook_format,
+            app_secret=settings["AIADMIN_WHATSAPP_APP_SECRET"],
+            webhook_secret=settings.get("AIADMIN_WEBHOOK_SECRET", ""),
+            stats_token=settings.get("AIADMIN_STATS_TOKEN", ""),
+            batch_timeout_ms=batch_timeout_ms,
+            llm_latency_s=llm_latency_s,
+            reply_timeout_s=reply_timeout_s,
+            settle_s=settle_s,
+            seed=seed,
+            extra=locust_args,
+        )
+        limit_s = profile_named(profile, scale=duration_scale).duration_s + reply_timeout_s + settle_s + LOCUST_MARGIN_S
+        locust = run_locust(args, env=env, log_dir=log_dir, sampler=sampler, procs=procs, timeout_s=limit_s)
+        sampler.close()
+        system_exit = stop(system)
+    if not summary_path.exists():
+        raise StackError(f"Locust (exit {locust}) wrote no {summary_path}; see {log_dir / 'locust.log'}")
+    summary: dict[str, Any] = orjson.loads(summary_path.read_bytes())
+    summary["processes"] = [p.figures() for p in procs]
+    summary["settings"] = {**summary.get("settings", {}), "system_env": public_settings(settings)}
+    summary["runner"] = {
+        "locust_exit_code": locust,
+        "system_exit_code": system_exit,
+        "wall_s": round(time.monotonic() - started, 1),
+        "logs": str(log_dir),
+        "csv_prefix": str(out_dir / profile),
+        "html": str(out_dir / f"{profile}.html"),
+    }
+    summary_path.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    return summary
+
+
+def flush(redis_url: str) -> None:
+    client: Redis = Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        client.flushdb()
+    except (RedisError, OSError) as exc:
+        raise StackError(f"Redis at {redis_url}: {exc}") from exc
+    finally:
+        client.close()
+
+
+def locust_command(
+    *,
+    profile: str,
+    host: str,
+    out_dir: Path,
+    duration_scale: float,
+    whatsapp_url: str,
+    redis_url: str,
+    webhook_format: str,
+    app_secret: str,
+    webhook_secret: str,
+    stats_token: str,
+    batch_timeout_ms: int,
+    llm_latency_s: str,
+    reply_timeout_s: float,
+    settle_s: float,
+    seed: int,
+    extra: list[str],
+) -> list[str]:
+    """`locust -f loadtests/ --headless --profile …` with everything the locustfile needs."""
+    return [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(repo_root() / "loadtests"),
+        "--headless",
+        "--only-summary",
+        "--profile",
+        profile,
+        "--host",
+        host,
+        "--csv",
+        str(out_dir / profile),
+        "--html",
+        str(out_dir / f"{profile}.html"),
+        "--duration-scale",
+        str(duration_scale),
+        "--whatsapp-url",
+        whatsapp_url,
+        "--redis-url",
+        redis_url,
+        "--webhook-format",
+        webhook_format,
+        "--app-secret",
+        app_secret,
+        "--webhook-secret",
+        webhook_secret,
+        "--stats-token",
+        stats_token,
+        "--batch-timeout-ms",
+        str(batch_timeout_ms),
+        "--llm-latency-s",
+        llm_latency_s,
+        "--reply-timeout-s",
+        str(reply_timeout_s),
+        "--settle-s",
+        str(settle_s),
+        "--out-dir",
+        str(out_dir),
+        "--load-seed",
+        str(seed),
+        *extra,
+    ]
+
+
+def run_locust(
+    args: list[str],
+    *,
+    env: dict[str, str],
+    log_dir: Path,
+    sampler: ResourceSampler,
+    procs: list[Spawned],
+    timeout_s: float,
+) -> int:
+    """Run Locust to its end (bounded), its output to our stderr and to `locust.log`; its exit code."""
+    log_path = log_dir / "locust.log"
+    with log_path.open("wb") as log:
+        popen = subprocess.Popen(
+            args, env=env, cwd=repo_root(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        proc = Spawned(name="locust", popen=popen, log_path=log_path)
+        procs.append(proc)
+        sampler.watch(proc)
+        assert popen.stdout is not None
+        copier = tee(popen.stdout, [log, sys.stderr.buffer])
+        try:
+            code = popen.wait(timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            stop(proc)
+            raise StackError(f"Locust still running after {timeout_s:.0f} s; stopped") from exc
+        finally:
+            copier.join(timeout=5)
+    return code
+
+
+def headline(s: dict[str, Any]) -> str:
+    e2e, merge = s["e2e_ms"], s["merge"]
+    return (
+        f"{s['profile']}: {s['turns_sent']} turns from {s['fragments_sent']} fragments, {s['turns_answered']} answered,"
+        f" {s['lost_turns']} lost, {s['double_replies']} answered twice; merge {merge['mismatched']} of"
+        f" {merge['turns_checked']} wrong; e2e p50 {e2e['p50']:.0f} ms p99 {e2e['p99']:.0f} ms; accept p99"
+        f" {s['accept_ms']['p99']:.1f} ms; summary in {s['runner']['csv_prefix']}.json"
+    )
+
+
+if __name__ == "__main__":
+    app()
