@@ -210,10 +210,11 @@ def e2e_goal(run: LoadFig) -> tuple[float, str] | None:
     slowest_s = _slowest_latency_s(llm)
     if slowest_s is None:
         return None
-    limit = float(timeout_ms) + slowest_s * 1000 + ref.SENDING_ALLOWANCE_MS
+    calls = ref.MODEL_CALLS_PER_TURN
+    limit = float(timeout_ms) + calls * slowest_s * 1000 + ref.SENDING_ALLOWANCE_MS
     text = (
-        f"≤ {number(limit / 1000)} с (таймаут {number(timeout_ms / 1000)} с + LLM до {number(slowest_s)} с "
-        f"+ {number(ref.SENDING_ALLOWANCE_MS / 1000)} с на отправку)"
+        f"≤ {number(limit / 1000)} с (таймаут {number(timeout_ms / 1000)} с + {calls} вызова LLM до "
+        f"{number(slowest_s)} с + {number(ref.SENDING_ALLOWANCE_MS / 1000)} с на отправку)"
     )
     return limit, text
 

@@ -67,7 +67,9 @@ ACCEPT_P99_GOAL_MS = 15.0
 LATENESS_P99_GOAL_MS = 100.0
 # A turn should wait in the queue no longer than the reference's 1 s polling alone added.
 QUEUE_LAG_P99_GOAL_MS = 1000.0
-# End to end: the batch timeout + the slowest configured LLM latency + the reference's 1-2 s of sending.
+# End to end: the batch timeout + the model calls of a booking turn (look up times, book, answer) at the
+# slowest configured LLM latency + the reference's 1-2 s of sending.
+MODEL_CALLS_PER_TURN = 3
 SENDING_ALLOWANCE_MS = 2000.0
 
 

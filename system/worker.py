@@ -44,6 +44,9 @@ CONFUSED_REPLY = (
     "Простите, не совсем понял 🙈 Подскажите, пожалуйста: хотите записаться, перенести или отменить запись?"
 )
 BUSY_RETRY_MS = 1000
+# Backoff of the worker's loop while Redis fails: from 0.5 s, doubling, at most 10 s.
+REDIS_RETRY_BASE_S = 0.5
+REDIS_RETRY_MAX_S = 10.0
 
 
 class DeadLetter(Exception):
@@ -85,6 +88,7 @@ class Worker:
         self._stopping = False
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._last_reclaim_ms: int | None = None
 
     def stop(self) -> None:
         """Stop reading; in-flight turns finish (see `run`)."""
@@ -96,31 +100,50 @@ class Worker:
         await self._queue.ensure_groups()
         await listener.start()
         log.info("worker_started", consumer=self._consumer, concurrency=self._concurrency)
-        last_reclaim_ms: int | None = None
-        reclaim_every_ms = self._queue.config.visibility_ms // 2
+        failures = 0
         try:
             while not self._stopping:
-                self._wake.clear()
-                now_ms = self._clock.now_ms()
-                await self._queue.promote_due(now_ms=now_ms)
-                free = self._concurrency - len(self._tasks)
-                started = 0
-                if free > 0:
-                    deliveries = []
-                    if last_reclaim_ms is None or now_ms - last_reclaim_ms >= reclaim_every_ms:
-                        last_reclaim_ms = now_ms
-                        deliveries += await self._queue.reclaim(self._consumer, count=free, now_ms=now_ms)
-                    deliveries += await self._queue.read(self._consumer, count=free - len(deliveries), now_ms=now_ms)
-                    for delivery in deliveries:
-                        self._start(delivery)
-                    started = len(deliveries)
-                if started and len(self._tasks) < self._concurrency:
-                    continue
-                await wait_event(self._clock, self._wake, timeout_s=await self._idle_s(now_ms))
+                try:
+                    await self._poll()
+                    failures = 0
+                except RedisError as exc:
+                    # An outage or a lost consumer group must not end the worker while the API goes on
+                    # accepting: it waits, backing off, and carries on when Redis is back.
+                    failures += 1
+                    await self._recover(exc, failures)
         finally:
             await listener.stop()
             await self._drain()
             log.info("worker_stopped", consumer=self._consumer)
+
+    async def _poll(self) -> None:
+        """Start what the free slots can take, then sleep until woken or the next retry is due."""
+        self._wake.clear()
+        now_ms = self._clock.now_ms()
+        await self._queue.promote_due(now_ms=now_ms)
+        free = self._concurrency - len(self._tasks)
+        if free > 0:
+            deliveries = []
+            last = self._last_reclaim_ms
+            if last is None or now_ms - last >= self._queue.config.visibility_ms // 2:
+                self._last_reclaim_ms = now_ms
+                deliveries += await self._queue.reclaim(self._consumer, count=free, now_ms=now_ms)
+            deliveries += await self._queue.read(self._consumer, count=free - len(deliveries), now_ms=now_ms)
+            for delivery in deliveries:
+                self._start(delivery)
+            if deliveries and len(self._tasks) < self._concurrency:
+                return  # there may be more waiting
+        await wait_event(self._clock, self._wake, timeout_s=await self._idle_s(now_ms))
+
+    async def _recover(self, exc: RedisError, failures: int) -> None:
+        delay_s = min(REDIS_RETRY_MAX_S, REDIS_RETRY_BASE_S * 2 ** min(failures - 1, 10))
+        log.error("worker_redis_error", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay_s)
+        await self._clock.sleep(delay_s)
+        if "NOGROUP" in str(exc):  # the queue's stream or group was deleted (a flush): make them again
+            try:
+                await self._queue.ensure_groups()
+            except RedisError as again:
+                log.error("worker_group_not_restored", error=f"{type(again).__name__}: {again}")
 
     async def _idle_s(self, now_ms: int) -> float:
         poll_s = self._settings.worker_idle_poll_s

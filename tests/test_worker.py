@@ -315,6 +315,31 @@ async def test_turns_past_the_shutdown_deadline_are_left_for_the_reclaim(
     assert await rt.queue.in_flight() == 1  # still pending: another worker reclaims it after the visibility timeout
 
 
+async def test_a_flush_that_deletes_the_consumer_group_does_not_stop_the_worker(
+    rt: Runtime, worker: Worker, world: World, clock: VirtualClock, message: Factory
+) -> None:
+    answered = asyncio.Event()
+
+    async def model(body: dict[str, Any]) -> dict[str, Any]:
+        answered.set()
+        return say("Ответ после сброса")
+
+    world.llm_answers.append(model)
+    runner = asyncio.create_task(worker.run())
+    channel = rt.queue.keys.all_shards[0].jobs_channel
+    while (await rt.redis.pubsub_numsub(channel))[0][1] == 0:  # the worker is up: groups made, listening
+        await asyncio.sleep(0)
+    await rt.redis.flushdb()  # the queue streams and the workers' group are gone
+    await next_turn_enqueued(rt, clock, message, "привет")
+    # The clock is driven (the fixtures' driver): the worker's failed polls, its backoff and the group made
+    # again pass in virtual time; the wall-clock bound only stops a broken worker from hanging the test.
+    await asyncio.wait_for(answered.wait(), timeout=20)
+    worker.stop()
+    await runner
+    assert world.sent == [(CLIENT, "Ответ после сброса")]
+    assert await rt.queue.in_flight() == 0
+
+
 async def next_turn_enqueued(rt: Runtime, clock: VirtualClock, message: Factory, *texts: str) -> None:
     for text in texts:
         await rt.store.append(message(text, received_ms=clock.now_ms()), now_ms=clock.now_ms())
