@@ -21,6 +21,7 @@ import httpx
 import psutil
 from redis.connection import parse_url
 
+from reports.procs import log_tail
 from simulator.simulation import FAKE_PORTS, system_env_for_fakes
 
 LOCALHOST = "127.0.0.1"
@@ -124,9 +125,7 @@ class Spawned:
         return self.popen.pid
 
     def log_tail(self, lines: int = 20) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
+        return log_tail(self.log_path, lines)
 
     def check_alive(self) -> None:
         code = self.popen.poll()
