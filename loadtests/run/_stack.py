@@ -242,6 +242,8 @@ class ResourceSampler:
         for w in self._snapshot():
             with contextlib.suppress(psutil.Error):
                 with w.handle.oneshot():
+                    if w.handle.status() == psutil.STATUS_ZOMBIE:
+                        continue  # exited, not yet reaped: it reads as 0 MB; its last sample stands
                     rss_mb = w.handle.memory_info().rss / 2**20
                     w.cpu_last_s, w.last = _cpu_s(w.handle), time.monotonic()
                 w.proc.rss_mb = rss_mb
