@@ -34,6 +34,14 @@ WORKER_REDIS_URL = f"redis://127.0.0.1:6379/{WORKER_DEFAULT_DB}"
 WORKER_OUT = Path("out/bench-worker.json")
 STAGES_OUT = Path("out/bench-stages.json")
 
+# The options every benchmark shares.
+RedisUrl = Annotated[
+    str, typer.Option("--redis-url", envvar="REDIS_URL", help="Redis to benchmark on; its database is FLUSHED.")
+]
+Repeats = Annotated[int, typer.Option(min=1, max=20, help="Runs of each section; medians are reported.")]
+DurationS = Annotated[float, typer.Option("--duration-s", min=0.5, max=120, help="Each HTTP phase.")]
+Force = Annotated[bool, typer.Option("--force", help="Allow db 0 and a non-local Redis.")]
+
 Report = dict[str, Any]
 Bench = Callable[[Console, Path], Coroutine[Any, Any, Report]]
 Render = Callable[[Console, Report, Path], None]
@@ -46,16 +54,14 @@ def bench() -> None:
 
 @app.command()
 def ingest(
-    redis_url: Annotated[
-        str, typer.Option("--redis-url", envvar="REDIS_URL", help="Redis to benchmark on; its database is FLUSHED.")
-    ] = DEFAULT_REDIS_URL,
-    repeats: Annotated[int, typer.Option(min=1, max=20, help="Runs of each section; medians are reported.")] = 3,
-    duration_s: Annotated[float, typer.Option("--duration-s", min=0.5, max=120, help="Each HTTP phase.")] = 5.0,
+    redis_url: RedisUrl = DEFAULT_REDIS_URL,
+    repeats: Repeats = 3,
+    duration_s: DurationS = 5.0,
     rate: Annotated[int, typer.Option(min=1, max=5000, help="Open-loop rate for the accept latency.")] = 500,
     connections: Annotated[int, typer.Option(min=1, max=256, help="Connections of the closed loops.")] = 32,
     quick: Annotated[bool, typer.Option("--quick", help="Smoke test: 1 repeat, 1 s phases, 200 batches.")] = False,
     out: Annotated[Path, typer.Option(help="Where the JSON figures go.")] = DEFAULT_OUT,
-    force: Annotated[bool, typer.Option("--force", help="Allow db 0 and a non-local Redis.")] = False,
+    force: Force = False,
 ) -> None:
     """The ingest path: accept latency, throughput, append, flush lateness, claim (real Redis)."""
     _check_url("ingest", redis_url, force=force, default_db=14)
@@ -72,9 +78,7 @@ def ingest(
 
 @app.command()
 def worker(
-    redis_url: Annotated[
-        str, typer.Option("--redis-url", envvar="REDIS_URL", help="Redis to benchmark on; its database is FLUSHED.")
-    ] = WORKER_REDIS_URL,
+    redis_url: RedisUrl = WORKER_REDIS_URL,
     repeats: Annotated[int, typer.Option(min=1, max=20, help="Runs of the 0 ms case; medians are reported.")] = 3,
     slow_repeats: Annotated[
         int, typer.Option("--slow-repeats", min=1, max=20, help="Runs of the 5 s case (each takes a while).")
@@ -83,7 +87,7 @@ def worker(
         bool, typer.Option("--quick", help="Smoke test: 1 repeat, 200 jobs at 0 ms, 1,000 at 5 s with 500 turns.")
     ] = False,
     out: Annotated[Path, typer.Option(help="Where the JSON figures go.")] = WORKER_OUT,
-    force: Annotated[bool, typer.Option("--force", help="Allow db 0 and a non-local Redis.")] = False,
+    force: Force = False,
 ) -> None:
     """One worker process against stand-ins for the LLM, YClients and WhatsApp: messages/s and RSS."""
     _check_url("worker", redis_url, force=force, default_db=WORKER_DEFAULT_DB)
@@ -93,14 +97,12 @@ def worker(
 
 @app.command()
 def stages(
-    redis_url: Annotated[
-        str, typer.Option("--redis-url", envvar="REDIS_URL", help="Redis to benchmark on; its database is FLUSHED.")
-    ] = DEFAULT_REDIS_URL,
-    repeats: Annotated[int, typer.Option(min=1, max=20, help="Runs of each section; medians are reported.")] = 3,
-    duration_s: Annotated[float, typer.Option("--duration-s", min=0.5, max=120, help="Each HTTP phase.")] = 5.0,
+    redis_url: RedisUrl = DEFAULT_REDIS_URL,
+    repeats: Repeats = 3,
+    duration_s: DurationS = 5.0,
     quick: Annotated[bool, typer.Option("--quick", help="Smoke test: one short repeat of everything.")] = False,
     out: Annotated[Path, typer.Option(help="Where the JSON figures go (the monthly report reads it).")] = STAGES_OUT,
-    force: Annotated[bool, typer.Option("--force", help="Allow db 0 and a non-local Redis.")] = False,
+    force: Force = False,
 ) -> None:
     """Every stage of the reference report's performance section: ingest, worker and turn stages."""
     _check_url("stages", redis_url, force=force, default_db=14)

@@ -36,8 +36,8 @@ class BenchError(Exception):
     """The benchmark cannot run or a process under test misbehaved; the message says which."""
 
 
-def check_redis_url(url: str, *, force: bool, default_db: int = 14) -> int:
-    """The database number of `url`; refuses db 0 and remote servers, which the benchmark would flush."""
+def check_redis_url(url: str, *, force: bool, default_db: int = 14, who: str = "the benchmark") -> int:
+    """The database number of `url`; refuses db 0 and remote servers, which `who` would flush."""
     try:
         parts = parse_url(url)  # type: ignore[no-untyped-call]
     except ValueError as exc:
@@ -45,9 +45,9 @@ def check_redis_url(url: str, *, force: bool, default_db: int = 14) -> int:
     db = int(parts.get("db", 0) or 0)
     host = str(parts.get("host", LOCALHOST))
     if not force and db == 0:
-        raise BenchError(f"the benchmark flushes its database: refusing db 0 without --force (default db {default_db})")
+        raise BenchError(f"{who} flushes its database: refusing db 0 without --force (default db {default_db})")
     if not force and "path" not in parts and host not in LOCAL_REDIS_HOSTS:
-        raise BenchError(f"the benchmark flushes its database: refusing remote host {host!r} without --force")
+        raise BenchError(f"{who} flushes its database: refusing remote host {host!r} without --force")
     return db
 
 

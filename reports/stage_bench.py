@@ -9,8 +9,6 @@ then sets each stage, throughput and process beside the reference figure and the
 
 from __future__ import annotations
 
-import os
-import platform
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +19,7 @@ from rich.console import Console
 from reports.ingest_bench import run_ingest
 from reports.ingest_sections import BenchConfig
 from reports.procs import without_password
-from reports.summary import Row, num, render
+from reports.summary import Row, machine, num, render
 from reports.turn_stages import TurnStagesConfig, run_turn_stages
 from reports.worker_bench import WorkerBenchConfig, run_worker_bench
 from system.settings import Settings, load_settings
@@ -75,7 +73,7 @@ async def run_stages(cfg: StagesConfig, console: Console, log_dir: Path) -> dict
         "benchmark": "stages",
         "generated_at": started,
         "finished_at": datetime.now(UTC).isoformat(),
-        "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "redis": ingest["machine"]["redis"]},
+        "host": machine(ingest["machine"]["redis"]),
         "repeats": cfg.ingest.repeats,
         "options": {"redis_url": without_password(cfg.redis_url), "quick": cfg.ingest.quick},
         **report,

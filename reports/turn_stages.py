@@ -25,8 +25,8 @@ from rich.console import Console
 
 from reports.loadgen import russian_mobiles
 from reports.procs import LOCALHOST, free_port, process_env, redis_client, settings_env, spawned, wait_http_ready
-from reports.standins import LLM_PREFIX, WHATSAPP_PREFIX
-from reports.summary import section, spread
+from reports.summary import brief, section, spread
+from reports.worker_cases import PHONE_NUMBER_ID, worker_env
 from system.batching import BatchConfig, BatchStore
 from system.clock import WallClock
 from system.keys import Keys
@@ -37,7 +37,6 @@ from system.queue import JobQueue, QueueConfig
 from system.settings import Settings, load_settings
 from system.whatsapp import build_sender
 
-PHONE_NUMBER_ID = "106540352242922"
 WAKE_TIMEOUT_S = 5.0
 REPLY = "Здравствуйте! На завтра есть 15:00 и 17:30 у Артёма. Записать вас?"
 
@@ -65,27 +64,19 @@ async def run_turn_stages(cfg: TurnStagesConfig, console: Console, log_dir: Path
         await redis.flushdb()
         try:
             sections["handover"] = section([await handover_run(cfg, settings, redis) for _ in range(cfg.repeats)])
-            console.print(f"hand-over: {_brief(sections['handover'], 'handover_ms')}")
+            console.print(f"hand-over: {brief(sections['handover']['median'], 'handover_ms')}")
             with spawned("standins-turn", args, env=process_env(cfg.redis_url), log_dir=log_dir, port=port) as si:
                 await wait_http_ready(si)
-                base = f"http://{LOCALHOST}:{port}"
-                stand_in = load_settings(
-                    settings_env(
-                        cfg.redis_url,
-                        llm_base_url=base + LLM_PREFIX,
-                        llm_api_key="bench",
-                        whatsapp_api_url=base + WHATSAPP_PREFIX,
-                        whatsapp_token="bench",
-                        whatsapp_phone_number_id=PHONE_NUMBER_ID,
-                    )
-                )
+                stand_in = load_settings(worker_env(cfg.redis_url, si))  # as the worker benchmark's worker
                 async with httpx.AsyncClient() as http:
                     runs = [await llm_run(cfg, stand_in, http) for _ in range(cfg.repeats)]
                     sections["llm"] = section(runs)
-                    console.print(f"LLM client, stand-in answering at once: {_brief(sections['llm'], 'llm_ms')}")
+                    console.print(
+                        f"LLM client, stand-in answering at once: {brief(sections['llm']['median'], 'llm_ms')}"
+                    )
                     runs = [await sending_run(cfg, stand_in, http, index) for index in range(cfg.repeats)]
                     sections["sending"] = section(runs)
-                    console.print(f"sending one reply: {_brief(sections['sending'], 'send_ms')}")
+                    console.print(f"sending one reply: {brief(sections['sending']['median'], 'send_ms')}")
         finally:
             await redis.flushdb()
     return sections
@@ -163,8 +154,3 @@ async def sending_run(cfg: TurnStagesConfig, settings: Settings, http: httpx.Asy
         await sender.send_text(phone_number_id=PHONE_NUMBER_ID, to=phone, text=REPLY)
         samples.append(time.perf_counter() - started)
     return {**spread(samples, "send_ms", scale=1000), "calls": len(samples)}
-
-
-def _brief(sec: dict[str, Any], name: str) -> str:
-    m = sec["median"]
-    return f"{m[f'{name}_p50']:.2f} / {m[f'{name}_p99']:.2f} ms (p50 / p99)"

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from loadtests._profiles import PROFILES, profile_named
 from loadtests.run._stack import (
+    DEFAULT_DB,
     LOCALHOST,
     Ports,
     ResourceSampler,
@@ -50,7 +51,9 @@ app = typer.Typer(add_completion=False, help=__doc__)
 def main(
     profile: Annotated[str, typer.Option(help=f"One of: {', '.join(PROFILES)}.")] = "steady",
     duration_scale: Annotated[float, typer.Option(min=0.001, help="Stretch every stage (0.2 = a fifth).")] = 1.0,
-    redis_url: Annotated[str, typer.Option(help="Redis for the system; FLUSHED first.")] = "redis://127.0.0.1:6379/11",
+    redis_url: Annotated[
+        str, typer.Option(help="Redis for the system; FLUSHED first.")
+    ] = f"redis://{LOCALHOST}:6379/{DEFAULT_DB}",
     out_dir: Annotated[Path, typer.Option(help="Where <profile>.json, CSVs, the HTML report and logs go.")] = Path(
         "out/load"
     ),

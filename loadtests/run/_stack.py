@@ -19,13 +19,13 @@ from typing import IO, Any
 
 import httpx
 import psutil
-from redis.connection import parse_url
 
+from reports import procs
 from reports.procs import log_tail
 from simulator.simulation import FAKE_PORTS, system_env_for_fakes
 
 LOCALHOST = "127.0.0.1"
-LOCAL_REDIS_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+DEFAULT_DB = 11  # the load runs' own Redis database, flushed by each run
 ENV_PREFIX = "AIADMIN_"
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0  # the worker finishes in-flight turns on SIGTERM; the fakes stop at once
@@ -56,16 +56,9 @@ class Ports:
 def check_redis_url(url: str, *, force: bool) -> int:
     """The database number of `url`; db 0 and remote servers are refused (the run flushes the database)."""
     try:
-        parts = parse_url(url)  # type: ignore[no-untyped-call]
-    except ValueError as exc:
-        raise StackError(f"--redis-url {url!r}: {exc}") from exc
-    db = int(parts.get("db", 0) or 0)
-    host = str(parts.get("host", LOCALHOST))
-    if not force and db == 0:
-        raise StackError("the run flushes its Redis database: refusing db 0 without --force")
-    if not force and "path" not in parts and host not in LOCAL_REDIS_HOSTS:
-        raise StackError(f"the run flushes its Redis database: refusing remote host {host!r} without --force")
-    return db
+        return procs.check_redis_url(url, force=force, default_db=DEFAULT_DB, who="the run")
+    except procs.BenchError as exc:
+        raise StackError(str(exc)) from exc
 
 
 def system_env(
