@@ -9,6 +9,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
+from redis.typing import EncodableT
 
 from system.coalesce import Coalescer
 from system.keys import Keys, ShardKeys
@@ -32,6 +33,9 @@ class AppendOutcome(IntEnum):
     @property
     def rate_limited(self) -> bool:
         return self in (AppendOutcome.SENDER_LIMITED, AppendOutcome.COMPANY_LIMITED)
+
+
+_OUTCOME_OF = {int(o): o for o in AppendOutcome}  # an enum call per message costs more than the lookup
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,36 +141,36 @@ class BatchStore:
         connection = self._lanes[lane]
         if connection is None:
             connection = self._lanes[lane] = await borrow_connection(self._redis)
+        # One script call per shard; a conversation always maps to one shard, so its order holds.
+        by_shard: dict[int, tuple[ShardKeys, list[int]]] = {}
+        for i, (message, _) in enumerate(items):
+            shard, _ = self._keys.conversation(message.company_id, message.phone)
+            by_shard.setdefault(shard.index, (shard, []))[1].append(i)
         batch = ScriptBatch(self._redis, connection=connection)
-        for message, now_ms in items:
-            self._append(batch, message, now_ms)
-        results = await batch.run()
-        return [r if isinstance(r, BaseException) else AppendOutcome(int(r[0])) for r in results]
+        for shard, indices in by_shard.values():
+            self._append(batch, shard, [items[i][0] for i in indices], max(items[i][1] for i in indices))
+        outcomes: dict[int, AppendOutcome | BaseException] = {}
+        for (_, indices), result in zip(by_shard.values(), await batch.run(), strict=True):
+            outcomes.update(zip(indices, _statuses(result, len(indices)), strict=True))
+        return [outcomes[i] for i in range(len(items))]
 
-    def _append(self, batch: ScriptBatch, message: InboundMessage, now_ms: int) -> None:
-        shard, conv = self._keys.conversation(message.company_id, message.phone)
-        batch.add(
-            self._append_script,
-            keys=[
+    def _append(self, batch: ScriptBatch, shard: ShardKeys, messages: list[InboundMessage], now_ms: int) -> None:
+        keys = [shard.due, shard.stats]
+        args: list[EncodableT] = [now_ms, shard.wake_channel]
+        allowlist = self._config.allowlist
+        for message in messages:
+            _, conv = self._keys.conversation(message.company_id, message.phone)
+            keys += (
                 conv.buf,
                 conv.sealed,
                 conv.meta,
-                shard.due,
                 conv.lease,
                 conv.seen(message.message_id),
                 conv.rate,
                 conv.rate_company,
-                shard.stats,
-            ],
-            args=[
-                now_ms,
-                message.to_json(),
-                message.message_id,
-                conv.member,
-                "0" if message.phone in self._config.allowlist else "1",
-                shard.wake_channel,
-            ],
-        )
+            )
+            args += (message.to_json(), message.message_id, conv.member, "0" if message.phone in allowlist else "1")
+        batch.add(self._append_script, keys=keys, args=args)
 
     async def due(self, shard: ShardKeys, *, now_ms: int, limit: int) -> list[str]:
         raw: Any = await self._redis.zrangebyscore(shard.due, "-inf", now_ms, start=0, num=limit)
@@ -215,6 +219,13 @@ class BatchStore:
             results = await pipe.execute()
         scores = [int(row[0][1]) for row in results if row]
         return min(scores) if scores else None
+
+
+def _statuses(result: Any, count: int) -> list[AppendOutcome | BaseException]:
+    """One outcome per message of a shard's call; a failed call fails each of its messages."""
+    if isinstance(result, BaseException):
+        return [result] * count
+    return [_OUTCOME_OF[status] for status in result]
 
 
 def _claim_result(member: str, raw: list[object] | BaseException) -> ClaimResult:

@@ -42,88 +42,112 @@ end
 """
 
 # The batching numbers are constants of a deployment, so they are written into the script's source
-# (see `append_script`) instead of travelling with every call.
-# KEYS: 1 buf, 2 sealed, 3 meta, 4 due, 5 lease, 6 seen, 7 sender bucket, 8 company bucket, 9 stats
-# ARGV: 1 now_ms, 2 message json, 3 message id ('' = none), 4 member, 5 '1' when rate limits apply,
-#       6 wake channel
-# Returns {status, fragments in the open batch}: 1 accepted, 2 duplicate, 3 sender limited, 4 company limited
+# (see `append_script`) instead of travelling with every call. One call appends every message of one
+# round trip that belongs to one shard, in order: the keys and counters they share are touched once.
+# KEYS: 1 due, 2 stats, then per message: buf, sealed, meta, lease, seen, sender bucket, company bucket
+# ARGV: 1 now_ms, 2 wake channel, then per message: message json, message id ('' = none), member,
+#       '1' when rate limits apply
+# Returns one status per message: 1 accepted, 2 duplicate, 3 sender limited, 4 company limited
 APPEND = Template("""
 local TIMEOUT_MS, MAX_SIZE, TTL_MS, DEDUP_TTL_MS = $timeout_ms, $max_size, $ttl_ms, $dedup_ttl_ms
-local SENDER_BURST, SENDER_RATE = $sender_burst, $sender_refill_per_ms
-local COMPANY_BURST, COMPANY_RATE = $company_burst, $company_refill_per_ms
+local SENDER_BURST, SENDER_INTERVAL_MS = $sender_burst, $sender_interval_ms
+local COMPANY_BURST, COMPANY_INTERVAL_MS = $company_burst, $company_interval_ms
+local K_DUE, K_STATS = KEYS[1], KEYS[2]
 local now = tonumber(ARGV[1])
-local member = ARGV[4]
-local limited = ARGV[5] == '1'
 
-local function take(key, cap, rate)
-  if cap <= 0 then return true end
-  local b = redis.call('HMGET', key, 't', 'ts')
-  local tokens = tonumber(b[1]) or cap
-  local ts = tonumber(b[2]) or now
-  if now > ts then tokens = math.min(cap, tokens + (now - ts) * rate) end
-  local ok = tokens >= 1
-  if ok then tokens = tokens - 1 end
-  redis.call('HSET', key, 't', tostring(tokens), 'ts', now)
-  redis.call('PEXPIRE', key, 600000)
-  return ok
+-- Rate limits as GCRA (a token bucket kept as one number): the key holds the theoretical arrival
+-- time; `burst` messages fit at once and one more every interval. It expires when the bucket is full.
+local function admitted(key, burst, interval)
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  tat = tat + interval
+  if tat - now > burst * interval then return nil end
+  return tat
 end
-
-if ARGV[3] ~= '' and redis.call('EXISTS', KEYS[6]) == 1 then
-  redis.call('HINCRBY', KEYS[9], 'duplicates', 1)
-  return {2, 0}
+local function commit(key, tat)
+  redis.call('SET', key, tat, 'PX', math.ceil(tat - now))
 end
-if limited then
-  if not take(KEYS[7], SENDER_BURST, SENDER_RATE) then
-    redis.call('HINCRBY', KEYS[9], 'rate_limited', 1)
-    return {3, 0}
+local function limit(sender, company)
+  local sender_tat
+  if SENDER_BURST > 0 then
+    sender_tat = admitted(sender, SENDER_BURST, SENDER_INTERVAL_MS)
+    if not sender_tat then return 3 end
   end
-  if not take(KEYS[8], COMPANY_BURST, COMPANY_RATE) then
-    if SENDER_BURST > 0 then redis.call('HINCRBYFLOAT', KEYS[7], 't', 1) end
-    redis.call('HINCRBY', KEYS[9], 'rate_limited', 1)
-    return {4, 0}
+  if COMPANY_BURST > 0 then
+    local company_tat = admitted(company, COMPANY_BURST, COMPANY_INTERVAL_MS)
+    if not company_tat then return 4 end
+    commit(company, company_tat)
   end
-end
-if ARGV[3] ~= '' then
-  redis.call('SET', KEYS[6], '1', 'PX', DEDUP_TTL_MS)
+  if sender_tat then commit(sender, sender_tat) end
+  return 1
 end
 
-local n = redis.call('RPUSH', KEYS[1], ARGV[2])
-redis.call('HINCRBY', KEYS[9], 'accepted', 1)
-redis.call('HINCRBY', KEYS[9], 'buffered', 1)
-if n == 1 then
-  redis.call('HSET', KEYS[3], 'first_id', ARGV[3], 'first_ms', now)
-end
-local score
-if n >= MAX_SIZE then
-  -- sealed at once: the next fragment starts a new batch
-  local msgs = redis.call('LRANGE', KEYS[1], 0, -1)
-  local first = redis.call('HGET', KEYS[3], 'first_id')
-  redis.call('RPUSH', KEYS[2], cjson.encode({first, #msgs}) .. '\\n[' .. table.concat(msgs, ',') .. ']')
-  redis.call('DEL', KEYS[1])
-  redis.call('HDEL', KEYS[3], 'deadline', 'first_id', 'first_ms')
-  score = now
-  n = 0
-else
-  score = now + TIMEOUT_MS
-  redis.call('HSET', KEYS[3], 'deadline', score)
-  if redis.call('EXISTS', KEYS[2]) == 1 then
-    local cur = tonumber(redis.call('ZSCORE', KEYS[4], member) or score)
-    if cur < score then score = cur end
+local function append(buf, sealed, meta, lease, msg, id, member)
+  local n = redis.call('RPUSH', buf, msg)
+  local score
+  local has_sealed = false
+  if n >= MAX_SIZE then
+    -- sealed at once: the next fragment starts a new batch
+    local msgs = redis.call('LRANGE', buf, 0, -1)
+    local first_id = id
+    if n > 1 then first_id = redis.call('HGET', meta, 'first_id') end
+    redis.call('RPUSH', sealed, cjson.encode({first_id, #msgs}) .. '\\n[' .. table.concat(msgs, ',') .. ']')
+    redis.call('DEL', buf, meta)
+    score = now
+    has_sealed = true
+  else
+    score = now + TIMEOUT_MS
+    if n == 1 then
+      redis.call('HSET', meta, 'deadline', score, 'first_id', id, 'first_ms', now)
+    else
+      redis.call('HSET', meta, 'deadline', score)
+    end
+    redis.call('PEXPIRE', buf, TTL_MS)
+    redis.call('PEXPIRE', meta, TTL_MS)
+    if redis.call('EXISTS', sealed) == 1 then
+      has_sealed = true
+      local cur = tonumber(redis.call('ZSCORE', K_DUE, member) or score)
+      if cur < score then score = cur end
+    end
   end
+  if has_sealed then redis.call('PEXPIRE', sealed, TTL_MS) end
+  -- one turn per conversation: nothing is released before the turn in flight ends
+  local held = redis.call('PTTL', lease)
+  if held > 0 and now + held > score then score = now + held end
+  redis.call('ZADD', K_DUE, score, member)
+  return score
 end
--- one turn per conversation: nothing is released before the turn in flight ends
-local lease = redis.call('PTTL', KEYS[5])
-if lease > 0 and now + lease > score then score = now + lease end
 
-local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
-redis.call('ZADD', KEYS[4], score, member)
-if #first == 0 or score < tonumber(first[2]) then
-  redis.call('PUBLISH', ARGV[6], score)
+local first = redis.call('ZRANGE', K_DUE, 0, 0, 'WITHSCORES')
+local earliest = first[2] and tonumber(first[2]) or math.huge
+local wake = nil
+local counts = {0, 0, 0, 0}
+local out = {}
+for i = 1, (#ARGV - 2) / 4 do
+  local k, a = 2 + (i - 1) * 7, 2 + (i - 1) * 4
+  local id, seen = ARGV[a + 2], KEYS[k + 5]
+  local status = 2
+  -- the marker is set first and taken back if a limit refuses the message, so a retry is not a duplicate
+  if id == '' or redis.call('SET', seen, '1', 'PX', DEDUP_TTL_MS, 'NX') then
+    status = 1
+    if ARGV[a + 4] == '1' then status = limit(KEYS[k + 6], KEYS[k + 7]) end
+    if status ~= 1 and id ~= '' then redis.call('DEL', seen) end
+  end
+  if status == 1 then
+    local score = append(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], ARGV[a + 1], id, ARGV[a + 3])
+    if score < earliest then earliest = score; wake = score end
+  end
+  counts[status] = counts[status] + 1
+  out[i] = status
 end
-redis.call('PEXPIRE', KEYS[1], TTL_MS)
-redis.call('PEXPIRE', KEYS[2], TTL_MS)
-redis.call('PEXPIRE', KEYS[3], TTL_MS)
-return {1, n}
+if counts[1] > 0 then
+  redis.call('HINCRBY', K_STATS, 'accepted', counts[1])
+  redis.call('HINCRBY', K_STATS, 'buffered', counts[1])
+end
+if counts[2] > 0 then redis.call('HINCRBY', K_STATS, 'duplicates', counts[2]) end
+if counts[3] + counts[4] > 0 then redis.call('HINCRBY', K_STATS, 'rate_limited', counts[3] + counts[4]) end
+if wake then redis.call('PUBLISH', ARGV[2], wake) end
+return out
 """)
 
 
@@ -138,17 +162,25 @@ def append_script(
     company_burst: int,
     company_refill_per_ms: float,
 ) -> str:
-    """The APPEND source for one deployment's numbers (0 burst = no limit)."""
+    """The APPEND source for one deployment's numbers (0 burst = no limit; a limit needs a refill rate)."""
     return APPEND.substitute(
         timeout_ms=int(timeout_ms),
         max_size=int(max_size),
         ttl_ms=int(ttl_ms),
         dedup_ttl_ms=int(dedup_ttl_ms),
         sender_burst=int(sender_burst),
-        sender_refill_per_ms=repr(float(sender_refill_per_ms)),
+        sender_interval_ms=_interval_ms(sender_burst, sender_refill_per_ms),
         company_burst=int(company_burst),
-        company_refill_per_ms=repr(float(company_refill_per_ms)),
+        company_interval_ms=_interval_ms(company_burst, company_refill_per_ms),
     )
+
+
+def _interval_ms(burst: int, refill_per_ms: float) -> str:
+    if burst <= 0:
+        return "0"
+    if refill_per_ms <= 0:
+        raise ValueError("a rate limit with a burst needs a positive refill rate")
+    return repr(1.0 / refill_per_ms)
 
 
 # KEYS: 1 due, 2 buf, 3 sealed, 4 meta, 5 lease, 6 queue, 7 stats, 8 lateness

@@ -33,14 +33,22 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
+# Objects allocated between young collections. Python's default (700) runs one every few requests
+# at full load, about 5% of a busy API's CPU; nearly everything a request allocates is freed by
+# reference counting anyway, so collecting ten times less often only delays the rare cycles.
+GC_YOUNG_THRESHOLD = 10_000
+
+
 def freeze_startup_heap() -> None:
-    """Move everything alive after start-up out of the collector's sight.
+    """Move everything alive after start-up out of the collector's sight, and collect less often.
 
     Modules, the app and settings live as long as the process; without this every full collection
     walks them again, which is a visible share of a busy API's CPU.
     """
     gc.collect()
     gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 async def serve_http(rt: Runtime, *, host: str, port: int, services: Sequence[Service] = ()) -> None:

@@ -164,11 +164,45 @@ async def test_sender_flood_is_limited_and_counted_while_a_fast_typist_passes(
     typist = [await append(rt, clock, message(f"t{i}", phone="79003333333"), START_MS + 500 * i) for i in range(10)]
     assert set(typist) == {AppendOutcome.ACCEPTED}
 
-    flood = [await append(rt, clock, message(f"f{i}", phone="79004444444"), START_MS + i) for i in range(40)]
+    flood_ms = START_MS + 10_000  # after the typist: the limits measure time forwards
+    flood = [await append(rt, clock, message(f"f{i}", phone="79004444444"), flood_ms + i) for i in range(40)]
     limited = [o for o in flood if o.rate_limited]
     assert flood[:20] == [AppendOutcome.ACCEPTED] * 20
     assert len(limited) == 20
     assert (await rt.stats.collect())["rate_limited_messages"] == 20
+
+
+async def test_rate_limited_message_is_accepted_when_sent_again_later(
+    make_runtime: Callable[..., Runtime], clock: VirtualClock, message: Factory
+) -> None:
+    rt = make_runtime(rate_limit_sender_burst=2, rate_limit_sender_per_min=60)
+    sent = [message(f"{i}", phone="79006666666") for i in range(3)]
+    assert [await append(rt, clock, m, START_MS) for m in sent] == [
+        AppendOutcome.ACCEPTED,
+        AppendOutcome.ACCEPTED,
+        AppendOutcome.SENDER_LIMITED,
+    ]
+    # the refused message was not marked as seen: its retry, a second later, is batched
+    assert await append(rt, clock, sent[2], START_MS + 1000) is AppendOutcome.ACCEPTED
+    assert await append(rt, clock, sent[2], START_MS + 5000) is AppendOutcome.DUPLICATE
+
+
+async def test_one_round_trip_over_many_shards_keeps_each_conversation_in_order(
+    make_runtime: Callable[..., Runtime], clock: VirtualClock, message: Factory
+) -> None:
+    rt = make_runtime(redis_shards=4)
+    await rt.start()
+    phones = [f"7902{i:07d}" for i in range(12)]
+    sent = [message(f"{phone[-2:]}-{n}", phone=phone) for n in range(3) for phone in phones]
+    again = replace(sent[5], text="повтор")
+    outcomes = await rt.store.append_many([*sent, again], now_ms=START_MS)
+
+    assert outcomes == [AppendOutcome.ACCEPTED] * len(sent) + [AppendOutcome.DUPLICATE]
+    assert len({rt.keys.shard_of(962302, p) for p in phones}) > 1
+    clock.advance_to(START_MS + 9000)
+    await processor(rt).tick()
+    jobs = await rt.queue.read("w1", count=100, now_ms=START_MS + 9000)
+    assert sorted(d.job.text for d in jobs) == sorted(" ".join(f"{p[-2:]}-{n}" for n in range(3)) for p in phones)
 
 
 async def test_allowlisted_test_number_is_never_rate_limited(
