@@ -12,8 +12,8 @@ stays inside one hash slot. Keys used only by single-key commands need no tag.
 | `{p}:{sN}:meta:{company}:{phone}` | hash: deadline, first_id, first_ms | batch TTL, refreshed |
 | `{p}:{sN}:lease:{company}:{phone}` | string: batch id of the turn in flight | queued / visibility lease |
 | `{p}:{sN}:seen:{company}:{phone}:{message id}` | de-duplication marker | dedup TTL (7 days) |
-| `{p}:{sN}:rl:{company}:{phone}` | string: sender token bucket as GCRA (theoretical arrival ms) | until the bucket is full again |
-| `{p}:{sN}:rlg:{company}` | string: the company's bucket, the same way (global limit / shards) | until the bucket is full again |
+| `{p}:{sN}:rl:{company}:{phone}` | string: sender token bucket (GCRA arrival time, ms) | until full again |
+| `{p}:{sN}:rlg:{company}` | string: the company's bucket (global limit / shards) | until full again |
 | `{p}:{sN}:queue` | stream of jobs, group `workers` | until acked (then deleted) |
 | `{p}:{sN}:delayed` | zset of jobs waiting for a retry | until due |
 | `{p}:{sN}:dlq` | stream of dead letters | capped |
