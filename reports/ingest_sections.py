@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from rich.console import Console
 
 from reports.empty_app import EMPTY_ROUTE
-from reports.loadgen import GatewayRequests, Tally, Target, closed_loop, open_loop, sleep_until
+from reports.loadgen import GatewayRequests, Tally, Target, closed_loop, merged, open_loop, sleep_until
 from reports.procs import (
     LOCALHOST,
     BenchError,
@@ -56,6 +56,7 @@ LATENESS_TIMEOUT_MS = 9000
 QUICK_LATENESS_TIMEOUT_MS = 2000
 # Encoded requests per second of a closed-loop phase: far above what two shared cores can serve.
 CLOSED_LOOP_CAP_PER_S = 20_000
+THROUGHPUT_SLICES = 10  # closed-loop slices per server and repeat, interleaved with the other server's
 CONSUMER_BLOCK_MS = 100
 DUPLICATE_GRACE_S = 0.3  # reading on after the last expected job, to catch a late duplicate
 PREPARE_CHUNK = 500
@@ -203,18 +204,36 @@ async def accept_latency(b: Bench, api: Process) -> dict[str, Any]:
 
 
 async def max_throughput(b: Bench, api: Process, empty: Process) -> dict[str, Any]:
+    """Closed loops on the API and on the empty endpoint, interleaved in short slices.
+
+    A shared machine's speed drifts by tens of percent within seconds; slices in the order ABBA… give
+    both servers the same mix of fast and slow moments, so their ratio measures the servers.
+    """
+    targets = {"api_": (api, GATEWAY_ROUTE), "empty_": (empty, EMPTY_ROUTE)}
+    order = [("api_", "empty_"), ("empty_", "api_")] * (THROUGHPUT_SLICES // 2)
+    slice_s = b.cfg.duration_s / len(order)
     runs: list[dict[str, Any]] = []
     for _ in range(b.cfg.repeats):
+        tallies: dict[str, list[Tally]] = {prefix: [] for prefix in targets}
+        cpu_s: dict[str, Counter[str]] = {prefix: Counter() for prefix in targets}
+        for turn in order:
+            for prefix in turn:
+                proc, path = targets[prefix]
+                await b.flush()
+                target = Target(LOCALHOST, proc.port, path)
+                requests = b.requests.take(target, round(CLOSED_LOOP_CAP_PER_S * slice_s))
+                with CpuWindow({"server": proc.pid, "redis": b.redis_pid}) as cpu:
+                    tally = await closed_loop(target, requests, connections=b.cfg.connections, duration_s=slice_s)
+                del requests
+                tallies[prefix].append(tally)
+                cpu_s[prefix].update({name: pct * tally.elapsed_s for name, pct in cpu.pct.items()})
         run: dict[str, Any] = {}
-        for proc, path, prefix in ((api, GATEWAY_ROUTE, "api_"), (empty, EMPTY_ROUTE, "empty_")):
-            await b.flush()
-            target = Target(LOCALHOST, proc.port, path)
-            requests = b.requests.take(target, round(CLOSED_LOOP_CAP_PER_S * b.cfg.duration_s))
-            with CpuWindow({"server": proc.pid, "redis": b.redis_pid}) as cpu:
-                tally = await closed_loop(target, requests, connections=b.cfg.connections, duration_s=b.cfg.duration_s)
-            del requests
-            per_request_us = 1e4 * cpu.pct["server"] / tally.rate_per_s if tally.rate_per_s else None
-            run |= http_figures(tally, prefix) | cpu.figures(prefix) | {f"{prefix}cpu_us_per_request": per_request_us}
+        for prefix in targets:
+            tally = merged(tallies[prefix])
+            pct = {name: total / tally.elapsed_s for name, total in cpu_s[prefix].items()} if tally.elapsed_s else {}
+            per_request_us = 1e4 * pct["server"] / tally.rate_per_s if tally.rate_per_s else None
+            run |= http_figures(tally, prefix) | {f"{prefix}{name}_cpu_pct": v for name, v in pct.items()}
+            run[f"{prefix}cpu_us_per_request"] = per_request_us
         run["ratio_pct"] = 100 * run["api_rps"] / run["empty_rps"] if run["empty_rps"] else None
         runs.append(run)
     await b.flush()
@@ -222,6 +241,7 @@ async def max_throughput(b: Bench, api: Process, empty: Process) -> dict[str, An
         runs,
         connections=b.cfg.connections,
         duration_s=b.cfg.duration_s,
+        slices=len(order),
         api_rss_mb=rss_mb(api.pid),
         empty_rss_mb=rss_mb(empty.pid),
     )

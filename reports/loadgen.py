@@ -125,6 +125,23 @@ class Tally:
         return self.completed / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
+def merged(tallies: Sequence[Tally]) -> Tally:
+    """One tally for phases run one after another against the same server."""
+    out = Tally()
+    for t in tallies:
+        out.latencies_s += t.latencies_s
+        out.send_lag_s += t.send_lag_s
+        out.service_s += t.service_s
+        for status, count in t.statuses.items():
+            out.statuses[status] = out.statuses.get(status, 0) + count
+        out.sent += t.sent
+        out.errors += t.errors
+        out.elapsed_s += t.elapsed_s
+        out.max_connections = max(out.max_connections, t.max_connections)
+        out.exhausted |= t.exhausted
+    return out
+
+
 def parse_response(buffer: bytearray) -> tuple[int, int]:
     """(status, size in bytes) of the complete response at the start of `buffer`; (0, 0) if incomplete."""
     end = buffer.find(_HEAD_END)

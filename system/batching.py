@@ -9,16 +9,20 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
-from redis.typing import EncodableT
+from redis.typing import EncodableT, KeyT
 
 from system.coalesce import Coalescer
-from system.keys import Keys, ShardKeys
+from system.keys import ConversationKeys, Keys, ShardKeys
 from system.models import InboundMessage
 from system.scripts import Script, ScriptBatch, Scripts, append_script, borrow_connection
 from system.settings import Settings
 
 LATENESS_KEPT = 1000
-APPEND_PIPELINE_MAX = 256  # appends per round trip when many requests arrive at once
+# Appends per round trip. A round trip leaves as soon as this many wait (or when the event loop has
+# nothing else to do), so Redis works on one chunk while the API parses the next requests; with one
+# big round trip per loop pass, the API would sit idle while Redis ran the whole pass. Measured on
+# 2 cores at 32 connections: 8 kept the API 98% busy against 86% for 256, at the same CPU per request.
+APPEND_PIPELINE_MAX = 8
 # Round trips of appends in flight at once, each on a connection of its own kept for the process's
 # life: borrowing from the pool costs more than the append. More lanes add no throughput on one core.
 APPEND_LANES = 4
@@ -142,35 +146,21 @@ class BatchStore:
         if connection is None:
             connection = self._lanes[lane] = await borrow_connection(self._redis)
         # One script call per shard; a conversation always maps to one shard, so its order holds.
-        by_shard: dict[int, tuple[ShardKeys, list[int]]] = {}
-        for i, (message, _) in enumerate(items):
-            shard, _ = self._keys.conversation(message.company_id, message.phone)
-            by_shard.setdefault(shard.index, (shard, []))[1].append(i)
-        batch = ScriptBatch(self._redis, connection=connection)
-        for shard, indices in by_shard.values():
-            self._append(batch, shard, [items[i][0] for i in indices], max(items[i][1] for i in indices))
-        outcomes: dict[int, AppendOutcome | BaseException] = {}
-        for (_, indices), result in zip(by_shard.values(), await batch.run(), strict=True):
-            outcomes.update(zip(indices, _statuses(result, len(indices)), strict=True))
-        return [outcomes[i] for i in range(len(items))]
-
-    def _append(self, batch: ScriptBatch, shard: ShardKeys, messages: list[InboundMessage], now_ms: int) -> None:
-        keys = [shard.due, shard.stats]
-        args: list[EncodableT] = [now_ms, shard.wake_channel]
+        calls: dict[int, _ShardAppend] = {}
         allowlist = self._config.allowlist
-        for message in messages:
-            _, conv = self._keys.conversation(message.company_id, message.phone)
-            keys += (
-                conv.buf,
-                conv.sealed,
-                conv.meta,
-                conv.lease,
-                conv.seen(message.message_id),
-                conv.rate,
-                conv.rate_company,
-            )
-            args += (message.to_json(), message.message_id, conv.member, "0" if message.phone in allowlist else "1")
-        batch.add(self._append_script, keys=keys, args=args)
+        for i, (message, now_ms) in enumerate(items):
+            shard, conv = self._keys.conversation(message.company_id, message.phone)
+            call = calls.get(shard.index)
+            if call is None:
+                call = calls[shard.index] = _ShardAppend(shard)
+            call.add(i, message, conv, now_ms=now_ms, limited=message.phone not in allowlist)
+        batch = ScriptBatch(self._redis, connection=connection)
+        for call in calls.values():
+            batch.add(self._append_script, keys=call.keys, args=call.args)
+        outcomes: dict[int, AppendOutcome | BaseException] = {}
+        for call, result in zip(calls.values(), await batch.run(), strict=True):
+            outcomes.update(zip(call.indices, _statuses(result, len(call.indices)), strict=True))
+        return [outcomes[i] for i in range(len(items))]
 
     async def due(self, shard: ShardKeys, *, now_ms: int, limit: int) -> list[str]:
         raw: Any = await self._redis.zrangebyscore(shard.due, "-inf", now_ms, start=0, num=limit)
@@ -219,6 +209,33 @@ class BatchStore:
             results = await pipe.execute()
         scores = [int(row[0][1]) for row in results if row]
         return min(scores) if scores else None
+
+
+class _ShardAppend:
+    """The keys and arguments of one APPEND call: the messages of one round trip in one shard."""
+
+    __slots__ = ("args", "indices", "keys", "now_ms")
+
+    def __init__(self, shard: ShardKeys) -> None:
+        self.now_ms = 0
+        self.keys: list[KeyT] = [shard.due, shard.stats]
+        self.args: list[EncodableT] = [0, shard.wake_channel]
+        self.indices: list[int] = []
+
+    def add(self, index: int, message: InboundMessage, conv: ConversationKeys, *, now_ms: int, limited: bool) -> None:
+        self.indices.append(index)
+        if now_ms > self.now_ms:  # one clock reading for the whole call: the latest
+            self.now_ms = self.args[0] = now_ms
+        self.keys += (
+            conv.buf,
+            conv.sealed,
+            conv.meta,
+            conv.lease,
+            conv.seen(message.message_id),
+            conv.rate,
+            conv.rate_company,
+        )
+        self.args += (message.to_json(), message.message_id, conv.member, "1" if limited else "0")
 
 
 def _statuses(result: Any, count: int) -> list[AppendOutcome | BaseException]:

@@ -18,7 +18,7 @@ import pytest
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from reports.loadgen import GatewayRequests, Target, closed_loop, open_loop, parse_response, russian_mobiles
+from reports.loadgen import GatewayRequests, Target, closed_loop, merged, open_loop, parse_response, russian_mobiles
 
 from .conftest import IN_CI
 
@@ -85,6 +85,18 @@ async def test_closed_loop_counts_every_answer(tiny_server: dict[int, Target]) -
     tally = await closed_loop(target, requests, connections=4, duration_s=0.3)
     assert tally.completed == tally.sent > 0
     assert (tally.non_2xx, tally.errors) == (0, 0)
+
+
+async def test_slices_of_one_server_merge_into_one_rate(tiny_server: dict[int, Target]) -> None:
+    requests = GatewayRequests(russian_mobiles(5), tag="m").take(tiny_server[200], 400)
+    slices = [
+        await closed_loop(tiny_server[200], part, connections=2, duration_s=5)
+        for part in (requests[:100], requests[100:])
+    ]
+    whole = merged(slices)
+    assert whole.completed == whole.statuses[200] == 400
+    assert whole.elapsed_s == pytest.approx(sum(s.elapsed_s for s in slices))
+    assert whole.rate_per_s == pytest.approx(400 / whole.elapsed_s)
 
 
 async def test_open_loop_keeps_its_rate_and_counts_non_2xx(tiny_server: dict[int, Target]) -> None:
