@@ -8,13 +8,12 @@ from enum import IntEnum
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.connection import Connection
 from redis.typing import EncodableT, KeyT
 
 from system.coalesce import Coalescer
 from system.keys import ConversationKeys, Keys, ShardKeys
 from system.models import InboundMessage
-from system.scripts import Script, ScriptBatch, Scripts, append_script, borrow_connection
+from system.scripts import Lane, Script, ScriptBatch, Scripts, append_script
 from system.settings import Settings
 
 LATENESS_KEPT = 1000
@@ -115,7 +114,7 @@ class BatchStore:
             self._append_pipeline, max_items=APPEND_PIPELINE_MAX, lanes=APPEND_LANES
         )
         # Borrowed from the pool once and never given back: closing the client disconnects them.
-        self._lanes: list[Connection | None] = [None] * APPEND_LANES
+        self._lanes: list[Lane | None] = [None] * APPEND_LANES
 
     @property
     def keys(self) -> Keys:
@@ -142,9 +141,9 @@ class BatchStore:
     async def _append_pipeline(
         self, items: list[tuple[InboundMessage, int]], lane: int
     ) -> list[AppendOutcome | BaseException]:
-        connection = self._lanes[lane]
-        if connection is None:
-            connection = self._lanes[lane] = await borrow_connection(self._redis)
+        borrowed = self._lanes[lane]
+        if borrowed is None:
+            borrowed = self._lanes[lane] = await Lane.borrow(self._redis)
         # One script call per shard; a conversation always maps to one shard, so its order holds.
         calls: dict[int, _ShardAppend] = {}
         allowlist = self._config.allowlist
@@ -154,7 +153,7 @@ class BatchStore:
             if call is None:
                 call = calls[shard.index] = _ShardAppend(shard)
             call.add(i, message, conv, now_ms=now_ms, limited=message.phone not in allowlist)
-        batch = ScriptBatch(self._redis, connection=connection)
+        batch = ScriptBatch(self._redis, lane=borrowed)
         for call in calls.values():
             batch.add(self._append_script, keys=call.keys, args=call.args)
         outcomes: dict[int, AppendOutcome | BaseException] = {}

@@ -40,7 +40,7 @@ def connect_redis(settings: Settings) -> Redis:
             socket_connect_timeout=2,
             health_check_interval=30,
         )
-        return Redis(connection_pool=pool)
+        return Redis.from_pool(pool)  # closing the client closes its pool
     import fakeredis  # the embedded default only; production never loads it
 
     return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(version=(7,)))

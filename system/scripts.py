@@ -370,12 +370,12 @@ class ScriptBatch:
 
     redis-py's own pipeline support asks SCRIPT EXISTS on every execute, a second round trip; here a
     call the server reports as unknown (it never ran) is loaded and run again instead. The calls go on
-    `connection` when one is given (a caller's dedicated lane), else on a connection from the pool.
+    `lane` when one is given (a caller's dedicated connection), else on a connection from the pool.
     """
 
-    def __init__(self, redis: Redis, *, connection: Connection | None = None) -> None:
+    def __init__(self, redis: Redis, *, lane: Lane | None = None) -> None:
         self._redis = redis
-        self._connection = connection
+        self._lane = lane
         self._calls: list[_Call] = []
 
     def add(self, script: Script, *, keys: Sequence[KeyT], args: Sequence[EncodableT]) -> None:
@@ -396,8 +396,8 @@ class ScriptBatch:
         # The commands go straight onto the connection: redis-py's pipeline spends more on packing
         # arguments and bookkeeping than the webhook spends on everything else it does.
         packed = b"".join(pack_command(b"EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args) for c in calls)
-        if self._connection is not None:
-            return await exchange(self._connection, packed, len(calls))
+        if self._lane is not None:
+            return await exchange(self._lane.connection, packed, len(calls), timeout_s=self._lane.timeout_s)
         conn = await borrow_connection(self._redis)
         try:
             return await exchange(conn, packed, len(calls))
@@ -411,13 +411,31 @@ async def borrow_connection(redis: Redis) -> Connection:
     return conn
 
 
-async def exchange(conn: Connection, packed: bytes, replies: int) -> list[Any]:
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """A pool connection kept for good by one caller; each exchange on it carries its own deadline."""
+
+    connection: Connection
+    timeout_s: float | None
+
+    @classmethod
+    async def borrow(cls, redis: Redis) -> Lane:
+        conn = await borrow_connection(redis)
+        # Without a socket timeout redis-py writes straight to the socket instead of wrapping each
+        # write in a task of its own (asyncio.wait_for); the exchange's deadline bounds it instead.
+        timeout_s, conn.socket_timeout = conn.socket_timeout, None
+        return cls(conn, timeout_s)
+
+
+async def exchange(conn: Connection, packed: bytes, replies: int, *, timeout_s: float | None = None) -> list[Any]:
     """Send packed commands and read their replies; an error reply is returned in its place.
 
-    One deadline (the connection's socket timeout) covers the whole exchange instead of one per reply.
+    One deadline (`timeout_s`, else the connection's socket timeout) covers the whole exchange instead
+    of one per reply.
     """
+    deadline_s = conn.socket_timeout if timeout_s is None else timeout_s
     try:
-        async with asyncio.timeout(conn.socket_timeout):
+        async with asyncio.timeout(deadline_s):
             await conn.send_packed_command(packed, check_health=False)
             results: list[Any] = []
             for _ in range(replies):
@@ -428,7 +446,7 @@ async def exchange(conn: Connection, packed: bytes, replies: int) -> list[Any]:
             return results
     except TimeoutError as exc:
         await conn.disconnect()
-        raise RedisTimeoutError(f"no reply from Redis within {conn.socket_timeout} s") from exc
+        raise RedisTimeoutError(f"no reply from Redis within {deadline_s} s") from exc
     except BaseException:
         await conn.disconnect()  # replies may be left unread on it; it reconnects on its next use
         raise

@@ -8,7 +8,9 @@ from dataclasses import replace
 
 import orjson
 import pytest
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.crc import key_slot
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from simulator.clock import VirtualClock
 from system.batcher import BatchProcessor
@@ -17,8 +19,9 @@ from system.keys import Keys
 from system.models import BatchedMessage, InboundMessage, Job
 from system.queue import Delivery
 from system.runtime import Runtime
+from system.settings import Settings
 
-from .conftest import START_MS
+from .conftest import REAL_REDIS_URL, START_MS
 
 Factory = Callable[..., InboundMessage]
 
@@ -304,3 +307,26 @@ async def test_scripts_lost_by_the_server_are_loaded_again(rt: Runtime, clock: V
     [delivery] = await flush_at(rt, clock, START_MS + 9000)
     await rt.redis.script_flush()
     assert await rt.queue.ack(delivery, now_ms=START_MS + 9000)
+
+
+@pytest.mark.redis
+async def test_append_gives_up_at_its_deadline_when_redis_stops_answering(
+    real_redis: Redis, make_settings: Callable[..., Settings], message: Factory
+) -> None:
+    pool = BlockingConnectionPool.from_url(REAL_REDIS_URL, socket_timeout=0.3)
+    client: Redis = Redis(connection_pool=pool)
+    rt = Runtime.build(make_settings(), redis=client, clock=VirtualClock(start_ms=START_MS))
+    try:
+        await rt.start()
+        assert await rt.store.append(message("до паузы"), now_ms=START_MS) is AppendOutcome.ACCEPTED
+        await real_redis.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+        try:
+            with pytest.raises(RedisTimeoutError):
+                await rt.store.append(message("во время паузы"), now_ms=START_MS + 1)
+        finally:
+            await real_redis.execute_command("CLIENT", "UNPAUSE")
+        # the lane reconnects on its next use
+        assert await rt.store.append(message("после паузы"), now_ms=START_MS + 2) is AppendOutcome.ACCEPTED
+    finally:
+        await rt.close()
+        await pool.disconnect()  # a client given its pool leaves closing it to the owner
