@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from redis.asyncio import Redis
@@ -24,9 +23,8 @@ IGNORED_KEPT = 10_000
 STATUS_TTL_MS = 7 * 24 * 3600 * 1000
 
 
-@dataclass(frozen=True, slots=True)
-class IngestReport:
-    """What happened to each part of one webhook request."""
+class IngestReport(NamedTuple):
+    """What happened to each part of one webhook request (a named tuple: one is built per request)."""
 
     accepted: tuple[str, ...] = ()
     duplicates: tuple[str, ...] = ()
@@ -63,6 +61,9 @@ class Ingestor:
         self._metrics = metrics
         self._scripts = Scripts.register(redis)
         self._outcomes = {o: metrics.messages.labels(o) for o in _OUTCOMES}
+        # Bound once: every call through the module's lazy proxy binds again, and the hot path logs
+        # (at DEBUG, usually filtered out) once per message.
+        self._log = log.bind()
 
     async def ingest(self, parsed: ParseResult) -> IngestReport:
         accepted: list[str] = []
@@ -84,14 +85,14 @@ class Ingestor:
                             reason="rate_limited",
                         )
                     )
-                    log.warning(
+                    self._log.warning(
                         "message_rate_limited",
                         reason=outcome.name.lower(),
                         company_id=message.company_id,
                         phone=mask_phone(message.phone),
                         message_id=message.message_id,
                     )
-                log.debug("message_appended", outcome=outcome.name, text=message.text)
+                self._log.debug("message_appended", outcome=outcome.name, text=message.text)
         if parsed.ignored or parsed.rejected:
             await self._record_unbatched(parsed.ignored, parsed.rejected)
         if parsed.statuses:

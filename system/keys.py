@@ -37,13 +37,17 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
+from typing import NamedTuple
 
 WORKER_GROUP = "workers"
 
 
-@dataclass(frozen=True, slots=True)
-class ConversationKeys:
-    """Keys of one conversation; all in the hash slot of its shard."""
+class ConversationKeys(NamedTuple):
+    """Keys of one conversation; all in the hash slot of its shard.
+
+    A named tuple rather than a frozen dataclass: built once per conversation on the hot path, where
+    a frozen dataclass's field-by-field `object.__setattr__` costs more than the key strings.
+    """
 
     member: str  # "{company}:{phone}", the conversation's name inside its shard's zset
     buf: str
