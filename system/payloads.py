@@ -196,7 +196,6 @@ def parse_gateway(
     doc = _load_json(body)
     if not isinstance(doc, dict):
         raise _shape_error("body must be a JSON object")
-    out = _Collector()
     parse = partial(
         _gateway_message,
         top_company=doc.get("companyId"),
@@ -204,15 +203,19 @@ def parse_gateway(
         received_ms=received_ms,
         new_id=new_id or _random_id,
     )
+    if "messages" not in doc:  # the single form, the common one: no collector needed
+        try:
+            return ParseResult(messages=(parse(doc, ""),))
+        except _Bad as bad:
+            return ParseResult(rejected=(bad.rejected,))
+    out = _Collector()
     for prefix, item in _gateway_items(doc):
         _collect(out, parse, item, prefix)
     return out.result()
 
 
 def _gateway_items(doc: dict[str, Any]) -> list[tuple[str, Any]]:
-    """(field path prefix, message object) for the single or the batch form."""
-    if "messages" not in doc:
-        return [("", doc)]
+    """(field path prefix, message object) of the batch form."""
     items = doc["messages"]
     if not isinstance(items, list):
         raise _shape_error("messages must be a list", "messages")
