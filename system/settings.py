@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -327,7 +329,16 @@ class Settings(BaseSettings):
 
     def tenant_for_company(self, company_id: int) -> Tenant | None:
         """The salon with this CRM company id, if it is served."""
-        return self._by_company.get(company_id)
+        return self.tenants_by_company.get(company_id)
+
+    @cached_property
+    def tenants_by_company(self) -> Mapping[int, Tenant]:
+        """The salons by CRM company id.
+
+        Cached on the instance: every webhook message checks its company, and reading a pydantic
+        private attribute goes through `__getattr__`, a visible share of the API's CPU.
+        """
+        return MappingProxyType(self._by_company)
 
 
 def _allowlisted(item: str, region: str) -> str:
