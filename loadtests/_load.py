@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 from loadtests._ledger import Fragment, MergeCheck, Outcome, Reconciliation, Turn
 from loadtests._profiles import Profile
-from loadtests._script import Conversation, PhonePool
+from loadtests._script import Conversation
 from loadtests._summary import (
     ACCEPT_SAMPLES_KEPT,
     E2E_SAMPLES_KEPT,
@@ -30,6 +30,7 @@ from loadtests._summary import (
     queue_lag_block,
 )
 from loadtests._webhook import Webhook, WebhookFormat
+from reports.loadgen import PhonePool
 
 SALON_TZ = ZoneInfo("Europe/Moscow")  # the fixture barbershop's zone: "завтра" is its tomorrow
 MAX_ERRORS = 50

@@ -18,8 +18,6 @@ import string
 from dataclasses import dataclass, field
 from datetime import date
 
-import phonenumbers
-
 from simulator.llm_replies import DONE
 from simulator.personas import PERSONAS, want_for
 from simulator.users import User
@@ -28,8 +26,6 @@ TAG_LETTERS = string.ascii_lowercase
 MAX_TAGGED = len(TAG_LETTERS)  # turns per client and fragments per turn a tag can number
 TAG = re.compile(r"#([a-z])([a-z])(?![a-z])")
 MAX_TURNS = 5  # a booking takes 1-3 turns; a client who is still not booked after this many leaves
-_MOBILE_CODES = tuple(range(900, 1000))  # Russian mobile codes 9xx; only valid numbers are kept
-_PHONE_TRIES = 1000
 
 
 def tag(turn: int, fragment: int) -> str:
@@ -46,32 +42,6 @@ def tagged(text: str, *, turn: int, fragment: int) -> str:
 def tags_in(text: str) -> list[tuple[int, int]]:
     """(turn, fragment) of every tag in `text`, in order."""
     return [(TAG_LETTERS.index(t), TAG_LETTERS.index(f)) for t, f in TAG.findall(text)]
-
-
-class PhonePool:
-    """Distinct valid Russian mobile numbers ("79XXXXXXXXX"), reproducible from the seed."""
-
-    def __init__(self, *, seed: int) -> None:
-        self._rng = random.Random(seed)
-        self._given: set[str] = set()
-
-    def take(self) -> str:
-        for _ in range(_PHONE_TRIES):  # bounded: most 9xx numbers are valid, collisions are rare
-            phone = f"7{self._rng.choice(_MOBILE_CODES)}{self._rng.randrange(10_000_000):07d}"
-            if phone in self._given:
-                continue
-            parsed = phonenumbers.parse("+" + phone)
-            if phonenumbers.is_valid_number(parsed) and phonenumbers.number_type(parsed) in _MOBILE_TYPES:
-                self._given.add(phone)
-                return phone
-        raise RuntimeError(f"no new valid phone in {_PHONE_TRIES} tries")
-
-    @property
-    def given(self) -> int:
-        return len(self._given)
-
-
-_MOBILE_TYPES = frozenset({phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE})
 
 
 def split_words(text: str, count: int, rng: random.Random) -> list[str]:

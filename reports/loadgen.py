@@ -23,7 +23,9 @@ DRAIN_TIMEOUT_S = 10.0  # how long a phase waits for answers still in flight onc
 _MAX_SLEEPS = 1000  # a sleep that woke early is repeated; each repeat is shorter, so a few suffice
 _HEAD_END = b"\r\n\r\n"
 _LENGTH_HEADER = b"\r\ncontent-length:"
-_MOBILE_PREFIXES = ("7900", "7916", "7926", "7903")  # Russian mobile ranges phonenumbers knows as valid
+_MOBILE_CODES = tuple(range(900, 1000))  # Russian mobile codes 9xx; only valid numbers are kept
+_MOBILE_TYPES = frozenset({phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE})
+_PHONE_TRIES = 1000
 _TEXTS = (
     "Здравствуйте, хочу записаться на стрижку",
     "Можно завтра после 18:00?",
@@ -37,19 +39,33 @@ class ProtocolError(Exception):
     """The server's answer is not an HTTP/1.1 response this client can frame."""
 
 
+class PhonePool:
+    """Distinct valid Russian mobile numbers ("79XXXXXXXXX"), reproducible from the seed."""
+
+    def __init__(self, *, seed: int) -> None:
+        self._rng = random.Random(seed)
+        self._given: set[str] = set()
+
+    def take(self) -> str:
+        for _ in range(_PHONE_TRIES):  # bounded: most 9xx numbers are valid, collisions are rare
+            phone = f"7{self._rng.choice(_MOBILE_CODES)}{self._rng.randrange(10_000_000):07d}"
+            if phone in self._given:
+                continue
+            parsed = phonenumbers.parse("+" + phone)
+            if phonenumbers.is_valid_number(parsed) and phonenumbers.number_type(parsed) in _MOBILE_TYPES:
+                self._given.add(phone)
+                return phone
+        raise RuntimeError(f"no new valid phone in {_PHONE_TRIES} tries")
+
+    @property
+    def given(self) -> int:
+        return len(self._given)
+
+
 def russian_mobiles(count: int, *, seed: int = 7) -> list[str]:
     """`count` distinct valid Russian mobile numbers, "79<9 digits>", in a reproducible order."""
-    rng = random.Random(seed)
-    phones: dict[str, None] = {}
-    for _ in range(count * 20):  # bounded: almost every candidate in these ranges is valid
-        if len(phones) == count:
-            break
-        phone = rng.choice(_MOBILE_PREFIXES) + f"{rng.randrange(10_000_000):07d}"
-        if phone not in phones and phonenumbers.is_valid_number(phonenumbers.parse("+" + phone)):
-            phones[phone] = None
-    if len(phones) < count:
-        raise ValueError(f"found only {len(phones)} valid phones of {count}")
-    return list(phones)
+    pool = PhonePool(seed=seed)
+    return [pool.take() for _ in range(count)]
 
 
 @dataclass(frozen=True, slots=True)

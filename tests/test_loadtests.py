@@ -31,7 +31,7 @@ from loadtests._drain import check_merges, collect_replies
 from loadtests._ledger import Fragment, HistoryItem, MergeCheck, Reply, Turn, check_merge, reconcile
 from loadtests._load import LoadOptions, LoadRun, wall_ms
 from loadtests._profiles import PROFILES, Profile, Stage, Typing, profile_named
-from loadtests._script import Conversation, PhonePool, split_words, tag, tagged, tags_in
+from loadtests._script import Conversation, split_words, tag, tagged, tags_in
 from loadtests._summary import (
     Reservoir,
     add_buckets,
@@ -47,6 +47,7 @@ from loadtests._summary import (
 from loadtests._webhook import Webhook, message_id
 from loadtests.run import _stack as stack
 from loadtests.run.__main__ import locust_command
+from reports.loadgen import PhonePool
 from simulator.whatsapp import OutboundMessage, Outbox, create_app
 from system.clock import WallClock
 from system.payloads import parse_gateway, parse_meta
