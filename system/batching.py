@@ -213,18 +213,22 @@ class BatchStore:
 class _ShardAppend:
     """The keys and arguments of one APPEND call: the messages of one round trip in one shard."""
 
-    __slots__ = ("args", "indices", "keys", "now_ms")
+    __slots__ = ("_per_message", "_wake_channel", "indices", "keys", "now_ms")
 
     def __init__(self, shard: ShardKeys) -> None:
-        self.now_ms = 0
+        self.now_ms = 0  # one clock reading for the whole call: the latest
         self.keys: list[KeyT] = [shard.due, shard.stats]
-        self.args: list[EncodableT] = [0, shard.wake_channel]
         self.indices: list[int] = []
+        self._wake_channel = shard.wake_channel
+        self._per_message: list[EncodableT] = []
+
+    @property
+    def args(self) -> list[EncodableT]:
+        return [self.now_ms, self._wake_channel, *self._per_message]
 
     def add(self, index: int, message: InboundMessage, conv: ConversationKeys, *, now_ms: int, limited: bool) -> None:
         self.indices.append(index)
-        if now_ms > self.now_ms:  # one clock reading for the whole call: the latest
-            self.now_ms = self.args[0] = now_ms
+        self.now_ms = max(self.now_ms, now_ms)
         self.keys += (
             conv.buf,
             conv.sealed,
@@ -234,7 +238,7 @@ class _ShardAppend:
             conv.rate,
             conv.rate_company,
         )
-        self.args += (message.to_json(), message.message_id, conv.member, "1" if limited else "0")
+        self._per_message += (message.to_json(), message.message_id, conv.member, "1" if limited else "0")
 
 
 def _statuses(result: Any, count: int) -> list[AppendOutcome | BaseException]:

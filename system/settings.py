@@ -239,7 +239,6 @@ class Settings(BaseSettings):
     log_json: bool = Field(default=True, description="Log one JSON object per line instead of plain text.")
 
     _tenants: tuple[Tenant, ...] = PrivateAttr(default=())
-    _by_company: dict[int, Tenant] = PrivateAttr(default_factory=dict)
     _by_phone_number_id: dict[str, Tenant] = PrivateAttr(default_factory=dict)
 
     @field_validator(
@@ -304,7 +303,6 @@ class Settings(BaseSettings):
         else:
             tenants = load_tenants(self.tenants_file)
         self._tenants = tenants
-        self._by_company = {t.company_id: t for t in tenants}
         self._by_phone_number_id = {t.phone_number_id: t for t in tenants if t.phone_number_id is not None}
         return self
 
@@ -338,7 +336,7 @@ class Settings(BaseSettings):
         Cached on the instance: every webhook message checks its company, and reading a pydantic
         private attribute goes through `__getattr__`, a visible share of the API's CPU.
         """
-        return MappingProxyType(self._by_company)
+        return MappingProxyType({t.company_id: t for t in self._tenants})
 
 
 def _allowlisted(item: str, region: str) -> str:
