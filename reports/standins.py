@@ -2,9 +2,11 @@
 
 One small local server speaks the three vendors' wire formats, just enough for a worker turn: the LLM
 answers every completion with the same Russian text after `llm_latency_s` (a stand-in with a configured
-latency, not a model), YClients lists a small catalogue for the prompt, and the WhatsApp Cloud API
-accepts sends and read receipts. `GET /stats` tells what it received, so that the benchmark can count
-replies without trusting the system under test. Served as `system.cli.serve_http` serves the API.
+latency, not a model), YClients is the simulator's fake CRM over the barbershop fixture (one YClients
+stand-in for the simulator, the QA suite and the benchmarks, held to the YClients contract suite), and the
+WhatsApp Cloud API accepts sends and read receipts. `GET /stats` tells what it received, so that the
+benchmark can count replies without trusting the system under test. Served as `system.cli.serve_http`
+serves the API.
 """
 
 from __future__ import annotations
@@ -13,29 +15,27 @@ import argparse
 import asyncio
 import itertools
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import uvicorn
 import uvloop
 from fastapi import FastAPI, Request, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from simulator import crm
+from simulator.salon import BARBERSHOP_FIXTURE, Salon
+from system.clock import Clock, WallClock
 
 LLM_PREFIX = "/v1"
-YCLIENTS_PREFIX = "/api/v1"
+YCLIENTS_PREFIX = crm.API_PREFIX
 WHATSAPP_PREFIX = "/v21.0"
+PARTNER_TOKEN = "bench"  # what `reports.worker_cases` configures the worker with
 REPLY = (
     "Здравствуйте! Конечно, запишу вас на стрижку 💈 На какой день и время вам удобно? "
     "Свободны Сергей и Алексей, стрижка машинкой — 800 ₽, мужская стрижка — от 1 500 ₽."
 )
-SERVICES = [
-    {"id": 1, "title": "Стрижка машинкой", "price_min": 800, "price_max": 800, "seance_length": 1800},
-    {"id": 2, "title": "Мужская стрижка", "price_min": 1500, "price_max": 1800, "seance_length": 3600},
-    {"id": 3, "title": "Оформление бороды", "price_min": 700, "price_max": 700, "seance_length": 1800},
-]
-STAFF = [
-    {"id": 10, "name": "Сергей", "specialization": "барбер", "bookable": True},
-    {"id": 11, "name": "Алексей", "specialization": "барбер", "bookable": True},
-]
 _COMPLETION = {
     "id": "chatcmpl-bench",
     "object": "chat.completion",
@@ -72,14 +72,28 @@ class Received:
         }
 
 
-def create_app(*, llm_latency_s: float) -> FastAPI:
+class _Counted:
+    """An ASGI app that counts the HTTP requests it passes on to `app`."""
+
+    def __init__(self, app: ASGIApp, received: Received) -> None:
+        self._app = app
+        self._received = received
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self._received.yclients_requests += 1
+        await self._app(scope, receive, send)
+
+
+def create_app(*, llm_latency_s: float, clock: Clock | None = None, partner_token: str = PARTNER_TOKEN) -> FastAPI:
     """The stand-in server; every completion takes `llm_latency_s` (asyncio.sleep) before it is answered."""
     app = FastAPI(title="Stand-ins", docs_url=None, redoc_url=None)
     received = Received()
     completion = orjson.dumps(_COMPLETION)
-    services = _envelope({"services": SERVICES, "category": []})
-    staff = _envelope(STAFF)
     wamids = itertools.count(1)
+    clock = clock or WallClock()
+    salon = Salon.from_fixture(BARBERSHOP_FIXTURE, start=datetime.fromtimestamp(clock.now_ms() / 1000, tz=UTC))
+    yclients = crm.create_app(salon, partner_token=partner_token, user_token=None, clock=clock)
 
     @app.post(f"{LLM_PREFIX}/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -92,16 +106,6 @@ def create_app(*, llm_latency_s: float) -> FastAPI:
         finally:
             received.llm_in_flight -= 1
         return Response(completion, media_type=_JSON)
-
-    @app.get(YCLIENTS_PREFIX + "/book_services/{company_id}")
-    async def book_services(company_id: int) -> Response:
-        received.yclients_requests += 1
-        return Response(services, media_type=_JSON)
-
-    @app.get(YCLIENTS_PREFIX + "/book_staff/{company_id}")
-    async def book_staff(company_id: int) -> Response:
-        received.yclients_requests += 1
-        return Response(staff, media_type=_JSON)
 
     @app.post(WHATSAPP_PREFIX + "/{phone_number_id}/messages")
     async def messages(phone_number_id: str, request: Request) -> Response:
@@ -131,12 +135,8 @@ def create_app(*, llm_latency_s: float) -> FastAPI:
     async def health() -> Response:
         return Response(b'{"status":"ok"}', media_type=_JSON)
 
+    app.mount("/", _Counted(yclients, received))  # last: everything the routes above do not take is YClients'
     return app
-
-
-def _envelope(data: Any) -> bytes:
-    """A YClients answer: its envelope around `data`."""
-    return orjson.dumps({"success": True, "data": data, "meta": []})
 
 
 async def serve(*, host: str, port: int, llm_latency_s: float) -> None:

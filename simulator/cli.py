@@ -195,7 +195,7 @@ def fake_whatsapp(
     ],
     seed: Annotated[int, typer.Option(help="Seed of message ids and faults.")] = 1,
 ) -> None:
-    """A fake WhatsApp Cloud API: point AIADMIN_WHATSAPP_API_URL at http://HOST:PORT/v21.0."""
+    """A fake WhatsApp Cloud API: point AIADMIN_WHATSAPP_API_URL at http://HOST:PORT."""
     from simulator import whatsapp
 
     _serve(whatsapp.create_app(token=token, clock=WallClock(), rng=random.Random(seed)), port, host)
@@ -207,13 +207,17 @@ def fake_llm_server(
     host: Annotated[str, typer.Option(help="Interface.")] = "127.0.0.1",
     seed: Annotated[int, typer.Option(help="Seed of wording and faults.")] = 1,
     latency_s: Annotated[str, typer.Option(help="min,mode,max seconds of each answer (0,0,0 = instant).")] = "0,0,0",
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="AIADMIN_LLM_API_KEY", help="Bearer key it accepts (401 otherwise); unset accepts any."),
+    ] = None,
 ) -> None:
     """A fake OpenAI-compatible LLM: point AIADMIN_LLM_BASE_URL at http://HOST:PORT/v1."""
     from simulator import fake_llm
 
     low, mode, high = (float(x) for x in latency_s.split(","))
     latency = fake_llm.LatencyModel(low, mode, high) if high > 0 else None
-    _serve(fake_llm.create_app(seed=seed, latency=latency, clock=WallClock()), port, host)
+    _serve(fake_llm.create_app(seed=seed, latency=latency, clock=WallClock(), api_key=api_key), port, host)
 
 
 @fake_app.command("crm")

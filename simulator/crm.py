@@ -1,5 +1,7 @@
-"""A YClients-compatible CRM over a `Salon`: the requests `YClientsBackend` sends, answered in YClients' shapes.
+"""A fake YClients over a `Salon`, written from the YClients API Blueprint (not from our client).
 
+Only documented routes and parameters are implemented; an undocumented query parameter is ignored, as any web
+API ignores what it does not know (`GET records?client_phone=` answers the company's records, unfiltered).
 Time ("today", past slots) comes from the injected clock; injected faults (429, 5xx, latency) are drawn from the
 injected seeded RNG, so a run is repeatable. Every handler is `async`: nothing runs in a thread pool, which keeps
 the salon single-threaded and the virtual clock in charge.
@@ -14,7 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,21 +29,30 @@ from simulator.salon import (
     Appointment,
     BookingConflict,
     Salon,
+    SalonClient,
     SalonMaster,
     SalonRecord,
     UnknownMaster,
     UnknownRecord,
+    canonical_phone,
 )
 from system.clock import Clock
-from system.phones import PhoneError, normalize_phone
 
 API_PREFIX = "/api/v1"
-MAX_DATE_RANGE_DAYS = 366
-DEFAULT_RECORDS_PAGE = 100
-MAX_RECORDS_PAGE = 500
-# YClients' own wording for each booking error code; the client reads the code from `meta.errors`.
+DEFAULT_RECORDS_PAGE = 300  # Blueprint: records `count` (number, `300`)
+MAX_RECORDS_PAGE = 1000  # the Blueprint names no maximum; the fake bounds it anyway
+DEFAULT_CLIENTS_PAGE = 25  # Blueprint: FullClientSearchRequest page_size, Default 25, "Максимум 200"
+MAX_CLIENTS_PAGE = 200
+# Blueprint, bulk client creation: "Телефон должен содержать от 9 до 15 цифр".
+PHONE_DIGITS = range(9, 16)
+# The Blueprint's booking error codes with its wording; where a code sits in the body it does not say, and the
+# fake puts it in `meta.errors[]` beside the message.
+INVALID_PHONE, CLIENT_BLOCKED, NAME_MISSING = 431, 434, 435
 CONFLICT_MESSAGES = {
+    INVALID_PHONE: "Номер телефона пользователя в неправильном формате",
     433: "Выбранное время уже занято",
+    CLIENT_BLOCKED: "Пользователь с указанным телефоном в черном списке и не может записываться",
+    NAME_MISSING: "Не указано имя клиента",
     436: "Нет свободных сотрудников на выбранное время",
     437: "Записи пересекаются по времени",
     438: "Услуга недоступна для онлайн-записи",
@@ -97,23 +108,66 @@ class BookCheckIn(_Body):
 
 
 class BookRecordIn(BookCheckIn):
-    phone: str = Field(min_length=1, max_length=32)
+    """book_record: phone and fullname required (431/435 when unusable), `api_id` a string or a number."""
+
+    phone: str = Field(max_length=32)
     fullname: str = Field(default="", max_length=200)
     email: str = Field(default="", max_length=200)
     comment: str = Field(default="", max_length=2000)
     api_id: str = Field(default="", max_length=200)
+    code: str = Field(default="", max_length=20)
+    notify_by_sms: int = Field(default=0, ge=0)
+    notify_by_email: int = Field(default=0, ge=0)
+    type: str = Field(default="", max_length=50)
 
 
-class ServiceRef(_Body):
+class ServiceLine(_Body):
+    """ServiceArray: the fake holds the price (`cost`) required, as every Blueprint example sends it."""
+
     id: int
+    cost: float = Field(ge=0)
+    first_cost: float | None = Field(default=None, ge=0)
+    discount: float = Field(default=0, ge=0, le=100)
+
+
+class ClientIn(_Body):
+    phone: str = Field(default="", max_length=32)
+    name: str = Field(default="", max_length=200)
+    email: str = Field(default="", max_length=200)
 
 
 class RecordUpdateIn(_Body):
+    """PUT record: every field the Blueprint marks required is required here too."""
+
     staff_id: int = Field(ge=0)
-    services: list[ServiceRef] = Field(default_factory=list, max_length=MAX_APPOINTMENTS)
+    services: list[ServiceLine] = Field(max_length=MAX_APPOINTMENTS)
+    client: ClientIn
     at: datetime = Field(alias="datetime")
-    seance_length: int | None = Field(default=None, gt=0, le=24 * 3600)
-    save_if_busy: bool = False
+    seance_length: int = Field(gt=0, le=24 * 3600)
+    save_if_busy: bool
+    send_sms: bool
+    comment: str | None = Field(default=None, max_length=2000)
+
+
+class FilterState(_Body):
+    value: Any = None
+
+
+class ClientFilter(_Body):
+    type: str
+    state: FilterState = Field(default_factory=FilterState)
+
+
+class ClientSearchIn(_Body):
+    """FullClientSearchRequest; of the filters the fake knows `quick_search` and `id`, and refuses the rest."""
+
+    page: int = Field(default=1, ge=1)
+    page_size: int = Field(default=DEFAULT_CLIENTS_PAGE, ge=1, le=MAX_CLIENTS_PAGE)
+    fields: list[Literal["id", "name", "phone", "email"]] = Field(default_factory=lambda: ["id"], max_length=10)
+    order_by: Literal["id", "name", "phone"] = "id"
+    order_by_direction: Literal["ASC", "DESC", "asc", "desc"] = "ASC"
+    operation: Literal["AND", "OR"] = "AND"
+    filters: list[ClientFilter] = Field(default_factory=list, max_length=20)
 
 
 def create_app(
@@ -136,6 +190,7 @@ def create_app(
         ("GET", "/book_times/{company_id}/{staff_id}/{day}", crm.times, public),
         ("POST", "/book_check/{company_id}", crm.check, public),
         ("POST", "/book_record/{company_id}", crm.book, public),
+        ("POST", "/company/{company_id}/clients/search", crm.search_clients, private),
         ("GET", "/records/{company_id}", crm.records, private),
         ("GET", "/record/{company_id}/{record_id}", crm.record, private),
         ("PUT", "/record/{company_id}/{record_id}", crm.update, private),
@@ -226,27 +281,30 @@ class _Crm:
         return _ok([{**_staff_json(master), "avatar": "", "bookable": True, "rating": 5} for master in masters])
 
     async def dates(
-        self,
-        company_id: int,
-        service_ids: ServiceIds = None,
-        staff_id: int = 0,
-        date_from: date | None = None,
-        date_to: date | None = None,
+        self, company_id: int, service_ids: ServiceIds = None, staff_id: int = 0, date: date | None = None
     ) -> JSONResponse:
+        """Blueprint: `date` is a day "в рамках месяца": that month; without it, from today to the horizon."""
         now = self.now()
-        start = date_from or now.date()
-        end = date_to or now.date() + timedelta(days=self._salon.booking_horizon_days)
-        if not 0 <= (end - start).days <= MAX_DATE_RANGE_DAYS:
-            raise CrmError(422, f"Период должен быть от 0 до {MAX_DATE_RANGE_DAYS} дней")
+        today, horizon = now.date(), now.date() + timedelta(days=self._salon.booking_horizon_days)
+        if date is None:
+            start, end = today, horizon
+        else:
+            start = date.replace(day=1)
+            end = (start + timedelta(days=32)).replace(day=1) - timedelta(days=1)
         ids = service_ids or []
         if staff_id:
             self._master(staff_id)
         masters = [m for m in self._salon.masters_for(ids) if staff_id in (0, m.id)]
         days = [start + timedelta(days=offset) for offset in range((end - start).days + 1)]
-        working = [day for day in days if day >= now.date() and any(m.hours_on(day) for m in masters)]
+        working = [day for day in days if today <= day <= horizon and any(m.hours_on(day) for m in masters)]
         bookable = [day for day in working if self._salon.free_slots(staff_id, day, ids, now=now)]
         return _ok(
-            {"booking_dates": [d.isoformat() for d in bookable], "working_dates": [d.isoformat() for d in working]}
+            {
+                "booking_days": _by_month(bookable),
+                "booking_dates": [d.isoformat() for d in bookable],
+                "working_days": _by_month(working),
+                "working_dates": [d.isoformat() for d in working],
+            }
         )
 
     async def times(self, company_id: int, staff_id: int, day: date, service_ids: ServiceIds = None) -> JSONResponse:
@@ -268,8 +326,13 @@ class _Crm:
         return _ok(None, status=201)
 
     async def book(self, company_id: int, body: BookRecordIn) -> JSONResponse:
+        phone = _phone(body.phone)
+        if not body.fullname.strip():
+            raise CrmError(422, CONFLICT_MESSAGES[NAME_MISSING], code=NAME_MISSING)
+        if phone in self._salon.blocked_phones:
+            raise CrmError(403, CONFLICT_MESSAGES[CLIENT_BLOCKED], code=CLIENT_BLOCKED)
         records = self._salon.book(
-            phone=_phone(body.phone),
+            phone=phone,
             client_name=body.fullname,
             appointments=self._appointments(body.appointments),
             api_id=body.api_id,
@@ -285,27 +348,49 @@ class _Crm:
 
     # --- records (user token) ----------------------------------------------------------------------------------
 
+    async def search_clients(self, company_id: int, body: ClientSearchIn) -> JSONResponse:
+        """POST company/{id}/clients/search: `quick_search` matches a part of the phone or of the name."""
+        tests = [_client_test(item) for item in body.filters]
+        combine = all if body.operation == "AND" else any
+        found = [client for client in self._salon.clients() if not tests or combine(t(client) for t in tests)]
+        found.sort(key=lambda c: getattr(c, body.order_by), reverse=body.order_by_direction.upper() == "DESC")
+        shown = found[(body.page - 1) * body.page_size : body.page * body.page_size]
+        rows = [{field: _client_json(client)[field] for field in body.fields} for client in shown]
+        return _ok(rows, meta={"total_count": len(found)})
+
     async def records(
         self,
         company_id: int,
-        client_phone: str | None = None,
-        staff_id: int = 0,
-        start_date: date | None = None,
-        end_date: date | None = None,
         page: Annotated[int, Query(ge=1)] = 1,
         count: Annotated[int, Query(ge=1, le=MAX_RECORDS_PAGE)] = DEFAULT_RECORDS_PAGE,
+        staff_id: int = 0,
+        client_id: int = 0,
+        start_date: date | None = None,
+        end_date: date | None = None,
+        c_start_date: date | None = None,
+        c_end_date: date | None = None,
+        changed_after: datetime | None = None,
+        changed_before: datetime | None = None,
+        with_deleted: int = 0,
     ) -> JSONResponse:
-        if client_phone is not None:
-            found = self._salon.records_by_phone(_phone(client_phone))
-        else:
-            found = sorted(self._salon.all_records(), key=lambda r: (r.start, r.id))
-        found = [
-            record
-            for record in found
-            if staff_id in (0, record.master_id)
-            and (start_date is None or record.start.date() >= start_date)
-            and (end_date is None or record.start.date() <= end_date)
-        ]
+        """GET records/{id} with the Blueprint's filters; deleted records only with `with_deleted`."""
+        changed_after, changed_before = (self._aware(t) if t else None for t in (changed_after, changed_before))
+
+        def wanted(r: SalonRecord) -> bool:
+            created = r.created_at.date() if r.created_at else None
+            return (
+                (with_deleted or not r.deleted)
+                and staff_id in (0, r.master_id)
+                and client_id in (0, r.client_id)
+                and (start_date is None or r.start.date() >= start_date)
+                and (end_date is None or r.start.date() <= end_date)
+                and (c_start_date is None or (created is not None and created >= c_start_date))
+                and (c_end_date is None or (created is not None and created <= c_end_date))
+                and (changed_after is None or (r.changed_at is not None and r.changed_at >= changed_after))
+                and (changed_before is None or (r.changed_at is not None and r.changed_at <= changed_before))
+            )
+
+        found = sorted(filter(wanted, self._salon.all_records()), key=lambda r: (r.start, r.id))
         shown = found[(page - 1) * count : page * count]
         return _ok([self._record_json(record) for record in shown], meta={"page": page, "total_count": len(found)})
 
@@ -318,7 +403,7 @@ class _Crm:
             start=self._aware(body.at),
             master_id=body.staff_id,
             service_ids=[service.id for service in body.services],
-            duration_min=-(-body.seance_length // 60) if body.seance_length else None,
+            duration_min=-(-body.seance_length // 60),
             now=self.now(),
             force=body.save_if_busy,
         )
@@ -361,7 +446,12 @@ class _Crm:
             "seance_length": record.duration_min * 60,
             "length": record.duration_min * 60,
             "comment": record.comment,
-            "client": {"name": record.client_name, "phone": "+" + record.phone, "email": record.email},
+            "client": {
+                "id": record.client_id,
+                "name": record.client_name,
+                "phone": "+" + record.phone,
+                "email": record.email,
+            },
             "api_id": record.api_id,
             "online": True,
             "deleted": record.deleted,
@@ -374,10 +464,35 @@ def _same(given: str, expected: str) -> bool:
 
 
 def _phone(raw: str) -> str:
-    try:
-        return normalize_phone(raw)
-    except PhoneError:
-        raise CrmError(422, "Неверный формат телефона") from None
+    """The phone's digits, "+" or not (the Blueprint's examples have none); 431 unless 9 to 15 digits."""
+    digits = canonical_phone(raw)
+    if len(digits) not in PHONE_DIGITS or not re.fullmatch(r"\+?[\d\s()-]+", raw.strip()):
+        raise CrmError(422, CONFLICT_MESSAGES[INVALID_PHONE], code=INVALID_PHONE)
+    return digits
+
+
+def _client_json(client: SalonClient) -> dict[str, Any]:
+    return {"id": client.id, "name": client.name, "phone": "+" + client.phone, "email": ""}
+
+
+def _client_test(item: ClientFilter) -> Any:
+    """A predicate for one documented filter the fake implements; 400 as the Blueprint answers a bad one."""
+    value = item.state.value
+    if item.type == "quick_search" and isinstance(value, str) and value.strip():
+        text = value.strip().casefold()
+        digits = canonical_phone(text)
+        return lambda c: (digits and digits in c.phone) or text in c.name.casefold()
+    if item.type == "id" and isinstance(value, list) and all(isinstance(v, int) for v in value):
+        return lambda c: c.id in value
+    raise CrmError(400, "Недопустимое значение фильтра")
+
+
+def _by_month(days: Sequence[date]) -> dict[str, list[str]]:
+    """The Blueprint's `booking_days` / `working_days`: month number -> day numbers, as strings."""
+    months: dict[str, list[str]] = {}
+    for day in days:
+        months.setdefault(str(day.month), []).append(str(day.day))
+    return months
 
 
 def _record_hash(company_id: int, record_id: int) -> str:

@@ -16,6 +16,7 @@ import httpx
 import orjson
 
 from simulator import meta_payloads as meta
+from simulator.whatsapp import BSUID_SHAPE, OutboundMessage, status_error
 from system.clock import Clock
 from system.retry import parse_retry_after
 from system.signatures import sign
@@ -23,6 +24,12 @@ from system.signatures import sign
 Mode = Literal["meta", "gateway"]
 MediaKind = Literal["voice", "image", "sticker", "location"]
 StatusKind = Literal["sent", "delivered", "read", "failed"]
+
+# What WhatsApp reports of a delivered reply: (status, seconds after the previous one).
+DELIVERED_STEPS: tuple[tuple[StatusKind, float], ...] = (("sent", 0.5), ("delivered", 1.0), ("read", 5.0))
+FAILED_AFTER_S = 1.0  # a `failed` status comes alone, shortly after the send was accepted
+# Per-message pricing of a service reply inside the 24-hour window: free, not billable.
+_SERVICE_PRICING = {"billable": False, "pricing_model": "PMP", "type": "free_customer_service", "category": "service"}
 
 META_PATH = "/webhook/whatsapp"
 GATEWAY_PATH = "/webhook/whatsapp/batched"
@@ -167,10 +174,49 @@ class WebhookDelivery:
     async def deliver_status(
         self, *, wamid: str, status: StatusKind, recipient: str, at_ms: int, error_code: int | None = None
     ) -> int:
-        """A sent/delivered/read/failed callback for a message the system sent (Meta mode only)."""
+        """A sent/delivered/read/failed callback for a message the system sent (Meta mode only).
+
+        Shaped as Meta's status webhook: a failed status carries `errors[]` (code, title, message,
+        error_data.details, href) and no pricing; the others carry the per-message pricing of a service reply.
+        A message sent to a business-scoped user id is named by `recipient_user_id` instead of `recipient_id`.
+        """
         self._require_meta("delivery statuses")
-        entry = meta.status(wamid, status, recipient=recipient, timestamp_s=at_ms // 1000, error_code=error_code)
+        entry = meta.status(wamid, status, recipient=recipient, timestamp_s=at_ms // 1000)
+        if BSUID_SHAPE.fullmatch(recipient):
+            del entry["recipient_id"]
+            entry["recipient_user_id"] = recipient
+        if status == "failed":
+            entry["errors"] = [status_error(error_code if error_code is not None else 131000)]
+        else:
+            entry["pricing"] = dict(_SERVICE_PRICING)
         return await self.deliver_payload(meta_webhook(self.number, statuses=[entry]))
+
+    async def deliver_outcome(self, message: OutboundMessage) -> list[int]:
+        """Everything WhatsApp reports of one accepted reply, waiting on the clock between the webhooks.
+
+        A delivered reply gets sent, delivered and read; one Meta accepted but could not deliver (the 24-hour
+        window closed, 131047; the recipient unreachable, 131026) gets one `failed` status with that error.
+        Returns the HTTP status of each webhook.
+        """
+        if message.failure is not None:
+            await self._clock.sleep(FAILED_AFTER_S)
+            status = await self.deliver_status(
+                wamid=message.wamid,
+                status="failed",
+                recipient=message.to,
+                at_ms=self._clock.now_ms(),
+                error_code=message.failure,
+            )
+            return [status]
+        answers = []
+        for state, delay_s in DELIVERED_STEPS:
+            await self._clock.sleep(delay_s)
+            answers.append(
+                await self.deliver_status(
+                    wamid=message.wamid, status=state, recipient=message.to, at_ms=self._clock.now_ms()
+                )
+            )
+        return answers
 
     async def deliver_payload(self, body: dict[str, Any]) -> int:
         """Any body, signed and posted with retries (redeliveries and malformed payloads go through here)."""

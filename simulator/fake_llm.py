@@ -4,12 +4,20 @@ Everything it says is decided by `simulator.llm_policy` from the request alone (
 tool results). Wording varies with a hash of the conversation and the seed; latency and faults are drawn
 from a `random.Random` seeded by the seed, the request's hash and how often that request was seen, so a run
 is reproducible however the conversations interleave, and a retried request can succeed.
+
+Where our client depends on it, it answers as OpenAI's chat-completions reference says: errors are
+`{"error": {"message", "type", "param", "code"}}` with `code` a string or null; a wrong bearer key is a 401
+`invalid_api_key` (when the fake is given a key); `tool_choice` is honoured; `max_tokens` and
+`max_completion_tokens` together, `max_tokens` for a reasoning model (o-series, gpt-5) and a temperature
+other than 1 for one are refused with 400, as the real API refuses them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import random
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +36,9 @@ from system.clock import Clock
 MODEL = "fake-admin-1"
 SEEN_REQUESTS_KEPT = 100_000  # request hashes remembered for the per-request attempt counter
 FALLBACK_TEXT = "Минутку, уточню и вернусь с ответом 🙏 Если удобно, напишите, пожалуйста, что именно нужно."
+# OpenAI's reasoning models (the o-series and gpt-5 but not gpt-5-chat), also behind a provider prefix.
+REASONING_MODEL = re.compile(r"^(o\d|gpt-5(?!.*-chat))")
+TOOL_CHOICE_MODES = frozenset({"none", "auto", "required"})
 
 
 def _chars_to_tokens(chars: int) -> int:
@@ -55,6 +66,7 @@ class Fault(StrEnum):
     RATE_LIMITED = "rate_limited"
     SERVER_ERROR = "server_error"
     MALFORMED = "malformed"
+    QUOTA = "quota"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +77,12 @@ class LlmFaults:
     rate_limited: float = 0.0  # 429 with Retry-After
     server_error: float = 0.0  # 500
     malformed: float = 0.0  # a tool call whose arguments are not JSON
+    quota: float = 0.0  # 429 insufficient_quota: the account has no credit left
     timeout_s: float = 3600.0
     retry_after_s: int = 1
 
     def __post_init__(self) -> None:
-        odds = (self.timeout, self.rate_limited, self.server_error, self.malformed)
+        odds = (self.timeout, self.rate_limited, self.server_error, self.malformed, self.quota)
         if any(p < 0 for p in odds) or sum(odds) > 1 + 1e-9:
             raise ValueError("fault probabilities must be >= 0 and sum to at most 1")
 
@@ -80,6 +93,7 @@ class LlmFaults:
             (Fault.RATE_LIMITED, self.rate_limited),
             (Fault.SERVER_ERROR, self.server_error),
             (Fault.MALFORMED, self.malformed),
+            (Fault.QUOTA, self.quota),
         ):
             if roll < p:
                 return fault
@@ -108,7 +122,10 @@ class FakeModel:
 
         turn = read_turn(messages, tools)
         decision = _guarded(Policy(morph=self._morph, pick=pick).decide(turn), turn.steps, tools)
-        message, finish = _message(decision, digest, malformed=malformed)
+        choice = body.get("tool_choice", "auto")
+        decision = _as_chosen(decision, choice, _tool_names(body))
+        # A cut-off tool call is a tool call: not where none may be made.
+        message, finish = _message(decision, digest, malformed=malformed and choice != "none")
         prompt_chars = sum(len(str(m.get("content") or "")) for m in messages) + len(orjson.dumps(body.get("tools")))
         answer_chars = len(message.get("content") or "") + sum(
             len(c["function"]["arguments"]) for c in message.get("tool_calls", ())
@@ -136,6 +153,24 @@ def _guarded(decision: Decision, steps: Sequence[Step], tools: frozenset[str]) -
     return decision
 
 
+def _tool_names(body: dict[str, Any]) -> list[str]:
+    return [str((t.get("function") or {}).get("name")) for t in body.get("tools") or () if isinstance(t, dict)]
+
+
+def _as_chosen(decision: Decision, choice: Any, offered: Sequence[str]) -> Decision:
+    """`tool_choice` as the reference defines it: none never calls, required calls one or more, a named
+    function is the one called; auto leaves the choice to the model."""
+    if choice == "none":
+        return decision if isinstance(decision, Say) else Say(FALLBACK_TEXT)
+    if choice == "required":
+        return decision if isinstance(decision, Calls) or not offered else Calls(((offered[0], {}),))
+    if isinstance(choice, dict):
+        name = str(choice["function"]["name"])
+        calls = tuple(c for c in decision.calls if c[0] == name) if isinstance(decision, Calls) else ()
+        return Calls(calls or ((name, {}),))
+    return decision
+
+
 def _message(decision: Decision, digest: str, *, malformed: bool) -> tuple[dict[str, Any], str]:
     if isinstance(decision, Say) and not malformed:
         return {"role": "assistant", "content": decision.text}, "stop"
@@ -151,18 +186,97 @@ def _message(decision: Decision, digest: str, *, malformed: bool) -> tuple[dict[
     return {"role": "assistant", "content": None, "tool_calls": tool_calls}, "tool_calls"
 
 
-def _read(raw: bytes) -> tuple[dict[str, Any], str]:
-    """The request body and what is wrong with it ("" when it can be answered)."""
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a request is refused: a 400 `invalid_request_error` naming the parameter."""
+
+    message: str
+    param: str | None = None
+    code: str | None = None
+
+
+def _read(raw: bytes) -> tuple[dict[str, Any], Refusal | None]:
+    """The request body and what is wrong with it (None when it can be answered)."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return {}, "body is not JSON"
+        return {}, Refusal("invalid request: body is not JSON")
     if not isinstance(body, dict):
-        return {}, "body is not an object"
+        return {}, Refusal("invalid request: body is not an object")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-        return {}, "messages must be a non-empty list of objects"
-    return body, ""
+        return {}, Refusal("invalid request: messages must be a non-empty list of objects", "messages")
+    return body, _refusal(body)
+
+
+def _refusal(body: dict[str, Any]) -> Refusal | None:
+    """The parameters the real API refuses, with its messages and codes."""
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            return Refusal(f"Invalid '{name}': expected an integer of at least 1.", name, "invalid_value")
+    if body.get("max_tokens") is not None and body.get("max_completion_tokens") is not None:
+        return Refusal(
+            "Setting 'max_tokens' and 'max_completion_tokens' at the same time is not supported.",
+            "max_tokens",
+            "invalid_parameter_combination",
+        )
+    if REASONING_MODEL.match(str(body.get("model") or "").rsplit("/", 1)[-1].lower()):
+        if body.get("max_tokens") is not None:
+            return Refusal(
+                "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                "Use 'max_completion_tokens' instead.",
+                "max_tokens",
+                "unsupported_parameter",
+            )
+        temperature = body.get("temperature")
+        if temperature is not None and temperature != 1:
+            return Refusal(
+                f"Unsupported value: 'temperature' does not support {temperature} with this model. "
+                "Only the default (1) value is supported.",
+                "temperature",
+                "unsupported_value",
+            )
+    return _tool_choice_refusal(body.get("tool_choice"), _tool_names(body))
+
+
+def _tool_choice_refusal(choice: Any, offered: Sequence[str]) -> Refusal | None:
+    if choice is None:
+        return None
+    if not offered:
+        return Refusal(
+            "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.",
+            "tool_choice",
+        )
+    if isinstance(choice, str) and choice in TOOL_CHOICE_MODES:
+        return None
+    function = choice.get("function") if isinstance(choice, dict) and choice.get("type") == "function" else None
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(name, str):
+        return Refusal(
+            "Invalid value for 'tool_choice': expected 'none', 'auto', 'required' or "
+            '{"type": "function", "function": {"name": ...}}.',
+            "tool_choice",
+        )
+    if name not in offered:
+        return Refusal(f"Invalid value for 'tool_choice': no function named {name!r} in 'tools'.", "tool_choice")
+    return None
+
+
+def _unauthorized(authorization: str | None, api_key: str) -> Response | None:
+    """None when the bearer key matches; otherwise the 401 the real API answers."""
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        message = (
+            "You didn't provide an API key. You need to provide your API key in an Authorization header "
+            "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+        )
+        return _error(401, message, "invalid_request_error")
+    if hmac.compare_digest(given.strip().encode(), api_key.encode()):
+        return None
+    shown = given.strip()[:4] + "*" * 4
+    message = f"Incorrect API key provided: {shown}. You can find your API key in your account settings."
+    return _error(401, message, "invalid_request_error", code="invalid_api_key")
 
 
 async def _failure(fault: Fault, faults: LlmFaults, clock: Clock) -> Response:
@@ -171,12 +285,25 @@ async def _failure(fault: Fault, faults: LlmFaults, clock: Clock) -> Response:
         return _error(504, "upstream timed out", "timeout")
     if fault is Fault.RATE_LIMITED:
         headers = {"retry-after": str(faults.retry_after_s)}
-        return _error(429, "Rate limit reached, please retry later", "rate_limit_error", headers)
-    return _error(500, "The server had an error while processing your request", "server_error")
+        message = f"Rate limit reached for requests. Please try again in {faults.retry_after_s}s."
+        return _error(429, message, "requests", code="rate_limit_exceeded", headers=headers)
+    if fault is Fault.QUOTA:
+        message = "You exceeded your current quota, please check your plan and billing details."
+        return _error(429, message, "insufficient_quota", code="insufficient_quota")
+    return _error(500, "The server had an error while processing your request. Sorry about that!", "server_error")
 
 
-def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> Response:
-    body = orjson.dumps({"error": {"message": message, "type": kind, "code": status}})
+def _error(
+    status: int,
+    message: str,
+    kind: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """The reference's error object: `code` is a string or null, never the HTTP status."""
+    body = orjson.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}})
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
@@ -187,8 +314,13 @@ def create_app(
     faults: LlmFaults | None = None,
     clock: Clock,
     morph: Morph | None = None,
+    api_key: str | None = None,
 ) -> FastAPI:
-    """The fake LLM server; `morph` defaults to a new pymorphy3 MorphAnalyzer (loaded once for this app)."""
+    """The fake LLM server; `morph` defaults to a new pymorphy3 MorphAnalyzer (loaded once for this app).
+
+    With `api_key`, a request without `Authorization: Bearer <api_key>` gets the real API's 401;
+    without it any key (or none) is accepted, as a local vLLM or Ollama does.
+    """
     if morph is None:
         morph = pymorphy3.MorphAnalyzer()
     model = FakeModel(seed=seed, morph=morph)
@@ -196,10 +328,14 @@ def create_app(
     app = FastAPI(title="fake LLM", docs_url=None, redoc_url=None, openapi_url=None)
 
     async def completions(request: Request) -> Response:
+        if api_key is not None:
+            refused = _unauthorized(request.headers.get("authorization"), api_key)
+            if refused is not None:
+                return refused
         raw = await request.body()
         body, problem = _read(raw)
-        if problem:
-            return _error(400, f"invalid request: {problem}", "invalid_request_error")
+        if problem is not None:
+            return _error(400, problem.message, "invalid_request_error", param=problem.param, code=problem.code)
         request_key = hashlib.sha256(raw).hexdigest()
         attempt = seen.pop(request_key, 0)
         seen[request_key] = attempt + 1

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from system.phones import PhoneError, normalize_phone
-
 BARBERSHOP_FIXTURE = Path(__file__).parent / "fixtures" / "barbershop.json"
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 FIRST_RECORD_ID = 1001
+FIRST_CLIENT_ID = 501
 MAX_APPOINTMENTS = 10
 # A fixture booking whose day is the master's day off (the start weekday varies) moves on day by day, this far.
 FIXTURE_SHIFT_DAYS = 14
@@ -104,6 +103,15 @@ class FreeSlot:
 
 
 @dataclass(frozen=True, slots=True)
+class SalonClient:
+    """A client of the salon's base; YClients adds one with the first booking from a new phone."""
+
+    id: int
+    phone: str  # canonical digits
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class SalonRecord:
     """A record as the CRM keeps it; cancelled records stay with `deleted=True` for the judges."""
 
@@ -121,6 +129,8 @@ class SalonRecord:
     deleted: bool = False
     deleted_at: datetime | None = None
     attendance: int = 0
+    client_id: int = 0
+    changed_at: datetime | None = None  # the last change (created, moved, deleted, attendance)
 
     @property
     def end(self) -> datetime:
@@ -154,6 +164,9 @@ class Salon:
         self.booking_horizon_days = booking_horizon_days
         self._records: dict[int, SalonRecord] = {}
         self._ids = itertools.count(FIRST_RECORD_ID)
+        self._clients: dict[str, SalonClient] = {}  # by canonical phone
+        self._client_ids = itertools.count(FIRST_CLIENT_ID)
+        self.blocked_phones: set[str] = set()  # canonical phones the salon takes no online bookings from
 
     @classmethod
     def from_fixture(cls, path: str | Path, *, start: datetime) -> Salon:
@@ -245,11 +258,12 @@ class Salon:
     ) -> list[SalonRecord]:
         """Create one record per appointment, all or none; ids increase from 1001."""
         placements = self.check(appointments, now=now)
+        client = self.client(phone, name=client_name)
         created = []
         for appointment, slot in zip(appointments, placements, strict=True):
             record = SalonRecord(
                 id=next(self._ids),
-                phone=canonical_phone(phone),
+                phone=client.phone,
                 client_name=client_name,
                 master_id=slot.master_id,
                 service_ids=appointment.service_ids,
@@ -259,10 +273,24 @@ class Salon:
                 email=email,
                 comment=comment,
                 created_at=now,
+                client_id=client.id,
+                changed_at=now,
             )
             self._records[record.id] = record
             created.append(record)
         return created
+
+    def client(self, phone: str, *, name: str = "") -> SalonClient:
+        """The client with this phone, added to the base if new (the name is kept from the first booking)."""
+        canonical = canonical_phone(phone)
+        known = self._clients.get(canonical)
+        if known is None:
+            known = self._clients[canonical] = SalonClient(id=next(self._client_ids), phone=canonical, name=name)
+        return known
+
+    def clients(self) -> list[SalonClient]:
+        """The client base, by id."""
+        return sorted(self._clients.values(), key=lambda client: client.id)
 
     def record(self, record_id: int) -> SalonRecord:
         """A record, deleted or not."""
@@ -305,14 +333,19 @@ class Salon:
         else:
             slot = self._place(Appointment(services, master_id, start), duration, now=now, ignore_id=record.id)
         moved = replace(
-            record, master_id=slot.master_id, start=slot.start, duration_min=slot.duration_min, service_ids=services
+            record,
+            master_id=slot.master_id,
+            start=slot.start,
+            duration_min=slot.duration_min,
+            service_ids=services,
+            changed_at=now or record.changed_at,
         )
         self._records[record.id] = moved
         return moved
 
     def cancel(self, record_id: int, *, now: datetime | None = None) -> SalonRecord:
         """Delete an active record (a cancellation, not a no-show: `attendance` is left as it was)."""
-        cancelled = replace(self._active(record_id), deleted=True, deleted_at=now)
+        cancelled = replace(self._active(record_id), deleted=True, deleted_at=now, changed_at=now)
         self._records[record_id] = cancelled
         return cancelled
 
@@ -442,11 +475,8 @@ class Salon:
 
 
 def canonical_phone(phone: str) -> str:
-    """E.164 digits without "+", as the client sends them; unparsable input keeps just its digits."""
-    try:
-        return normalize_phone(phone)
-    except PhoneError:
-        return "".join(char for char in phone if char.isdigit())
+    """The phone's digits, as YClients writes them in its examples ("79161502239"): "+", spaces and dashes go."""
+    return "".join(char for char in phone if char.isdigit())
 
 
 def _hhmm(value: Any) -> time:

@@ -40,8 +40,7 @@ REALTIME_WINDOW_S = 60.0
 USERS_PER_DAY = 100  # a barbershop of four masters hears from about this many clients a day
 DRAIN_LIMIT_S = 3600.0
 APP_SECRET = "sim-app-secret"
-STATUS_STEPS = (("sent", 0.5), ("delivered", 1.0), ("read", 5.0))  # (status, seconds after the previous one)
-TOKENS = {"whatsapp": "sim-wa-token", "partner": "sim-partner", "user": "sim-user"}
+TOKENS = {"whatsapp": "sim-wa-token", "partner": "sim-partner", "user": "sim-user", "llm": "sim"}
 FAKE_PORTS = {"whatsapp": 8091, "llm": 8092, "crm": 8093}  # as `aiadmin fake` serves them by default
 HOSTS = {"llm": "http://llm.sim", "crm": "http://crm.sim", "whatsapp": "http://wa.sim", "system": "http://system.sim"}
 
@@ -131,17 +130,13 @@ class SimChannel:
         return self._box.replies(phone)[seen]
 
     def report_statuses(self, message: fake_whatsapp.OutboundMessage) -> None:
-        """WhatsApp tells the system what became of a reply: sent, then delivered, then read."""
+        """WhatsApp tells the system what became of a reply: sent, delivered and read, or failed."""
         task = asyncio.get_running_loop().create_task(self._statuses(message))
         self._status_tasks.add(task)
         task.add_done_callback(self._status_tasks.discard)
 
     async def _statuses(self, message: fake_whatsapp.OutboundMessage) -> None:
-        for status, delay_s in STATUS_STEPS:
-            await self._clock.sleep(delay_s)
-            await self._delivery.deliver_status(
-                wamid=message.wamid, status=status, recipient=message.to, at_ms=self._clock.now_ms()
-            )
+        await self._delivery.deliver_outcome(message)
 
     def _note(self, phone: str, now: int, message_id: str, **content: str) -> None:
         self.inbound.setdefault(phone, []).append(now)
@@ -164,13 +159,13 @@ class SimResult:
 def _settings(opts: SimOptions) -> dict[str, str]:
     env = {
         "AIADMIN_LLM_BASE_URL": f"{HOSTS['llm']}/v1",
-        "AIADMIN_LLM_API_KEY": "sim",
+        "AIADMIN_LLM_API_KEY": TOKENS["llm"],
         "AIADMIN_LLM_MODEL": "fake-admin",
         "AIADMIN_DEFAULT_SALON_NAME": "Барбершоп «Борода»",
         "AIADMIN_YCLIENTS_BASE_URL": f"{HOSTS['crm']}/api/v1",
         "AIADMIN_YCLIENTS_PARTNER_TOKEN": TOKENS["partner"],
         "AIADMIN_YCLIENTS_USER_TOKEN": TOKENS["user"],
-        "AIADMIN_WHATSAPP_API_URL": f"{HOSTS['whatsapp']}/v21.0",
+        "AIADMIN_WHATSAPP_API_URL": HOSTS["whatsapp"],
         "AIADMIN_WHATSAPP_TOKEN": TOKENS["whatsapp"],
         "AIADMIN_WHATSAPP_PHONE_NUMBER_ID": "106540352242922",
         "AIADMIN_WHATSAPP_APP_SECRET": APP_SECRET,
@@ -297,7 +292,12 @@ async def simulate(opts: SimOptions, *, progress: Callable[[int, int], None] | N
     initial = snapshot(salon)
     box = ReplyBox(transcript)
     apps = {
-        "llm": fake_llm.create_app(seed=opts.seed, latency=fake_llm.LatencyModel(*opts.llm_latency_s), clock=clock),
+        "llm": fake_llm.create_app(
+            seed=opts.seed,
+            latency=fake_llm.LatencyModel(*opts.llm_latency_s),
+            clock=clock,
+            api_key=TOKENS["llm"],
+        ),
         "crm": crm.create_app(salon, partner_token=TOKENS["partner"], user_token=TOKENS["user"], clock=clock),
         "whatsapp": fake_whatsapp.create_app(
             token=TOKENS["whatsapp"], clock=clock, rng=random.Random(opts.seed), outbox=box
@@ -419,11 +419,11 @@ def system_env_for_fakes() -> dict[str, str]:
     """The settings a separately started system needs to talk to the simulator's fakes."""
     return {
         "AIADMIN_LLM_BASE_URL": f"http://127.0.0.1:{FAKE_PORTS['llm']}/v1",
-        "AIADMIN_LLM_API_KEY": "sim",
+        "AIADMIN_LLM_API_KEY": TOKENS["llm"],
         "AIADMIN_YCLIENTS_BASE_URL": f"http://127.0.0.1:{FAKE_PORTS['crm']}/api/v1",
         "AIADMIN_YCLIENTS_PARTNER_TOKEN": TOKENS["partner"],
         "AIADMIN_YCLIENTS_USER_TOKEN": TOKENS["user"],
-        "AIADMIN_WHATSAPP_API_URL": f"http://127.0.0.1:{FAKE_PORTS['whatsapp']}/v21.0",
+        "AIADMIN_WHATSAPP_API_URL": f"http://127.0.0.1:{FAKE_PORTS['whatsapp']}",
         "AIADMIN_WHATSAPP_TOKEN": TOKENS["whatsapp"],
         "AIADMIN_WHATSAPP_PHONE_NUMBER_ID": "106540352242922",
         "AIADMIN_WHATSAPP_APP_SECRET": APP_SECRET,

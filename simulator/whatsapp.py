@@ -1,11 +1,19 @@
 """The fake WhatsApp Cloud API: accepts the system's sends as Meta does, records them, and fails on demand.
 
-`POST /{version}/{phone_number_id}/messages` with `Authorization: Bearer <token>` takes a text message or a
-read receipt with a typing indicator; errors come as Meta's JSON `{"error": {"message", "type", "code",
-"error_subcode"?, "error_data"?, "fbtrace_id"}}`. HTTP statuses follow Meta's error-code table: 401 for 190,
-400 for parameter errors and for the throughput and per-recipient limits (130429, 131056) and the 24 h window
-(131047), 500 for 131000, 503 for 131016. Some providers in front of Meta answer throttling with 429; the
-system's sender reads `error.code` first, so either status classifies the same.
+`POST /{version}/{phone_number_id}/messages` (any `vNN.N`) with `Authorization: Bearer <token>` takes a text
+message or a read receipt with a typing indicator. A message names its recipient by phone in `to`, or by
+business-scoped user id (BSUID, `US.13491208655302741918`) in `recipient`; `to` wins when both are given, and
+the answer's contact carries `wa_id` for a phone, `user_id` for a BSUID. Errors come as Meta's JSON `{"error":
+{"message", "type", "code", "error_subcode"?, "error_data"?, "fbtrace_id"}}`. HTTP statuses follow Meta's
+error-code table: 401 for 190, 400 for parameter errors and for the throughput and per-recipient limits
+(130429, 131056), 403 for policy blocks, 500 for 131000 and 131057, 503 for 131016. Some providers in front of
+Meta answer throttling with 429; the system's sender reads `error.code` first, so either status classifies the
+same.
+
+Meta reports some failures only later: a message to a client whose 24-hour window is closed, or who cannot
+receive it, is accepted (200 and a `wamid`) and then fails in a `failed` status webhook with `errors[]`
+(131047, 131026). The fake marks such a message with its `failure` code; `status_error` is the error object
+of that webhook, and `simulator.delivery.WebhookDelivery.deliver_outcome` posts it.
 
 `GET /_sim/messages?after=N&to=PHONE&wait_ms=MS` is not Meta's: it lets a load test see what its clients received.
 It lists the accepted messages numbered after N (1-based, in order of acceptance), optionally to one recipient,
@@ -38,6 +46,9 @@ MAX_WAIT_MS = 30_000  # longest long poll of the inspection route
 _VERSION = re.compile(r"v\d{1,2}\.\d{1,2}")
 _PHONE_NUMBER_ID = re.compile(r"\d{1,20}")
 _RECIPIENT = re.compile(r"\+?(\d{8,15})")  # Meta takes the number with or without "+"; it answers with digits
+# A business-scoped user id: ISO country code, ".", an alphanumeric id; a parent BSUID has "ENT." in between.
+BSUID_SHAPE = re.compile(r"[A-Z]{2}\.(?:ENT\.)?[A-Za-z0-9]{1,128}")
+_ERROR_CODES_HREF = "/documentation/business-messaging/whatsapp/support/error-codes"
 
 # Meta's code → (HTTP status, type, message) for the errors this fake can produce.
 _ERRORS: dict[int, tuple[int, str, str]] = {
@@ -49,6 +60,17 @@ _ERRORS: dict[int, tuple[int, str, str]] = {
     131026: (400, "OAuthException", "(#131026) Message undeliverable"),
     131000: (500, "OAuthException", "(#131000) Something went wrong"),
     131016: (503, "OAuthException", "(#131016) Service unavailable"),
+    131057: (500, "OAuthException", "(#131057) Account in maintenance mode"),
+    131048: (400, "OAuthException", "(#131048) Spam rate limit hit"),
+    131049: (
+        400,
+        "OAuthException",
+        "(#131049) This message was not delivered to maintain healthy ecosystem engagement.",
+    ),
+    131021: (400, "OAuthException", "(#131021) Recipient cannot be sender"),
+    131062: (400, "OAuthException", "(#131062) Business-scoped User ID recipients are not supported for this message"),
+    133010: (400, "OAuthException", "(#133010) Account not registered"),
+    368: (403, "OAuthException", "(#368) Temporarily blocked for policies violations"),
 }
 _DETAILS: dict[int, str] = {
     130429: "Cloud API message throughput has been reached.",
@@ -59,6 +81,14 @@ _DETAILS: dict[int, str] = {
     131026: "Message failed to send because the recipient cannot receive it.",
     131000: "Message failed to send because of an unknown error.",
     131016: "A service is temporarily unavailable.",
+    131057: "Business Account is in maintenance mode",
+    131048: "Message failed to send because there are restrictions on how many messages can be sent from this "
+    "phone number. This may be because too many previous messages were blocked or flagged as spam.",
+}
+# Meta's titles of the failures it reports in `failed` status webhooks rather than in the send's answer.
+_STATUS_TITLES: dict[int, str] = {
+    131047: "Re-engagement message",
+    131026: "Message undeliverable",
 }
 
 RequestKind = Literal["message", "read"]
@@ -70,9 +100,10 @@ class OutboundMessage:
 
     wamid: str
     phone_number_id: str
-    to: str  # digits, as Meta's `wa_id`
+    to: str  # digits, as Meta's `wa_id`, or the business-scoped user id it was sent to
     text: str
     at_ms: int
+    failure: int | None = None  # the code Meta reports later in a `failed` status webhook; None: it is delivered
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,13 +186,18 @@ class WhatsAppFaults:
     """Errors the fake injects: probabilities per accepted-looking request, drawn from the seeded RNG.
 
     `throughput_p` (130429) and `server_error_p` (131000, HTTP 500) apply to messages and read receipts;
-    `pair_rate_p` (131056) to messages only. Messages to `outside_window` always fail with 131047.
+    `pair_rate_p` (131056) to messages only. Messages to `window_closed` (131047) and `unreachable` (131026) are
+    accepted, as Meta accepts them, and fail later in a `failed` status webhook. Messages to `outside_window`
+    are refused at once with 131047: Meta documents that an error may come synchronously, asynchronously or
+    both, and some scenarios test the synchronous path.
     """
 
     throughput_p: float = 0.0
     pair_rate_p: float = 0.0
     server_error_p: float = 0.0
     outside_window: set[str] = field(default_factory=set)
+    window_closed: set[str] = field(default_factory=set)
+    unreachable: set[str] = field(default_factory=set)
     _pending: dict[str, deque[int]] = field(
         default_factory=lambda: {"message": deque(), "read": deque()}, init=False, repr=False
     )
@@ -174,6 +210,14 @@ class WhatsAppFaults:
     def fail_next(self, code: int, *, times: int = 1, kind: RequestKind = "message") -> None:
         """Answer the next `times` valid requests of `kind` with Meta's error `code` (any code; unknown ones: 400)."""
         self._pending[kind].extend([code] * times)
+
+    def later_failure(self, to: str) -> int | None:
+        """The code of the `failed` status webhook a message to `to` will get, if any."""
+        if to in self.window_closed:
+            return 131047
+        if to in self.unreachable:
+            return 131026
+        return None
 
     def take_pending(self, kind: RequestKind) -> int | None:
         pending = self._pending[kind]
@@ -215,6 +259,18 @@ class MetaError(Exception):
         return {"error": error}
 
 
+def status_error(code: int) -> dict[str, Any]:
+    """One entry of a `failed` status webhook's `errors[]`, shaped as Meta's webhook reference shows it."""
+    message = _ERRORS.get(code, (400, "", f"(#{code}) Error"))[2]
+    title = _STATUS_TITLES.get(code) or message.partition(") ")[2] or message
+    error: dict[str, Any] = {"code": code, "title": title, "message": title}
+    details = _DETAILS.get(code)
+    if details:
+        error["error_data"] = {"details": details}
+    error["href"] = _ERROR_CODES_HREF
+    return error
+
+
 def _param_error(message: str, *, subcode: int | None = None) -> MetaError:
     return MetaError(100, f"(#100) {message}", details=message, subcode=subcode)
 
@@ -249,9 +305,11 @@ class FakeCloudApi:
                 receipt = ReadReceipt(message_id, typing, self._clock.now_ms(), phone_number_id)
                 self.outbox.record_receipt(receipt)
                 return 200, {"success": True}
-            to_input, to, text = _text_message(payload)
+            to_input, to, by_user_id, text = _text_message(payload)
             self._fail_if_faulty(kind, to=to)
-            return 200, self._accept(phone_number_id=phone_number_id, to_input=to_input, to=to, text=text)
+            return 200, self._accept(
+                phone_number_id=phone_number_id, to_input=to_input, to=to, by_user_id=by_user_id, text=text
+            )
         except MetaError as exc:
             self.outbox.record_refusal(Refusal(exc.code, exc.http_status, kind, to, self._clock.now_ms()))
             return exc.http_status, exc.body(self._trace_id())
@@ -274,15 +332,14 @@ class FakeCloudApi:
         if code is not None:
             raise MetaError(code)
 
-    def _accept(self, *, phone_number_id: str, to_input: str, to: str, text: str) -> dict[str, Any]:
+    def _accept(self, *, phone_number_id: str, to_input: str, to: str, by_user_id: bool, text: str) -> dict[str, Any]:
         self._sent += 1
         wamid = _wamid(to, self._sent, self._ids.getrandbits(64))
-        self.outbox.record_message(OutboundMessage(wamid, phone_number_id, to, text, self._clock.now_ms()))
-        return {
-            "messaging_product": "whatsapp",
-            "contacts": [{"input": to_input, "wa_id": to}],
-            "messages": [{"id": wamid}],
-        }
+        failure = self.faults.later_failure(to)
+        self.outbox.record_message(OutboundMessage(wamid, phone_number_id, to, text, self._clock.now_ms(), failure))
+        # Meta names the contact by the identifier the message was sent to: `wa_id` for a phone, `user_id` for a BSUID.
+        contact = {"input": to_input, "user_id" if by_user_id else "wa_id": to}
+        return {"messaging_product": "whatsapp", "contacts": [contact], "messages": [{"id": wamid}]}
 
     def _trace_id(self) -> str:
         alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
@@ -358,14 +415,25 @@ def _read_receipt(payload: dict[str, Any]) -> tuple[str, bool]:
     return message_id, indicator is not None
 
 
-def _text_message(payload: dict[str, Any]) -> tuple[str, str, str]:
-    """(the `to` as given, its digits, the body) of a valid text message."""
+def _recipient(payload: dict[str, Any]) -> tuple[str, str, bool]:
+    """(the recipient as given, as recorded, whether it is a BSUID): `to` (a phone) wins over `recipient` (a BSUID)."""
     to_input = payload.get("to")
-    if to_input is None:
+    if to_input is not None:
+        match = _RECIPIENT.fullmatch(to_input) if isinstance(to_input, str) else None
+        if match is None:
+            raise _param_error("Param to must be a phone number of 8 to 15 digits, with or without a leading '+'")
+        return to_input, match.group(1), False
+    user_id = payload.get("recipient")
+    if user_id is None:
         raise _param_error("The parameter to is required.")
-    match = _RECIPIENT.fullmatch(to_input) if isinstance(to_input, str) else None
-    if match is None:
-        raise _param_error("Param to must be a phone number of 8 to 15 digits, with or without a leading '+'")
+    if not isinstance(user_id, str) or BSUID_SHAPE.fullmatch(user_id) is None:
+        raise _param_error("Param recipient must be a business-scoped user ID such as US.13491208655302741918")
+    return user_id, user_id, True
+
+
+def _text_message(payload: dict[str, Any]) -> tuple[str, str, bool, str]:
+    """(the recipient as given, as recorded, whether it is a BSUID, the body) of a valid text message."""
+    to_input, to, by_user_id = _recipient(payload)
     recipient_type = payload.get("recipient_type", "individual")
     if recipient_type != "individual":
         raise _param_error("Param recipient_type must be 'individual'")
@@ -383,7 +451,7 @@ def _text_message(payload: dict[str, Any]) -> tuple[str, str, str]:
     preview = text.get("preview_url", False)
     if not isinstance(preview, bool):
         raise _param_error("Param text['preview_url'] must be a boolean")
-    return to_input, match.group(1), body
+    return to_input, to, by_user_id, body
 
 
 def create_app(
@@ -416,7 +484,7 @@ def create_app(
     @app.get("/_sim/messages")
     async def sent_messages(
         after: int = Query(0, ge=0),
-        to: str | None = Query(None, pattern=f"^{_RECIPIENT.pattern}$"),
+        to: str | None = Query(None, pattern=f"^(?:{_RECIPIENT.pattern}|{BSUID_SHAPE.pattern})$"),
         wait_ms: int = Query(0, ge=0, le=MAX_WAIT_MS),
         limit: int = Query(MAX_LISTED, ge=1, le=MAX_LISTED),
     ) -> Response:

@@ -25,6 +25,9 @@ log = structlog.get_logger(__name__)
 GATEWAY_ROUTE = "/webhook/whatsapp/batched"
 META_ROUTE = "/webhook/whatsapp"
 RETRY_AFTER_S = "5"
+JSON_MEDIA_TYPE = "application/json"
+# A gateway request may sign `X-Timestamp` (unix seconds) with its body; it is refused outside this window.
+SIGNED_TIMESTAMP_WINDOW_S = 300
 
 
 class HTTPProblem(Exception):
@@ -62,6 +65,56 @@ async def read_body(request: Request, *, limit: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def check_content_type(request: Request) -> None:
+    """Only JSON bodies are webhook bodies; a missing Content-Type is refused too (Meta always sends one)."""
+    value = request.headers.get("content-type")
+    media_type = (value or "").partition(";")[0].strip().lower()
+    if media_type != JSON_MEDIA_TYPE:
+        problem = f"must be {JSON_MEDIA_TYPE}" + (f", not {media_type!r}" if media_type else "; it is missing")
+        raise HTTPProblem(
+            415,
+            "unsupported_media_type",
+            f"the body must be JSON (Content-Type: {JSON_MEDIA_TYPE})",
+            errors=[{"field": "Content-Type", "problem": problem}],
+        )
+
+
+def verify_signature(
+    raw: bytes, request: Request, secret: str, *, header: str, timestamped: bool, now_ms: int
+) -> int | None:
+    """Check the body's signature; with `timestamped`, an `X-Timestamp` header is signed as `<ts>.<body>`.
+
+    Returns the signed timestamp in ms (None when the request had none). A signed timestamp outside
+    `SIGNED_TIMESTAMP_WINDOW_S` of now is refused: an old request cannot be replayed after the window.
+    """
+    given = request.headers.get(header)
+    stamp = request.headers.get("x-timestamp") if timestamped else None
+    signed = raw if stamp is None else stamp.strip().encode() + b"." + raw
+    try:
+        signatures.verify(signed, given, secret, header=header)
+    except signatures.SignatureError as exc:
+        raise HTTPProblem(exc.status_code, "bad_signature", exc.message) from exc
+    if stamp is None:
+        return None
+    stamp = stamp.strip()
+    if not stamp.isdigit() or len(stamp) > 12:
+        raise HTTPProblem(
+            400,
+            "bad_timestamp",
+            "X-Timestamp must be unix seconds",
+            errors=[{"field": "X-Timestamp", "problem": stamp}],
+        )
+    signed_ms = int(stamp) * 1000
+    if abs(now_ms - signed_ms) > SIGNED_TIMESTAMP_WINDOW_S * 1000:
+        raise HTTPProblem(
+            403,
+            "stale_timestamp",
+            f"X-Timestamp is more than {SIGNED_TIMESTAMP_WINDOW_S} s away from now",
+            errors=[{"field": "X-Timestamp", "problem": f"outside the {SIGNED_TIMESTAMP_WINDOW_S} s window"}],
+        )
+    return signed_ms
+
+
 def create_app(rt: Runtime) -> FastAPI:
     """The API of one process over the given runtime."""
     settings = rt.settings
@@ -85,19 +138,26 @@ def create_app(rt: Runtime) -> FastAPI:
     requests = RequestMetrics(rt)
 
     async def ingest(
-        request: Request, route: str, secret: str | None, header: str, parse: Callable[..., ParseResult]
+        request: Request,
+        route: str,
+        secret: str | None,
+        header: str,
+        parse: Callable[[bytes, int, int | None], ParseResult],
     ) -> Response:
         started = time.perf_counter()
         status = 500
         try:
+            check_content_type(request)
             raw = await read_body(request, limit=settings.max_body_bytes)
+            now_ms = rt.clock.now_ms()
+            signed_ms = None
             if secret:
-                try:
-                    signatures.verify(raw, request.headers.get(header), secret, header=header)
-                except signatures.SignatureError as exc:
-                    raise HTTPProblem(exc.status_code, "bad_signature", exc.message) from exc
+                timestamped = route == GATEWAY_ROUTE
+                signed_ms = verify_signature(
+                    raw, request, secret, header=header, timestamped=timestamped, now_ms=now_ms
+                )
             try:
-                parsed = parse(raw, settings=settings, received_ms=rt.clock.now_ms())
+                parsed = parse(raw, now_ms, signed_ms)
             except PayloadError as exc:
                 status = exc.status_code
                 return json_response(exc.body(), exc.status_code)
@@ -117,11 +177,17 @@ def create_app(rt: Runtime) -> FastAPI:
     gateway_secret = _secret(settings.webhook_secret)
     app_secret = _secret(settings.whatsapp_app_secret)
 
+    def gateway_parse(raw: bytes, received_ms: int, signed_ms: int | None) -> ParseResult:
+        return parse_gateway(raw, settings=settings, received_ms=received_ms, signed_ms=signed_ms)
+
+    def meta_parse(raw: bytes, received_ms: int, _: int | None) -> ParseResult:
+        return parse_meta(raw, settings=settings, received_ms=received_ms)
+
     async def gateway_webhook(request: Request) -> Response:
-        return await ingest(request, GATEWAY_ROUTE, gateway_secret, "X-Signature", parse_gateway)
+        return await ingest(request, GATEWAY_ROUTE, gateway_secret, "X-Signature", gateway_parse)
 
     async def meta_webhook(request: Request) -> Response:
-        return await ingest(request, META_ROUTE, app_secret, "X-Hub-Signature-256", parse_meta)
+        return await ingest(request, META_ROUTE, app_secret, "X-Hub-Signature-256", meta_parse)
 
     # The hot routes are plain Starlette routes inside the FastAPI app: they take the raw request and
     # skip FastAPI's parameter resolution, which is a fifth of the per-request cost at full load.
@@ -149,9 +215,13 @@ def create_app(rt: Runtime) -> FastAPI:
         return json_response({"status": "ok"})
 
     @app.get("/ready")
-    async def ready() -> Response:
+    async def ready(request: Request) -> Response:
         checks = await rt.readiness()
         ok = all(v == "ok" for v in checks.values())
+        # The details (error texts) are for the logs and for holders of the stats token, not for anyone.
+        token = _secret(settings.stats_token)
+        if not (token and _bearer_matches(request, token)):
+            checks = {name: "ok" if v == "ok" else "unavailable" for name, v in checks.items()}
         return json_response({"status": "ready" if ok else "not_ready", "checks": checks}, 200 if ok else 503)
 
     @app.get("/metrics")
@@ -187,6 +257,11 @@ def _status_of(report: IngestReport, *, gateway: bool) -> int:
 
 def _secret(value: Any) -> str | None:
     return value.get_secret_value() if value is not None else None
+
+
+def _bearer_matches(request: Request, token: str) -> bool:
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 def _check_bearer(request: Request, token: str | None) -> None:

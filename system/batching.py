@@ -25,6 +25,11 @@ APPEND_PIPELINE_MAX = 8
 # Round trips of appends in flight at once, each on a connection of its own kept for the process's
 # life: borrowing from the pool costs more than the append. More lanes add no throughput on one core.
 APPEND_LANES = 4
+# How long an unflushed batch outlives its deadline (measured from its last fragment, like the deadline).
+# A batcher that is late or down (a Redis outage, a crash loop, a deploy) finds the batch on its return
+# and flushes it; an hour covers what an operator takes to notice and restart one. Only past this margin
+# are the keys given up: the claim then counts the batch as expired, never silently.
+BATCH_KEEP_MARGIN_MS = 3_600_000
 
 
 class AppendOutcome(IntEnum):
@@ -47,7 +52,7 @@ class BatchConfig:
 
     timeout_ms: int
     max_size: int
-    ttl_ms: int
+    keep_ms: int  # lifetime of a batch's keys from its last fragment
     dedup_ttl_ms: int
     sender_burst: int
     sender_refill_per_ms: float
@@ -65,7 +70,7 @@ class BatchConfig:
         return cls(
             timeout_ms=s.batch_timeout_ms,
             max_size=s.max_batch_size,
-            ttl_ms=s.batch_ttl_s * 1000,
+            keep_ms=max(s.batch_ttl_s * 1000, s.batch_timeout_ms + BATCH_KEEP_MARGIN_MS),
             dedup_ttl_ms=s.dedup_ttl_s * 1000,
             sender_burst=s.rate_limit_sender_burst,
             sender_refill_per_ms=s.rate_limit_sender_per_min / 60_000,
@@ -78,12 +83,25 @@ class BatchConfig:
         )
 
 
+class ClaimStatus(IntEnum):
+    """What the CLAIM script did with one due conversation (its return codes)."""
+
+    ENQUEUED = 1
+    NOT_DUE = 0
+    TURN_IN_FLIGHT = -1
+    QUEUE_FULL = -2
+    EXPIRED = -3  # due, but its keys had expired unflushed: the due entry is removed and counted
+
+
+_CLAIM_STATUS_OF = {int(s): s for s in ClaimStatus}
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimResult:
     """What one claim attempt did."""
 
     member: str
-    status: int  # 1 enqueued, 0 nothing due, -1 turn in flight, -2 queue full
+    status: ClaimStatus
     lateness_ms: int = 0
     fragments: int = 0
     batch_id: str | None = None
@@ -102,7 +120,7 @@ class BatchStore:
             append_script(
                 timeout_ms=config.timeout_ms,
                 max_size=config.max_size,
-                ttl_ms=config.ttl_ms,
+                keep_ms=config.keep_ms,
                 dedup_ttl_ms=config.dedup_ttl_ms,
                 sender_burst=config.sender_burst,
                 sender_refill_per_ms=config.sender_refill_per_ms,
@@ -190,7 +208,7 @@ class BatchStore:
                     now_ms,
                     self._config.queued_lease_ms,
                     self._config.queue_max_len,
-                    self._config.ttl_ms,
+                    self._config.keep_ms,
                     company,
                     phone,
                     shard.jobs_channel,
@@ -251,13 +269,13 @@ def _statuses(result: Any, count: int) -> list[AppendOutcome | BaseException]:
 def _claim_result(member: str, raw: list[object] | BaseException) -> ClaimResult:
     if isinstance(raw, BaseException):
         raise raw
-    status = int(raw[0])  # type: ignore[call-overload]
-    if status != 1:
+    status = _CLAIM_STATUS_OF[int(raw[0])]  # type: ignore[call-overload]
+    if status is not ClaimStatus.ENQUEUED:
         return ClaimResult(member=member, status=status)
     batch_id = raw[3].decode() if isinstance(raw[3], bytes) else str(raw[3])
     return ClaimResult(
         member=member,
-        status=1,
+        status=status,
         lateness_ms=int(raw[1]),  # type: ignore[call-overload]
         fragments=int(raw[2]),  # type: ignore[call-overload]
         batch_id=batch_id,

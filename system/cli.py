@@ -91,7 +91,8 @@ def batcher() -> None:
 
     async def main() -> None:
         rt = Runtime.build(settings)
-        await rt.start()
+        # No `rt.start()`: the processor loads its scripts itself and, when Redis is not up yet, waits for it
+        # with backoff (its loop rides out outages), instead of dying at start.
         try:
             await run_until_stopped(new_batch_processor(rt))
         finally:

@@ -120,6 +120,32 @@ class ContextStore:
                 pipe.hset(key, mapping=mapping)
             await pipe.execute()
 
+    async def move(self, company_id: int, old_phone: str, new_phone: str) -> bool:
+        """Carry a client's context to the new number they moved to (Meta's `user_changed_number`).
+
+        False when the new number already has a context of its own: that one is kept, the old one is left
+        to expire. Key by key (DUMP/RESTORE keeps each TTL), since the keys carry no hash tag and may live on
+        different cluster nodes; a repeat of the same change finds nothing left to move.
+        """
+        k, n = Keys.context(company_id, old_phone), Keys.context(company_id, new_phone)
+        old, new = (k.dialog, k.messages, k.preferences), (n.dialog, n.messages, n.preferences)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.exists(*new)
+            for key in old:
+                pipe.dump(key)
+                pipe.pttl(key)
+            taken, *dumped = await pipe.execute()
+        if taken:
+            return False
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for i, (source, target) in enumerate(zip(old, new, strict=True)):
+                payload, ttl_ms = dumped[2 * i], dumped[2 * i + 1]
+                if payload is not None:
+                    pipe.restore(target, max(int(ttl_ms), 0), payload)  # -1 (no TTL) restores as 0: none
+                    pipe.delete(source)
+            await pipe.execute()
+        return any(dumped[0::2])
+
 
 def remember_service(prefs: Preferences, service: str) -> Preferences:
     """The client's usual services, most recent first, bounded."""

@@ -7,9 +7,9 @@ stays inside one hash slot. Keys used only by single-key commands need no tag.
 | key | type | lifetime |
 |---|---|---|
 | `{p}:{sN}:due` | zset conversation → effective deadline ms | while a batch waits |
-| `{p}:{sN}:buf:{company}:{phone}` | list of fragment JSON (the open batch) | batch TTL, refreshed |
-| `{p}:{sN}:sealed:{company}:{phone}` | list of sealed batches (JSON arrays) | batch TTL, refreshed |
-| `{p}:{sN}:meta:{company}:{phone}` | hash: deadline, first_id, first_ms | batch TTL, refreshed |
+| `{p}:{sN}:buf:{company}:{phone}` | list of fragment JSON (the open batch) | keep_ms after the last fragment |
+| `{p}:{sN}:sealed:{company}:{phone}` | list of sealed batches (JSON arrays) | keep_ms after the last fragment |
+| `{p}:{sN}:meta:{company}:{phone}` | hash: deadline, first_id, first_ms | keep_ms after the last fragment |
 | `{p}:{sN}:lease:{company}:{phone}` | string: batch id of the turn in flight | queued / visibility lease |
 | `{p}:{sN}:seen:{company}:{phone}:{message id}` | de-duplication marker | dedup TTL (7 days) |
 | `{p}:{sN}:rl:{company}:{phone}` | string: sender token bucket (GCRA arrival time, ms) | until full again |
@@ -21,9 +21,10 @@ stays inside one hash slot. Keys used only by single-key commands need no tag.
 | `{p}:{sN}:lateness` | list of the last flush lateness values, ms | capped |
 | `{p}:stats` | hash of counters outside a conversation | none |
 | `{p}:ignored` | stream of acknowledged-but-unbatched inbound items | capped |
-| `{p}:status:{wamid}` | hash: outbound delivery status | 7 days |
+| `{p}:status:{wamid}` | hash: outbound delivery status; `turn` = the key of the turn that sent it | 7 days |
+| `{p}:rls:{recipient}:{window}` | string: delivery statuses about one recipient in a 60 s window | 2 windows |
 | `{p}:batchers` | zset batcher id → last heartbeat ms | pruned |
-| `{p}:{sN}:turn:{batch id}` | hash: a turn's idempotency record (reply, sent ids, stage) | 7 days |
+| `{p}:{sN}:turn:{batch id}` | hash: a turn's idempotency record (reply, `part:{i}` ids, stage, delivery) | 7 days |
 | `dialog:{company}:{phone}` | hash: stage, booking draft, slots offered, client name | 24 h |
 | `messages:{company}:{phone}` | list: the last 50 messages of both sides | 30 days |
 | `preferences:{company}:{phone}` | hash: name, favourite master, usual services | 90 days |
@@ -148,6 +149,10 @@ class Keys:
 
     def status(self, message_id: str) -> str:
         return f"{self.prefix}:status:{message_id}"
+
+    def status_rate(self, recipient: str, window: int) -> str:
+        """The count of delivery statuses about one recipient in one window (its number since the epoch)."""
+        return f"{self.prefix}:rls:{recipient}:{window}"
 
     def turn(self, company_id: int, phone: str, batch_id: str) -> str:
         """The idempotency record of one turn, in its conversation's slot."""

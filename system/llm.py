@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
+import re
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import structlog
@@ -25,6 +27,15 @@ log = structlog.get_logger(__name__)
 Message = dict[str, Any]  # one chat message in the exact wire shape
 _DETAIL_CHARS = 200  # error details quoted from a response body; bodies may be long HTML pages
 _RETRY_STATUSES = frozenset({408, 429})
+# OpenAI's 429 for an account with no credit or over its spending limit: waiting does not help. The error
+# object says so in `type` (older answers carry `"code": null`) or in `code`.
+_QUOTA_ERROR = "insufficient_quota"
+OPENAI_HOST = "api.openai.com"
+
+TokenParam = Literal["max_completion_tokens", "max_tokens"]
+# OpenAI's reasoning models (o1, o3, o4-mini, gpt-5 but not gpt-5-chat), also behind a provider prefix
+# ("openai/o3"): they refuse `max_tokens` and any temperature but the default.
+_REASONING_MODEL = re.compile(r"^(o\d|gpt-5(?!.*-chat))")
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -55,7 +66,15 @@ class CircuitOpen(LLMUnavailable):
 
 
 class LLMRequestRejected(LLMError):
-    """The API refused the request (400/401/402/403/404/422, a bad URL): a configuration or request bug."""
+    """The API refused the request (400/404/422, a bad URL): a configuration or request bug."""
+
+
+class LLMAccessDenied(LLMRequestRejected):
+    """401/403: the key is wrong, revoked or not allowed this model; every request fails until it is fixed."""
+
+
+class LLMQuotaExhausted(LLMRequestRejected):
+    """402, or OpenAI's 429 `insufficient_quota`: no credit left; only a top-up or a new month helps."""
 
 
 class MalformedToolCall(LLMError):
@@ -180,20 +199,75 @@ def _parse_usage(usage: Any) -> dict[str, int]:
     return {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
 
 
-def _status_error(status: int, detail: str, *, retry_after_s: float) -> LLMError:
+def status_error(response: httpx.Response, *, now_ms: int) -> LLMError:
+    """The typed error of an unsuccessful answer: retryable only for 408, 429 (not quota) and 5xx."""
+    status = response.status_code
+    error = _error_object(response)
+    message = f"HTTP {status}: {_error_detail(response, error)}"
+    if status in (401, 403):
+        return LLMAccessDenied(message)
+    if status == 402 or _QUOTA_ERROR in (error.get("type"), error.get("code")):
+        return LLMQuotaExhausted(message)
     if status in _RETRY_STATUSES or status >= 500:
-        return LLMUnavailable(f"HTTP {status}: {detail}", retry_after_s=retry_after_s)
-    return LLMRequestRejected(f"HTTP {status}: {detail}")
+        return LLMUnavailable(message, retry_after_s=retry_after_s(response.headers, now_ms=now_ms))
+    return LLMRequestRejected(message)
 
 
-def _error_detail(response: httpx.Response) -> str:
+def retry_after_s(headers: httpx.Headers, *, now_ms: int) -> float:
+    """The wait a response asks for: `retry-after-ms` (OpenAI, Azure) first, then `Retry-After`; 0 when none."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            ms = float(raw_ms)
+        except ValueError:
+            ms = 0.0
+        if math.isfinite(ms) and ms > 0:
+            return ms / 1000
+    return parse_retry_after(headers.get("retry-after"), now_ms=now_ms)
+
+
+def _error_object(response: httpx.Response) -> dict[str, Any]:
+    """The `{"error": {"message", "type", "param", "code"}}` object of an error answer; {} when absent."""
     try:
-        error = response.json().get("error")
-        text = error.get("message") if isinstance(error, dict) else error
-    except (ValueError, AttributeError):
-        text = None
+        body = response.json()
+    except ValueError:
+        return {}
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, str):
+        return {"message": error}
+    return error if isinstance(error, dict) else {}
+
+
+def _error_detail(response: httpx.Response, error: Mapping[str, Any]) -> str:
+    text = error.get("message")
     text = text if isinstance(text, str) and text else response.text or response.reason_phrase
     return " ".join(text.split())[:_DETAIL_CHARS]
+
+
+def is_reasoning_model(model: str) -> bool:
+    """OpenAI's reasoning models, which take `max_completion_tokens` and no temperature but the default."""
+    return bool(_REASONING_MODEL.match(model.rsplit("/", 1)[-1].lower()))
+
+
+def token_param_for(setting: str, *, base_url: str, model: str) -> TokenParam:
+    """The request field of the output limit: `auto` picks by provider and model family.
+
+    OpenAI deprecated `max_tokens` for `max_completion_tokens` and its reasoning models refuse the old name;
+    DeepSeek documents only `max_tokens`, and vLLM or Ollama may not know the new one.
+    """
+    if setting == "max_completion_tokens":
+        return "max_completion_tokens"
+    if setting == "max_tokens":
+        return "max_tokens"
+    if setting != "auto":
+        raise ValueError(f"unknown token parameter {setting!r}")
+    try:
+        host = httpx.URL(base_url).host
+    except httpx.InvalidURL:
+        host = ""
+    if host == OPENAI_HOST or is_reasoning_model(model):
+        return "max_completion_tokens"
+    return "max_tokens"
 
 
 # ---------------------------------------------------------------------------------------------- breaker
@@ -279,8 +353,9 @@ class LLMClient:
         timeout_s: float = 60,
         retry: RetryPolicy,
         breaker: CircuitBreaker,
-        temperature: float = 0.2,
-        max_tokens: int = 800,
+        temperature: float | None = None,
+        max_output_tokens: int = 800,
+        token_param: TokenParam = "max_tokens",
     ) -> None:
         self._http = http
         self._url = completions_url(base_url)
@@ -292,13 +367,27 @@ class LLMClient:
         self._retry = retry
         self._breaker = breaker
         self._temperature = temperature
-        self._max_tokens = max_tokens
+        self._max_output_tokens = max_output_tokens
+        self._token_param = token_param
 
     @classmethod
     def from_settings(
         cls, settings: Settings, *, http: httpx.AsyncClient, clock: Clock, rng: random.Random
     ) -> LLMClient:
+        """The client the settings describe; ValueError for a model that would refuse every request."""
         key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+        model = settings.llm_model
+        token_param = token_param_for(settings.llm_token_param, base_url=settings.llm_base_url, model=model)
+        if is_reasoning_model(model):
+            if settings.llm_temperature is not None:
+                raise ValueError(
+                    f"AIADMIN_LLM_TEMPERATURE: {model} is a reasoning model and refuses a temperature; unset it"
+                )
+            if token_param == "max_tokens":
+                raise ValueError(
+                    f"AIADMIN_LLM_TOKEN_PARAM: {model} is a reasoning model and refuses max_tokens; "
+                    "use max_completion_tokens or auto"
+                )
         breaker = CircuitBreaker(
             clock=clock, failures=settings.llm_breaker_failures, reset_s=settings.llm_breaker_reset_s
         )
@@ -306,12 +395,15 @@ class LLMClient:
             http,
             base_url=settings.llm_base_url,
             api_key=key,
-            model=settings.llm_model,
+            model=model,
             clock=clock,
             rng=rng,
             timeout_s=settings.llm_timeout_s,
             retry=RetryPolicy(retries=settings.llm_max_retries),
             breaker=breaker,
+            temperature=settings.llm_temperature,
+            max_output_tokens=settings.llm_max_output_tokens,
+            token_param=token_param,
         )
 
     @property
@@ -330,8 +422,11 @@ class LLMClient:
         except LLMUnavailable as exc:
             self._on_failure(exc)
             raise
-        except LLMError:
+        except LLMError as exc:
             self._breaker.record_success()  # the API answered; the request or the reply was at fault
+            if isinstance(exc, LLMAccessDenied | LLMQuotaExhausted):
+                # Every turn fails the same way until someone fixes the key or the balance: say so loudly.
+                log.error("llm.account_problem", model=self._model, error=exc.message)
             raise
         except BaseException:
             self._breaker.abandon()
@@ -345,8 +440,9 @@ class LLMClient:
         if tools:
             body["tools"] = tools
             body["tool_choice"] = "auto"
-        body["temperature"] = self._temperature
-        body["max_tokens"] = self._max_tokens
+        if self._temperature is not None:
+            body["temperature"] = self._temperature
+        body[self._token_param] = self._max_output_tokens
         return body
 
     async def _with_retries(self, body: dict[str, Any]) -> Completion:
@@ -373,8 +469,7 @@ class LLMClient:
     async def _attempt(self, body: dict[str, Any]) -> Completion:
         response = await self._send(body)
         if not response.is_success:
-            retry_after = parse_retry_after(response.headers.get("retry-after"), now_ms=self._clock.now_ms())
-            raise _status_error(response.status_code, _error_detail(response), retry_after_s=retry_after)
+            raise status_error(response, now_ms=self._clock.now_ms())
         try:
             payload = response.json()
         except ValueError as exc:

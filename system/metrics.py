@@ -31,6 +31,12 @@ class Metrics:
             registry=r,
         )
         self.statuses = Counter("aiadmin_delivery_statuses", "Delivery status callbacks", ["status"], registry=r)
+        self.delivery_failures = Counter(
+            "aiadmin_delivery_failures",
+            "Replies Meta failed after accepting them (failed statuses, value.errors), by error code",
+            ["code"],
+            registry=r,
+        )
         self.batches_flushed = Counter("aiadmin_batches_flushed", "Batches handed to the queue", registry=r)
         self.batch_fragments = Histogram(
             "aiadmin_batch_fragments", "Fragments per flushed batch", buckets=(1, 2, 3, 4, 5, 6, 8, 10, 20), registry=r
@@ -47,7 +53,16 @@ class Metrics:
         self.deferred = Counter(
             "aiadmin_batches_deferred", "Due batches held back (turn in flight, queue full)", ["reason"], registry=r
         )
+        self.batches_expired = Counter(
+            "aiadmin_batches_expired", "Due batches whose keys had expired before any batcher flushed them", registry=r
+        )
         self.jobs = Counter("aiadmin_jobs", "Jobs by outcome (done, retried, dead_letter)", ["outcome"], registry=r)
+        self.tool_calls_refused = Counter(
+            "aiadmin_tool_calls_refused",
+            "Tool calls of the model refused by a limit (per_completion, per_turn, bookings)",
+            ["reason"],
+            registry=r,
+        )
         self.turn_seconds = Histogram("aiadmin_turn_seconds", "Worker time per turn", buckets=_TURN_BUCKETS, registry=r)
         self.queue_wait_seconds = Histogram(
             "aiadmin_queue_wait_seconds", "Enqueue to pick-up", buckets=(*_FAST_BUCKETS, 5.0, 30.0), registry=r

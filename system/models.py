@@ -38,6 +38,8 @@ class InboundMessage:
     received_ms: int = 0  # when the API accepted it (injected clock)
     profile_name: str | None = None
     extra: dict[str, str] = field(default_factory=dict)  # media id, button id, coordinates
+    # The business number the client wrote to (Meta's `metadata.phone_number_id`); the reply goes out from it.
+    phone_number_id: str | None = None
 
     def to_json(self) -> bytes:
         """The fragment as stored in a batch (the shape `BatchedMessage.from_doc` reads)."""
@@ -55,9 +57,11 @@ class BatchedMessage:
     sent_ms: int | None = None
     profile_name: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    phone_number_id: str | None = None  # the business number the client wrote to
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> BatchedMessage:
+        pnid = doc.get("pnid")
         return cls(
             message_id=str(doc["id"]),
             text=str(doc.get("text", "")),
@@ -66,6 +70,7 @@ class BatchedMessage:
             sent_ms=doc.get("sent_ms"),
             profile_name=doc.get("name"),
             extra=dict(doc.get("extra") or {}),
+            phone_number_id=str(pnid) if pnid else None,
         )
 
 
@@ -94,6 +99,11 @@ class Job:
     def markers(self) -> tuple[MessageKind, ...]:
         """Kinds of the non-text fragments (voice notes, images, ...) the reply should address."""
         return tuple(m.kind for m in self.messages if m.kind not in (MessageKind.TEXT, MessageKind.INTERACTIVE))
+
+    @property
+    def reply_from(self) -> str | None:
+        """The business number the client last wrote to: the reply goes out from it (None: not known)."""
+        return next((m.phone_number_id for m in reversed(self.messages) if m.phone_number_id), None)
 
     @property
     def last_received_ms(self) -> int:
@@ -146,6 +156,8 @@ def message_doc(m: InboundMessage | BatchedMessage) -> dict[str, Any]:
         doc["name"] = m.profile_name
     if m.extra:
         doc["extra"] = m.extra
+    if m.phone_number_id:
+        doc["pnid"] = m.phone_number_id
     return doc
 
 
@@ -155,6 +167,7 @@ class DeliveryStatus(StrEnum):
     SENT = "sent"
     DELIVERED = "delivered"
     READ = "read"
+    PLAYED = "played"  # a voice message was listened to: after read
     FAILED = "failed"
 
     @property
@@ -166,7 +179,8 @@ _STATUS_RANK = {
     DeliveryStatus.SENT: 1,
     DeliveryStatus.DELIVERED: 2,
     DeliveryStatus.READ: 3,
-    DeliveryStatus.FAILED: 4,
+    DeliveryStatus.PLAYED: 4,
+    DeliveryStatus.FAILED: 5,
 }
 
 

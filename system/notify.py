@@ -11,12 +11,14 @@ from collections.abc import Sequence
 
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 log = structlog.get_logger(__name__)
 
+# While Redis is away the listener tries again from 0.5 s, doubling, at most every 2 s: the waiters'
+# own clocks cover the wake-ups missed meanwhile, and once back one wake-up covers what was published.
 RESUBSCRIBE_DELAY_S = 0.5
+RESUBSCRIBE_MAX_DELAY_S = 2.0
 READ_TIMEOUT_S = 1.0
 STOP_TIMEOUT_S = 2.0
 
@@ -46,11 +48,15 @@ class ChannelListener:
             self._task = None
 
     async def _run(self) -> None:
+        failures = 0
         while not self._closing:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(*self._channels)
                 self._subscribed.set()
+                if failures:
+                    log.info("pubsub_resubscribed", channels=len(self._channels), failed_attempts=failures)
+                    failures = 0
                 # Anything published while we were (re)subscribing is covered by one extra wake-up.
                 self.event.set()
                 # Bounded reads rather than listen(): the loop re-checks `_closing` at least every
@@ -58,10 +64,12 @@ class ChannelListener:
                 while not self._closing:
                     if await pubsub.get_message(ignore_subscribe_messages=True, timeout=READ_TIMEOUT_S):
                         self.event.set()
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                log.warning("pubsub_lost", error=str(exc))
+            except (RedisError, OSError) as exc:
+                failures += 1
+                if failures == 1:  # once per outage; the owner of the listener logs the outage itself
+                    log.warning("pubsub_lost", error=f"{type(exc).__name__}: {exc}")
                 self._subscribed.set()
-                await asyncio.sleep(RESUBSCRIBE_DELAY_S)
+                await asyncio.sleep(min(RESUBSCRIBE_MAX_DELAY_S, RESUBSCRIBE_DELAY_S * (1 << min(failures - 1, 10))))
             finally:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), STOP_TIMEOUT_S)  # type: ignore[no-untyped-call]
+                    await asyncio.wait_for(pubsub.aclose(), STOP_TIMEOUT_S)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,11 +17,22 @@ from typing import Any, NamedTuple
 import orjson
 
 from system.models import DeliveryStatus, InboundMessage, MessageKind, Rejected, StatusUpdate
-from system.phones import PhoneError, normalize_phone
+from system.phones import PhoneError, is_business_scoped_user_id, normalize_phone, normalize_wa_id
 from system.settings import Settings
 
 MAX_GATEWAY_MESSAGES = 100
 MAX_MESSAGE_ID_CHARS = 256
+# Meta sends a handful of items per body; these caps are far above that and far below what a forged body
+# can carry in 1 MiB (349,458 empty messages). A body over a cap is refused whole before it is walked.
+MAX_META_ENTRIES = 10
+MAX_META_CHANGES = 10  # per entry
+MAX_META_MESSAGES = 100  # per body, all changes together
+MAX_META_STATUSES = 100  # per body, all changes together
+# The longest client text accepted (the body cap applies too); the model sees at most
+# `Settings.max_message_chars` of it, the history keeps it whole.
+MAX_INBOUND_TEXT_CHARS = 65_536
+ORDER_ITEMS_LISTED = 20
+MAX_RECIPIENT_CHARS = 140  # a phone, or a business-scoped user id (2 + 1 + "ENT." + 128 characters)
 META_OBJECT = "whatsapp_business_account"
 # Numbers above this are milliseconds (1e12 ms is 2001; 1e12 s is year 33658).
 _MS_THRESHOLD = 1e12
@@ -46,6 +56,24 @@ class PayloadError(Exception):
         return {"error": self.code, "message": self.message, "errors": [r.as_dict() for r in self.errors]}
 
 
+@dataclass(frozen=True, slots=True)
+class NumberChange:
+    """A client moved to a new phone number (Meta's `user_changed_number`): the conversation follows."""
+
+    company_id: int
+    old_phone: str
+    new_phone: str
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookError:
+    """An asynchronous failure Meta reported in `value.errors` (no status, no message id)."""
+
+    field: str
+    code: int | None
+    title: str | None
+
+
 class ParseResult(NamedTuple):
     """What one body yielded: messages to batch, entries to report back, entries only counted, statuses.
 
@@ -57,6 +85,8 @@ class ParseResult(NamedTuple):
     rejected: tuple[Rejected, ...] = ()  # bad entries, listed back to the caller
     ignored: tuple[Rejected, ...] = ()  # acknowledged but never batched; recorded in stats
     statuses: tuple[StatusUpdate, ...] = ()
+    number_changes: tuple[NumberChange, ...] = ()
+    errors: tuple[WebhookError, ...] = ()
 
 
 class _Bad(Exception):
@@ -81,6 +111,8 @@ class _Collector:
     rejected: list[Rejected] = field(default_factory=list)
     ignored: list[Rejected] = field(default_factory=list)
     statuses: list[StatusUpdate] = field(default_factory=list)
+    number_changes: list[NumberChange] = field(default_factory=list)
+    errors: list[WebhookError] = field(default_factory=list)
 
     def result(self) -> ParseResult:
         return ParseResult(
@@ -88,6 +120,8 @@ class _Collector:
             rejected=tuple(self.rejected),
             ignored=tuple(self.ignored),
             statuses=tuple(self.statuses),
+            number_changes=tuple(self.number_changes),
+            errors=tuple(self.errors),
         )
 
 
@@ -104,6 +138,12 @@ def _load_json(body: bytes) -> Any:
 def _shape_error(message: str, path: str = "") -> PayloadError:
     errors = [Rejected(field=path, problem=message)] if path else []
     return PayloadError(status_code=422, code="invalid_payload", message=message, errors=errors)
+
+
+def _too_many(path: str, count: int, cap: int) -> PayloadError:
+    message = f"too many items in {path}: {count}, at most {cap}"
+    errors = [Rejected(field=path, problem=f"at most {cap} items", reason="too_many_items")]
+    return PayloadError(status_code=413, code="too_many_items", message=message, errors=errors)
 
 
 def _object(value: Any, path: str) -> dict[str, Any]:
@@ -134,7 +174,7 @@ def _optional_text(value: Any, path: str) -> str:
     return value.strip()
 
 
-def _bounded_text(text: str, path: str, *, max_chars: int) -> str:
+def _bounded_text(text: str, path: str, *, max_chars: int = MAX_INBOUND_TEXT_CHARS) -> str:
     if len(text) > max_chars:
         raise _Bad(path, f"is too long: {len(text)} characters, at most {max_chars}")
     return text
@@ -189,10 +229,12 @@ def _text_ms(text: str) -> int | None:
 # --- the old gateway format -----------------------------------------------------------------------------
 
 
-def parse_gateway(
-    body: bytes, *, settings: Settings, received_ms: int, new_id: Callable[[], str] | None = None
-) -> ParseResult:
-    """Parse `{"from","message",...}` or `{"companyId"?,"messages":[...]}`; `new_id` makes random ids."""
+def parse_gateway(body: bytes, *, settings: Settings, received_ms: int, signed_ms: int | None = None) -> ParseResult:
+    """Parse `{"from","message",...}` or `{"companyId"?,"messages":[...]}`.
+
+    A message with neither `messageId` nor `timestamp` gets an id derived from the body's bytes (and the
+    signed `X-Timestamp`, `signed_ms`, when there was one), so a replayed body is a duplicate, not a new turn.
+    """
     doc = _load_json(body)
     if not isinstance(doc, dict):
         raise _shape_error("body must be a JSON object")
@@ -201,7 +243,7 @@ def parse_gateway(
         top_company=doc.get("companyId"),
         settings=settings,
         received_ms=received_ms,
-        new_id=new_id or _random_id,
+        body_id=partial(_body_id, body, signed_ms),
     )
     if "messages" not in doc:  # the single form, the common one: no collector needed
         try:
@@ -222,7 +264,7 @@ def _gateway_items(doc: dict[str, Any]) -> list[tuple[str, Any]]:
     if not items:
         raise _shape_error("messages must not be empty", "messages")
     if len(items) > MAX_GATEWAY_MESSAGES:
-        raise _shape_error(f"too many messages: {len(items)}, at most {MAX_GATEWAY_MESSAGES}", "messages")
+        raise _too_many("messages", len(items), MAX_GATEWAY_MESSAGES)
     return [(f"messages[{i}].", item) for i, item in enumerate(items)]
 
 
@@ -250,7 +292,7 @@ def _gateway_message(
     top_company: Any,
     settings: Settings,
     received_ms: int,
-    new_id: Callable[[], str],
+    body_id: Callable[[str], str],
 ) -> InboundMessage:
     """One gateway message; `prefix` is its field path prefix ("" or "messages[i].")."""
     entry = _object(item, prefix.removesuffix(".") or "body")
@@ -258,7 +300,7 @@ def _gateway_message(
     phone = _phone(entry.get("from"), prefix + "from", region=settings.default_region)
     text_key = "message" if "message" in entry or "body" not in entry else "body"
     text = _required_text(entry.get(text_key), prefix + text_key)
-    text = _bounded_text(text, prefix + text_key, max_chars=settings.max_message_chars)
+    text = _bounded_text(text, prefix + text_key)
     sent_ms = _timestamp_ms(entry.get("timestamp"), prefix + "timestamp")
     raw_id = entry.get("messageId")
     if raw_id is not None:
@@ -266,7 +308,7 @@ def _gateway_message(
     elif sent_ms is not None:
         message_id = _derived_id(company, phone, sent_ms, text)
     else:
-        message_id = "gw-" + new_id()
+        message_id = body_id(prefix)
     return InboundMessage(
         company_id=company,
         phone=phone,
@@ -284,8 +326,10 @@ def _derived_id(company: int, phone: str, sent_ms: int, text: str) -> str:
     return "gw-" + digest[:32]
 
 
-def _random_id() -> str:
-    return uuid.uuid4().hex
+def _body_id(body: bytes, signed_ms: int | None, prefix: str) -> str:
+    """The id of a message that brought none: the same signed bytes (and X-Timestamp) give the same id."""
+    digest = hashlib.sha256(f"{signed_ms or ''}|{prefix}|".encode() + body).hexdigest()
+    return "gw-" + digest[:32]
 
 
 # --- WhatsApp Cloud API ---------------------------------------------------------------------------------
@@ -295,13 +339,14 @@ _Content = tuple[MessageKind, str, dict[str, str]]
 
 
 def parse_meta(body: bytes, *, settings: Settings, received_ms: int) -> ParseResult:
-    """Parse a WhatsApp Cloud API webhook: every entry, change, message and status."""
+    """Parse a WhatsApp Cloud API webhook: every entry, change, message and status (within the caps)."""
     doc = _load_json(body)
     if not isinstance(doc, dict) or doc.get("object") != META_OBJECT:
         raise _shape_error(f"object must be {META_OBJECT!r}", "object")
     entries = doc.get("entry")
     if not isinstance(entries, list):
         raise _shape_error("entry must be a list", "entry")
+    _check_meta_caps(entries)
     out = _Collector()
     for i, entry in enumerate(entries):
         try:
@@ -309,6 +354,29 @@ def parse_meta(body: bytes, *, settings: Settings, received_ms: int) -> ParseRes
         except _Bad as bad:
             out.rejected.append(bad.rejected)
     return out.result()
+
+
+def _check_meta_caps(entries: list[Any]) -> None:
+    """Refuse a body over a cap, looking only at list lengths: at most 10 entries x 10 changes are visited."""
+    if len(entries) > MAX_META_ENTRIES:
+        raise _too_many("entry", len(entries), MAX_META_ENTRIES)
+    totals = {"messages": 0, "statuses": 0}
+    for i, entry in enumerate(entries):
+        changes = entry.get("changes") if isinstance(entry, dict) else None
+        if not isinstance(changes, list):
+            continue
+        if len(changes) > MAX_META_CHANGES:
+            raise _too_many(f"entry[{i}].changes", len(changes), MAX_META_CHANGES)
+        for change in changes:
+            value = change.get("value") if isinstance(change, dict) else None
+            if not isinstance(value, dict):
+                continue
+            for key, cap in (("messages", MAX_META_MESSAGES), ("statuses", MAX_META_STATUSES)):
+                items = value.get(key)
+                if isinstance(items, list):
+                    totals[key] += len(items)
+                    if totals[key] > cap:
+                        raise _too_many(key, totals[key], cap)
 
 
 def _meta_entry(entry: Any, path: str, out: _Collector, *, settings: Settings, received_ms: int) -> None:
@@ -330,7 +398,7 @@ def _meta_change(change: Any, path: str, out: _Collector, *, settings: Settings,
     vpath = path + ".value"
     messages = _list(value.get("messages", []), vpath + ".messages")
     statuses = _list(value.get("statuses", []), vpath + ".statuses")
-    company = _meta_company(value, vpath, settings=settings)
+    company, pnid = _meta_company(value, vpath, settings=settings)
     if company is None:
         out.ignored.extend(
             Rejected(field=f"{vpath}.{key}[{k}]", problem="unknown phone_number_id", reason="unknown_tenant")
@@ -338,10 +406,11 @@ def _meta_change(change: Any, path: str, out: _Collector, *, settings: Settings,
             for k in range(len(items))
         )
         return
+    out.errors.extend(_change_errors(value.get("errors"), vpath + ".errors"))
     ctx = _MetaContext(
         company=company,
+        phone_number_id=pnid,
         names=_profile_names(value.get("contacts")),
-        settings=settings,
         received_ms=received_ms,
     )
     for k, message in enumerate(messages):
@@ -350,7 +419,9 @@ def _meta_change(change: Any, path: str, out: _Collector, *, settings: Settings,
         _collect(out, _meta_status, status, f"{vpath}.statuses[{k}]")
 
 
-def _collect(out: _Collector, parse: Callable[[Any, str], InboundMessage | StatusUpdate], item: Any, path: str) -> None:
+def _collect(
+    out: _Collector, parse: Callable[[Any, str], InboundMessage | StatusUpdate | NumberChange], item: Any, path: str
+) -> None:
     """Parse one message or status into `out`, or record why it was rejected or ignored."""
     try:
         parsed = parse(item, path)
@@ -361,32 +432,47 @@ def _collect(out: _Collector, parse: Callable[[Any, str], InboundMessage | Statu
     else:
         if isinstance(parsed, InboundMessage):
             out.messages.append(parsed)
+        elif isinstance(parsed, NumberChange):
+            out.number_changes.append(parsed)
         else:
             out.statuses.append(parsed)
 
 
-def _meta_company(value: dict[str, Any], path: str, *, settings: Settings) -> int | None:
-    """The company the receiving phone number id belongs to; None when it is not a served tenant."""
+def _meta_company(value: dict[str, Any], path: str, *, settings: Settings) -> tuple[int | None, str]:
+    """The company the receiving phone number id belongs to (None: not a served tenant), and that id."""
     metadata = _object(value.get("metadata"), path + ".metadata")
     pnid = metadata.get("phone_number_id")
     if isinstance(pnid, int) and not isinstance(pnid, bool):
         pnid = str(pnid)
     pnid = _required_text(pnid, path + ".metadata.phone_number_id")
     tenant = settings.tenant_for_phone_number_id(pnid)
-    return None if tenant is None else tenant.company_id
+    return (None if tenant is None else tenant.company_id), pnid
+
+
+def _change_errors(errors: Any, path: str) -> list[WebhookError]:
+    """`value.errors`: failures Meta reports outside any status (at most a few are read)."""
+    if not isinstance(errors, list):
+        return []
+    out = []
+    for i, error in enumerate(errors[:MAX_META_ENTRIES]):
+        code, title = _error_fields(error)
+        out.append(WebhookError(field=f"{path}[{i}]", code=code, title=title))
+    return out
 
 
 def _profile_names(contacts: Any) -> dict[str, str]:
-    """wa_id → profile name; the key "" holds the name of the only contact, if there is exactly one."""
+    """wa_id and user_id (BSUID) → profile name; the key "" holds the only contact's name, if there is one."""
     names: dict[str, str] = {}
     if not isinstance(contacts, list):
         return names
-    for contact in contacts:
+    for contact in contacts[:MAX_META_MESSAGES]:
         if not isinstance(contact, dict) or not isinstance(contact.get("profile"), dict):
             continue
         name = contact["profile"].get("name")
         if isinstance(name, str) and name.strip():
-            names[str(contact.get("wa_id", ""))] = name.strip()
+            for key in ("wa_id", "user_id"):
+                if contact.get(key):
+                    names[str(contact[key])] = name.strip()
     if len(contacts) == 1 and names:
         names[""] = next(iter(names.values()))
     return names
@@ -395,28 +481,69 @@ def _profile_names(contacts: Any) -> dict[str, str]:
 @dataclass(frozen=True)
 class _MetaContext:
     company: int
+    phone_number_id: str
     names: dict[str, str]
-    settings: Settings
     received_ms: int
 
 
-def _meta_message(message: Any, path: str, *, ctx: _MetaContext) -> InboundMessage:
+def _meta_message(message: Any, path: str, *, ctx: _MetaContext) -> InboundMessage | NumberChange:
     message = _object(message, path)
+    sender, user_id = _meta_sender(message, path)
+    if message.get("type") == "system":
+        return _number_change(message, path, sender=sender, company=ctx.company)
     kind, text, extra = _meta_content(message, path)
-    text = _bounded_text(text, path, max_chars=ctx.settings.max_message_chars)
-    raw_from = message.get("from")
-    phone = _phone(raw_from, path + ".from", region=ctx.settings.default_region)
+    text = _bounded_text(text, path)
+    if user_id and user_id != sender:
+        extra["user_id"] = user_id
     return InboundMessage(
         company_id=ctx.company,
-        phone=phone,
+        phone=sender,
         message_id=_message_id(message.get("id"), path + ".id"),
         text=text,
         kind=kind,
         sent_ms=_timestamp_ms(message.get("timestamp"), path + ".timestamp"),
         received_ms=ctx.received_ms,
-        profile_name=ctx.names.get(str(raw_from)) or ctx.names.get(""),
+        profile_name=ctx.names.get(sender) or ctx.names.get(user_id or "") or ctx.names.get(""),
         extra=extra,
+        phone_number_id=ctx.phone_number_id,
     )
+
+
+def _meta_sender(message: dict[str, Any], path: str) -> tuple[str, str | None]:
+    """The conversation key and the BSUID: the phone (`from`) when Meta sent one, else `from_user_id`.
+
+    A username user's messages may come without a phone number; the key is then the business-scoped user
+    id exactly as Meta sent it, and the reply goes to it.
+    """
+    user_id = message.get("from_user_id")
+    if user_id is not None and not (isinstance(user_id, str) and is_business_scoped_user_id(user_id)):
+        raise _Bad(path + ".from_user_id", "must be a business-scoped user id such as US.13491208655302741918")
+    raw_from = message.get("from")
+    if raw_from is None or raw_from == "":
+        if user_id is None:
+            raise _Bad(path + ".from", "must be a WhatsApp id, or from_user_id a business-scoped user id")
+        return user_id, user_id
+    return _wa_id(raw_from, path + ".from"), user_id
+
+
+def _wa_id(value: Any, path: str) -> str:
+    try:
+        return normalize_wa_id(value)
+    except PhoneError as exc:
+        raise _Bad(path, str(exc), exc.reason) from None
+
+
+def _number_change(message: dict[str, Any], path: str, *, sender: str, company: int) -> NumberChange:
+    """A `system` message: only `user_changed_number` matters (the conversation moves to the new number)."""
+    system = _object(message.get("system"), path + ".system")
+    kind = system.get("type")
+    if kind != "user_changed_number":
+        raise _Ignore(path + ".system.type", f"system message {kind!r} is not handled", "unsupported")
+    # Meta's current reference names the new id `wa_id`; older payloads call it `new_wa_id`.
+    new = _wa_id(system.get("wa_id", system.get("new_wa_id")), path + ".system.wa_id")
+    if new == sender:
+        raise _Ignore(path + ".system.wa_id", "the new number is the old one", "unsupported")
+    return NumberChange(company_id=company, old_phone=sender, new_phone=new)
 
 
 def _meta_content(message: dict[str, Any], path: str) -> _Content:
@@ -500,6 +627,32 @@ def _contacts_content(message: dict[str, Any], path: str) -> _Content:
     return MessageKind.CONTACTS, "", {"count": str(len(contacts))}
 
 
+def _order_content(message: dict[str, Any], path: str) -> _Content:
+    """A catalog order: a real request that needs an answer, so it reaches the model as text."""
+    order = _object(message.get("order"), path)
+    items = _list(order.get("product_items"), path + ".product_items")
+    lines = [_order_item(item, f"{path}.product_items[{i}]") for i, item in enumerate(items[:ORDER_ITEMS_LISTED])]
+    if len(items) > ORDER_ITEMS_LISTED:
+        lines.append(f"и ещё позиций: {len(items) - ORDER_ITEMS_LISTED}")
+    note = _optional_text(order.get("text"), path + ".text")
+    text = "Заказ из каталога: " + "; ".join(lines) + (f". Комментарий: {note}" if note else "")
+    extra = {"order_items": str(len(items))}
+    catalog = order.get("catalog_id")
+    if isinstance(catalog, str) and catalog:
+        extra["catalog_id"] = catalog
+    return MessageKind.TEXT, text, extra
+
+
+def _order_item(item: Any, path: str) -> str:
+    item = _object(item, path)
+    product = _required_text(item.get("product_retailer_id"), path + ".product_retailer_id")
+    quantity, price, currency = item.get("quantity"), item.get("item_price"), item.get("currency")
+    line = f"{quantity} × {product}" if isinstance(quantity, (int, str)) and not isinstance(quantity, bool) else product
+    if isinstance(price, (int, float)) and not isinstance(price, bool):
+        line += f" по {price:g} {currency if isinstance(currency, str) else ''}".rstrip()
+    return line
+
+
 _EXTRACTORS: dict[str, Callable[[dict[str, Any], str], _Content]] = {
     "text": _text_content,
     "interactive": _interactive_content,
@@ -511,20 +664,28 @@ _EXTRACTORS: dict[str, Callable[[dict[str, Any], str], _Content]] = {
     "sticker": _sticker_content,
     "location": _location_content,
     "contacts": _contacts_content,
+    "order": _order_content,
 }
+
+
+_STATUSES = {s.value: s for s in DeliveryStatus}
 
 
 def _meta_status(status: Any, path: str) -> StatusUpdate:
     status = _object(status, path)
-    value = status.get("status")
-    if value not in {s.value for s in DeliveryStatus}:
-        raise _Bad(path + ".status", f"unknown status {value!r}; expected sent, delivered, read or failed")
-    recipient = status.get("recipient_id")
+    value = _STATUSES.get(status["status"]) if isinstance(status.get("status"), str) else None
+    if value is None:
+        expected = "expected sent, delivered, read, played or failed"
+        raise _Bad(path + ".status", f"unknown status {status.get('status')!r}; {expected}")
+    # A username user's status may name only the business-scoped user id.
+    recipient = status.get("recipient_id") or status.get("recipient_user_id")
+    if not isinstance(recipient, str) or len(recipient) > MAX_RECIPIENT_CHARS:
+        recipient = None  # it names a Redis key (the status rate limit): never an arbitrary string
     code, title = _status_error(status.get("errors"), path + ".errors")
     return StatusUpdate(
         message_id=_message_id(status.get("id"), path + ".id"),
-        status=DeliveryStatus(value),
-        recipient=recipient if isinstance(recipient, str) and recipient else None,
+        status=value,
+        recipient=recipient or None,
         timestamp_ms=_timestamp_ms(status.get("timestamp"), path + ".timestamp"),
         error_code=code,
         error_title=title,
@@ -533,9 +694,15 @@ def _meta_status(status: Any, path: str) -> StatusUpdate:
 
 def _status_error(errors: Any, path: str) -> tuple[int | None, str | None]:
     """Code and title of the first error of a failed status, when present."""
-    if not isinstance(errors, list) or not errors or not isinstance(errors[0], dict):
+    if not isinstance(errors, list) or not errors:
         return None, None
-    code, title = errors[0].get("code"), errors[0].get("title")
+    return _error_fields(errors[0])
+
+
+def _error_fields(error: Any) -> tuple[int | None, str | None]:
+    if not isinstance(error, dict):
+        return None, None
+    code, title = error.get("code"), error.get("title")
     return (
         code if isinstance(code, int) and not isinstance(code, bool) else None,
         title if isinstance(title, str) and title else None,

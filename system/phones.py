@@ -23,6 +23,10 @@ _PHONE_SHAPE = re.compile(r"\+?[\d\s\-().]+")
 _NON_DIGITS = re.compile(r"\D")
 _MASK_KEEP = 2  # digits kept at each end by mask_phone
 _MASK_MIN_LEN = 8  # shorter strings are masked entirely: keeping 4 of them would reveal too much
+# Meta's business-scoped user id (BSUID): a two-letter ISO country code, a period, up to 128 letters and
+# digits (US.13491208655302741918); a parent BSUID has "ENT." after the country (US.ENT.11815799212886844830).
+_BSUID = re.compile(r"[A-Z]{2}\.(?:ENT\.)?[A-Za-z0-9]{1,128}")
+_WA_ID_SHAPE = re.compile(r"\+?\d{7,15}")
 
 
 class PhoneError(ValueError):
@@ -50,6 +54,33 @@ def _normalize_cached(raw: str, default_region: str) -> str:
     if not phonenumbers.is_valid_number(parsed):
         raise PhoneError("not a phone number: no such number is in use")
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164).removeprefix("+")
+
+
+def is_business_scoped_user_id(value: str) -> bool:
+    """True for a WhatsApp business-scoped user id (a username user's address), which is not a phone."""
+    return _BSUID.fullmatch(value) is not None
+
+
+def normalize_wa_id(raw: str) -> str:
+    """A WhatsApp Cloud API sender id (`from`, `wa_id`) as E.164 digits without "+": parsed, not validated.
+
+    WhatsApp already vouches for the number, and its ids are not always numbers phonenumbers calls valid
+    (Mexican mobiles arrive as 521..., test ranges such as 1555...): only the shape and the country code
+    are checked.
+    """
+    if not isinstance(raw, str) or not _WA_ID_SHAPE.fullmatch(raw.strip()):
+        raise PhoneError(f"not a WhatsApp id: expected {_MIN_DIGITS} to {_MAX_DIGITS} digits")
+    digits = raw.strip().removeprefix("+")
+    return _wa_id_cached(digits)
+
+
+@lru_cache(maxsize=_PARSE_CACHE_SIZE)
+def _wa_id_cached(digits: str) -> str:
+    try:
+        phonenumbers.parse("+" + digits, None)  # raises when no country calling code starts the digits
+    except phonenumbers.NumberParseException as exc:
+        raise PhoneError("not a WhatsApp id: no known country calling code") from exc
+    return digits
 
 
 def _strip_jid(address: str) -> str:

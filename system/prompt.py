@@ -13,6 +13,10 @@ from system.llm import assistant_message, system_message, user_message
 from system.models import Job, MessageKind
 
 HISTORY_IN_PROMPT = 20
+# The longest client text the model sees (`Settings.max_message_chars`, whose default this is); the history
+# keeps the whole text, the payload parser accepts up to `system.payloads.MAX_INBOUND_TEXT_CHARS`.
+MAX_CLIENT_CHARS = 4096
+TRUNCATED_MARK = " [сообщение обрезано]"
 
 _MARKERS = {
     MessageKind.VOICE: "голосовое сообщение",
@@ -64,16 +68,30 @@ def system_prompt(
     return "\n".join(lines)
 
 
-def conversation(system: str, context: Context, job: Job) -> list[dict[str, Any]]:
-    """The messages of one LLM request: the prompt, recent history, and this turn's merged text."""
+def conversation(
+    system: str, context: Context, job: Job, *, max_client_chars: int = MAX_CLIENT_CHARS
+) -> list[dict[str, Any]]:
+    """The messages of one LLM request: the prompt, recent history, and this turn's merged text.
+
+    Client texts longer than `max_client_chars` are cut for the model (a 64 KiB paste would cost a fortune
+    and say nothing more); what is stored stays whole.
+    """
     messages = [system_message(system)]
     for item in context.history[-HISTORY_IN_PROMPT:]:
         if item.role == "client":
-            messages.append(user_message(item.text))
+            messages.append(user_message(truncate_for_model(item.text, max_chars=max_client_chars)))
         else:
             messages.append(assistant_message(item.text, ()))
-    messages.append(user_message(turn_text(job)))
+    messages.append(user_message(truncate_for_model(turn_text(job), max_chars=max_client_chars)))
     return messages
+
+
+def truncate_for_model(text: str, *, max_chars: int) -> str:
+    """`text` cut to at most `max_chars` characters, the cut marked so the model knows there was more."""
+    if len(text) <= max_chars:
+        return text
+    keep = max(max_chars - len(TRUNCATED_MARK), 0)
+    return (text[:keep] + TRUNCATED_MARK)[:max_chars]
 
 
 def turn_text(job: Job) -> str:

@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     import httpx
 
     from system.worker import Worker
+
+log = structlog.get_logger(__name__)
 
 REDIS_MAX_CONNECTIONS = 256
 REDIS_POOL_WAIT_S = 10.0
@@ -104,6 +107,9 @@ class Runtime:
             await self.redis.ping()
             freshest = await self.redis.zrevrange(self.keys.batchers, 0, 0, withscores=True)
         except (RedisError, OSError) as exc:
+            # The error text names hosts and internals: it goes to the log; the API shows it only to the
+            # holder of the stats token.
+            log.warning("readiness_redis_unavailable", error=f"{type(exc).__name__}: {exc}")
             return {"redis": f"unavailable: {exc}", "batch_processor": "unknown"}
         stale_ms = int(self.settings.heartbeat_stale_s * 1000)
         if not freshest:

@@ -48,8 +48,10 @@ end
 # ARGV: 1 now_ms, 2 wake channel, then per message: message json, message id ('' = none), member,
 #       '1' when rate limits apply
 # Returns one status per message: 1 accepted, 2 duplicate, 3 sender limited, 4 company limited
+# A batch's keys live KEEP_MS from its last fragment: well past its deadline, so that a late batcher
+# still finds (and flushes) it; see `system.batching.BATCH_KEEP_MARGIN_MS`.
 APPEND = Template("""
-local TIMEOUT_MS, MAX_SIZE, TTL_MS, DEDUP_TTL_MS = $timeout_ms, $max_size, $ttl_ms, $dedup_ttl_ms
+local TIMEOUT_MS, MAX_SIZE, KEEP_MS, DEDUP_TTL_MS = $timeout_ms, $max_size, $keep_ms, $dedup_ttl_ms
 local SENDER_BURST, SENDER_INTERVAL_MS = $sender_burst, $sender_interval_ms
 local COMPANY_BURST, COMPANY_INTERVAL_MS = $company_burst, $company_interval_ms
 local K_DUE, K_STATS = KEYS[1], KEYS[2]
@@ -102,15 +104,15 @@ local function append(buf, sealed, meta, lease, msg, id, member)
     else
       redis.call('HSET', meta, 'deadline', score)
     end
-    redis.call('PEXPIRE', buf, TTL_MS)
-    redis.call('PEXPIRE', meta, TTL_MS)
+    redis.call('PEXPIRE', buf, KEEP_MS)
+    redis.call('PEXPIRE', meta, KEEP_MS)
     if redis.call('EXISTS', sealed) == 1 then
       has_sealed = true
       local cur = tonumber(redis.call('ZSCORE', K_DUE, member) or score)
       if cur < score then score = cur end
     end
   end
-  if has_sealed then redis.call('PEXPIRE', sealed, TTL_MS) end
+  if has_sealed then redis.call('PEXPIRE', sealed, KEEP_MS) end
   -- one turn per conversation: nothing is released before the turn in flight ends
   local held = redis.call('PTTL', lease)
   if held > 0 and now + held > score then score = now + held end
@@ -155,7 +157,7 @@ def append_script(
     *,
     timeout_ms: int,
     max_size: int,
-    ttl_ms: int,
+    keep_ms: int,
     dedup_ttl_ms: int,
     sender_burst: int,
     sender_refill_per_ms: float,
@@ -166,7 +168,7 @@ def append_script(
     return APPEND.substitute(
         timeout_ms=int(timeout_ms),
         max_size=int(max_size),
-        ttl_ms=int(ttl_ms),
+        keep_ms=int(keep_ms),
         dedup_ttl_ms=int(dedup_ttl_ms),
         sender_burst=int(sender_burst),
         sender_interval_ms=_interval_ms(sender_burst, sender_refill_per_ms),
@@ -184,10 +186,12 @@ def _interval_ms(burst: int, refill_per_ms: float) -> str:
 
 
 # KEYS: 1 due, 2 buf, 3 sealed, 4 meta, 5 lease, 6 queue, 7 stats, 8 lateness
-# ARGV: 1 member, 2 now_ms, 3 queued lease ms, 4 queue max length, 5 ttl_ms, 6 company id, 7 phone,
-#       8 jobs channel, 9 lateness values kept
-# Returns {1, lateness_ms, fragments, batch_id} when a job was enqueued, {0} when nothing was due,
-# {-1} when deferred for the turn in flight, {-2} when deferred because the queue is full.
+# ARGV: 1 member, 2 now_ms, 3 queued lease ms, 4 queue max length, 5 keep ms (the batch keys' lifetime),
+#       6 company id, 7 phone, 8 jobs channel, 9 lateness values kept
+# Returns (see `system.batching.ClaimStatus`) {1, lateness_ms, fragments, batch_id} when a job was
+# enqueued, {0} when nothing was due, {-1} when deferred for the turn in flight, {-2} when deferred
+# because the queue is full, {-3} when the batch's keys had expired: its due entry is removed and counted.
+# A batch past its deadline is always flushed, however late; a deferred one keeps its keys alive.
 CLAIM = """
 local member = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -195,20 +199,24 @@ local score = redis.call('ZSCORE', KEYS[1], member)
 if not score then return {0} end
 score = tonumber(score)
 if score > now then return {0} end
-local ttl = tonumber(ARGV[5])
+local keep = tonumber(ARGV[5])
+local function keep_alive()
+  redis.call('PEXPIRE', KEYS[2], keep)
+  redis.call('PEXPIRE', KEYS[3], keep)
+  redis.call('PEXPIRE', KEYS[4], keep)
+end
 
 local lease = redis.call('PTTL', KEYS[5])
 if lease ~= -2 then
   if lease < 0 then lease = tonumber(ARGV[3]) end
   redis.call('ZADD', KEYS[1], now + lease, member)
-  redis.call('PEXPIRE', KEYS[2], ttl)
-  redis.call('PEXPIRE', KEYS[3], ttl)
-  redis.call('PEXPIRE', KEYS[4], ttl)
+  keep_alive()
   return {-1}
 end
 if redis.call('XLEN', KEYS[6]) >= tonumber(ARGV[4]) then
   redis.call('ZADD', KEYS[1], now + 1000, member)
   redis.call('HINCRBY', KEYS[7], 'backpressure', 1)
+  keep_alive()
   return {-2}
 end
 
@@ -223,8 +231,11 @@ else
   local deadline = tonumber(redis.call('HGET', KEYS[4], 'deadline') or '-1')
   n = redis.call('LLEN', KEYS[2])
   if n == 0 then
+    -- due, yet neither an open nor a sealed batch: its keys outlived KEEP_MS unflushed and expired
     redis.call('ZREM', KEYS[1], member)
-    return {0}
+    redis.call('DEL', KEYS[4])
+    redis.call('HINCRBY', KEYS[7], 'batches_expired', 1)
+    return {-3}
   end
   if deadline > now then
     redis.call('ZADD', KEYS[1], deadline, member)
@@ -328,14 +339,18 @@ redis.call('XADD', KEYS[2], '*', 'job', ARGV[2])
 return 1
 """
 
-# Delivery statuses only move forward. KEYS: 1 status hash ; ARGV: 1 status, 2 rank, 3 ts_ms,
-# 4 error code, 5 ttl_ms. Returns 1 when applied, 0 when it would have moved backwards.
+# Delivery statuses only move forward, and only for a message we sent: the worker creates the hash
+# (field `turn`) when it sends, so a status for any other wamid creates nothing. KEYS: 1 status hash ;
+# ARGV: 1 status, 2 rank, 3 ts_ms, 4 error code, 5 ttl_ms. Returns {applied, turn key or ''}: applied is
+# -1 for a message we never sent, 0 when it would have moved backwards, 1 when applied.
 STATUS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, ''} end
 local cur = tonumber(redis.call('HGET', KEYS[1], 'rank') or '0')
-if tonumber(ARGV[2]) <= cur then return 0 end
+local turn = redis.call('HGET', KEYS[1], 'turn') or ''
+if tonumber(ARGV[2]) <= cur then return {0, turn} end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'rank', ARGV[2], 'ts_ms', ARGV[3], 'error', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return 1
+return {1, turn}
 """
 
 

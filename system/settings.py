@@ -88,8 +88,8 @@ class Settings(BaseSettings):
         default=600,
         gt=0,
         description=(
-            "Lifetime of an open batch's Redis keys, refreshed on every message; also the longest a queued "
-            "job holds its conversation's turn."
+            "The longest a queued job holds its conversation's turn; also the least lifetime of a batch's "
+            "Redis keys, which live max(this, batch timeout + 1 h) from the last message."
         ),
     )
     default_company_id: int = Field(
@@ -140,7 +140,27 @@ class Settings(BaseSettings):
         description="Comma-separated phones exempt from rate limits, in any accepted form.",
     )
     max_body_bytes: int = Field(default=1048576, gt=0, description="Largest webhook body accepted, in bytes.")
-    max_message_chars: int = Field(default=4096, gt=0, description="Longest client message text accepted.")
+    http_limit_concurrency: int = Field(
+        default=512,
+        ge=1,
+        le=100_000,
+        description="Open connections (or requests in flight) the API serves; above it new requests get 503.",
+    )
+    http_keepalive_s: int = Field(
+        default=5, ge=1, le=600, description="How long an idle keep-alive connection stays open between requests."
+    )
+    http_header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="A connection that has not sent a request's complete headers within this time is closed.",
+    )
+    http_body_timeout_s: float = Field(
+        default=15.0, gt=0, le=600, description="A request body not fully received within this time gets 408."
+    )
+    max_message_chars: int = Field(
+        default=4096, gt=0, description="Longest client text passed to the model (longer texts are cut for it)."
+    )
     redis_prefix: str = Field(default="aiadmin", min_length=1, description="Prefix of every Redis key.")
     redis_shards: int = Field(
         default=1,
@@ -195,11 +215,36 @@ class Settings(BaseSettings):
     llm_max_tool_rounds: int = Field(
         default=6, ge=1, le=20, description="Most LLM calls in one turn (tool calls and the final answer)."
     )
+    llm_max_tool_calls: int = Field(
+        default=8, ge=1, le=64, description="Tool calls of one model answer executed; the rest get a tool error."
+    )
+    llm_max_tool_calls_per_turn: int = Field(
+        default=16, ge=1, le=256, description="Tool calls executed in one turn; the rest get a tool error."
+    )
+    max_bookings_per_turn: int = Field(
+        default=1, ge=1, le=10, description="Bookings one turn may create; further create_booking calls are refused."
+    )
     llm_breaker_failures: int = Field(
         default=5, ge=1, description="Consecutive failed LLM requests that open the circuit breaker."
     )
     llm_breaker_reset_s: float = Field(
         default=30.0, gt=0, description="How long an open LLM circuit breaker refuses calls before a trial."
+    )
+    llm_token_param: Literal["auto", "max_completion_tokens", "max_tokens"] = Field(
+        default="auto",
+        description=(
+            "Request field of the output limit; auto: max_completion_tokens for api.openai.com and OpenAI's "
+            "reasoning models (o-series, gpt-5), max_tokens elsewhere (DeepSeek, vLLM, Ollama)."
+        ),
+    )
+    llm_max_output_tokens: int = Field(
+        default=800, ge=1, le=128_000, description="Most tokens one LLM answer may take (reasoning included)."
+    )
+    llm_temperature: float | None = Field(
+        default=None,
+        ge=0,
+        le=2,
+        description="Sampling temperature sent to the LLM; unset sends none (reasoning models refuse it).",
     )
     yclients_base_url: str = Field(
         default="https://api.yclients.com/api/v1", description="Base URL of the YClients REST API."
@@ -212,12 +257,23 @@ class Settings(BaseSettings):
     yclients_cache_ttl_s: float = Field(
         default=300.0, ge=0, description="How long services and masters are cached per company."
     )
+    yclients_send_sms: bool = Field(
+        default=False, description="`send_sms` of a moved record: YClients texts the client the new time too."
+    )
     whatsapp_transport: Literal["cloud", "gateway"] = Field(
         default="cloud", description="How replies are sent: the WhatsApp Cloud API or a gateway bridge."
     )
     whatsapp_api_url: str = Field(
-        default="https://graph.facebook.com/v21.0",
-        description="Cloud API base including the version; replies go to {url}/{phone_number_id}/messages.",
+        default="https://graph.facebook.com",
+        description=(
+            "Graph API base without the version; replies go to {url}/{version}/{phone_number_id}/messages "
+            "(a URL ending in /vNN.N is used as is, with a warning)."
+        ),
+    )
+    whatsapp_api_version: str = Field(
+        default="v26.0",
+        pattern=r"^v\d{1,2}\.\d{1,2}$",
+        description="Graph API version of every Cloud API call, e.g. v26.0 (Meta retires each about two years on).",
     )
     whatsapp_token: SecretStr | None = Field(default=None, description="Cloud API access token (Bearer).")
     whatsapp_phone_number_id: str | None = Field(
@@ -249,6 +305,7 @@ class Settings(BaseSettings):
         "whatsapp_verify_token",
         "stats_token",
         "llm_api_key",
+        "llm_temperature",
         "yclients_partner_token",
         "yclients_user_token",
         "whatsapp_token",

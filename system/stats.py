@@ -14,6 +14,8 @@ from system.phones import mask_phone
 from system.queue import JobQueue
 
 OPEN_LISTED = 20
+# Global counters that are not about inbound items left unbatched.
+_NOT_INBOUND = ("status_", "delivery_failed_", "number_changed")
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -71,6 +73,8 @@ class StatsReader:
             "rate_limited_messages": counters.get("rate_limited", 0),
             "batches_flushed": counters.get("batches_flushed", 0),
             "fragments_flushed": counters.get("fragments_flushed", 0),
+            # Batches whose keys expired before any batch processor came (never silently: see the batcher).
+            "batches_expired": counters.get("batches_expired", 0),
             "deferred_for_backpressure": counters.get("backpressure", 0),
             "flush_lateness_ms": {
                 "p50": percentile(lateness, 50),
@@ -83,13 +87,18 @@ class StatsReader:
             "dead_letters": await self._queue.dead_letter_count(),
             "jobs_done": counters.get("jobs_done", 0),
             "jobs_retried": counters.get("jobs_retried", 0),
-            "not_batched": {k: v for k, v in sorted(global_counters.items()) if not k.startswith("status_")},
-            "delivery_statuses": {
-                k.removeprefix("status_"): v for k, v in sorted(global_counters.items()) if k.startswith("status_")
-            },
+            "not_batched": {k: v for k, v in sorted(global_counters.items()) if not k.startswith(_NOT_INBOUND)},
+            "delivery_statuses": _prefixed(global_counters, "status_"),
+            # Replies Meta accepted and then failed (failed statuses and value.errors), by error code.
+            "delivery_failures": _prefixed(global_counters, "delivery_failed_"),
+            "number_changes": global_counters.get("number_changed", 0),
             "batch_processors": batchers,
             "next_batches": [_describe(member, score, now_ms) for member, score in earliest[:OPEN_LISTED]],
         }
+
+
+def _prefixed(counters: dict[str, int], prefix: str) -> dict[str, int]:
+    return {k.removeprefix(prefix): v for k, v in sorted(counters.items()) if k.startswith(prefix)}
 
 
 def _describe(member: str, score: float, now_ms: int) -> dict[str, Any]:

@@ -14,13 +14,18 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from system.booking.base import (
+    AppointmentsOverlap,
     BookingBackend,
     BookingError,
+    BookingRefused,
     Master,
+    MasterUnavailable,
     NewBooking,
     Record,
     Service,
     Slot,
+    SlotTaken,
+    Unauthorized,
 )
 from system.clock import Clock
 from system.context import Dialog, Preferences, remember_service
@@ -172,6 +177,19 @@ class BookingTools:
             return {"error": str(exc)}
         except BookingError as exc:
             log.warning("booking_error", tool=name, error=type(exc).__name__, code=exc.code)
+            if isinstance(exc, BookingRefused):  # the salon's CRM said no to this booking: the client hears why
+                return {
+                    "error": f"салон не принял запись: {exc.message}",
+                    "refused": True,
+                    "hint": "объясните клиенту причину; ту же запись повторять бесполезно, "
+                    "можно предложить другое время или связаться с салоном",
+                }
+            if isinstance(exc, Unauthorized):  # the salon's tokens: an operator must act, the client cannot
+                log.error("booking_backend_unauthorized", tool=name, code=exc.code)
+                return {
+                    "error": "система записи салона сейчас недоступна",
+                    "hint": "извинитесь и предложите записаться позже или по телефону салона",
+                }
             retry = " Попробуйте чуть позже." if exc.retryable else ""
             return {"error": f"CRM ответила ошибкой: {exc.message}.{retry}"}
 
@@ -225,14 +243,14 @@ class BookingTools:
             service_ids=(service.id,),
             master_id=slot.master_id,
             at=slot.at,
-            api_id=f"{state.batch_id}#{len(state.bookings) + 1}",
+            api_id=booking_key(state),
             comment="Запись через WhatsApp",
         )
         try:
             await self._backend.check(state.company_id, booking)
             record = await self._backend.create(state.company_id, booking)
         except BookingError as exc:
-            if exc.code in (433, 436, 437):
+            if isinstance(exc, SlotTaken | MasterUnavailable | AppointmentsOverlap):
                 raise ToolError(
                     "это время только что заняли", next_free=await self._alternatives(state, at, service, master)
                 ) from exc
@@ -384,13 +402,9 @@ class BookingTools:
     async def _already_booked(self, state: TurnState, at: datetime, service: Service) -> Record | None:
         """This client's active booking at that time: made by this turn before a crash, or asked for twice."""
         records = await self._backend.records(state.company_id, phone=state.phone)
-        prefix = f"{state.batch_id}#"
+        key = booking_key(state)
         return next(
-            (
-                r
-                for r in records
-                if r.at == at and not r.cancelled and (r.api_id.startswith(prefix) or service.id in r.service_ids)
-            ),
+            (r for r in records if r.at == at and not r.cancelled and (service.id in r.service_ids or r.made_for(key))),
             None,
         )
 
@@ -451,6 +465,11 @@ def _slot_doc(s: Slot, names: dict[int, str]) -> dict[str, str]:
         "time": s.at.strftime("%H:%M"),
         "master": names.get(s.master_id, "любой мастер"),
     }
+
+
+def booking_key(state: TurnState) -> str:
+    """The idempotency key of the turn's next booking: a redelivered turn books under the same keys again."""
+    return f"{state.batch_id}#{len(state.bookings) + 1}"
 
 
 def _record_doc(r: Record, tz: str) -> dict[str, Any]:

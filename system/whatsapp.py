@@ -7,13 +7,14 @@ import random
 import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Protocol
 
 import httpx
 import structlog
 
 from system.clock import Clock
-from system.phones import mask_phone
+from system.phones import is_business_scoped_user_id, mask_phone
 from system.retry import RetryPolicy, retrying
 from system.settings import Settings
 
@@ -25,6 +26,10 @@ _MAX_TRACKED_RECIPIENTS = 10_000  # pacing memory; the least recently messaged r
 # A sentence ends at whitespace after . ! ? … or at a line break; the cut goes before that whitespace.
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s|\n")
 _WHITESPACE = re.compile(r"\s")
+# A Graph API URL that already names its version (the old form of AIADMIN_WHATSAPP_API_URL).
+_VERSIONED_URL = re.compile(r"/v\d{1,2}\.\d{1,2}$")
+# A phone number id is one path segment of the URL: blank or path-changing ids would POST elsewhere.
+_PATH_SEGMENT = re.compile(r"[^/?#\s]+")
 
 
 class SendError(Exception):
@@ -52,7 +57,7 @@ class RecipientThrottled(SendError):
 
 
 class TransientSendError(SendError):
-    """131000, 131016, 5xx, timeouts and transport errors: retry."""
+    """131000, 131016, 131057, 2, 5xx, timeouts and transport errors: retry."""
 
     retryable = True
 
@@ -66,25 +71,96 @@ class Undeliverable(SendError):
 
 
 class TokenExpired(SendError):
-    """190 (or HTTP 401): the access token is expired or invalid; a human must renew it."""
+    """190 or 0 (or HTTP 401): the access token is expired or invalid; a human must renew it."""
+
+
+class AccountRestricted(SendError):
+    """The business account or number may not send now (policy block, lock, payment, permission, spam limit).
+
+    Every send from the number fails the same way until a human acts, so it is logged at ERROR.
+    """
 
 
 class SendRejected(SendError):
-    """Any other refusal: a bad request, a missing permission, an unknown code."""
+    """Any other refusal: a bad request, an unsupported message, an unknown code."""
 
 
+# Meta's error codes (WhatsApp Cloud API "Error codes" reference) by what a retry can do about them.
+# A code not listed here is classified by its HTTP status: 429 and 5xx retry, anything else is refused.
 _BY_CODE: dict[int, type[SendError]] = {
-    130429: ThroughputLimited,
+    # Throughput: back off and retry.
+    130429: ThroughputLimited,  # Cloud API message throughput reached
     4: ThroughputLimited,  # application request limit
-    80007: ThroughputLimited,  # business account rate limit
-    131056: RecipientThrottled,
-    131000: TransientSendError,
-    131016: TransientSendError,
-    2: TransientSendError,  # service temporarily unavailable
-    131047: OutsideWindow,
-    131026: Undeliverable,
-    190: TokenExpired,
+    80007: ThroughputLimited,  # WhatsApp Business Account rate limit
+    131056: RecipientThrottled,  # (business, consumer) pair rate limit
+    # Passing trouble on Meta's side: retry.
+    131000: TransientSendError,  # something went wrong
+    131016: TransientSendError,  # service unavailable
+    131057: TransientSendError,  # business account in maintenance mode (a throughput upgrade): it ends by itself
+    2: TransientSendError,  # API service: temporary downtime or overload
+    # The recipient: nothing a retry changes.
+    131047: OutsideWindow,  # re-engagement message: the 24-hour customer service window is closed
+    131026: Undeliverable,  # message undeliverable
+    131021: SendRejected,  # recipient cannot be the sender
+    131050: SendRejected,  # the user stopped marketing messages
+    131062: SendRejected,  # a business-scoped user id cannot receive this kind of message
+    130472: SendRejected,  # the user's number is part of an experiment
+    # The request: retrying the same body fails the same way.
+    100: SendRejected,  # invalid parameter
+    131008: SendRejected,  # required parameter missing
+    131009: SendRejected,  # parameter value not valid
+    131051: SendRejected,  # unsupported message type
+    131052: SendRejected,  # media download error
+    131053: SendRejected,  # media upload error
+    33: SendRejected,  # the business phone number id does not exist (deleted)
+    # The token.
+    190: TokenExpired,  # access token expired or invalid
+    0: TokenExpired,  # AuthException: the app user could not be authenticated
+    # The business account or number: a human must act; retrying only adds to the quality signal.
+    131048: AccountRestricted,  # spam rate limit: too many of the number's messages were blocked or reported
+    131049: AccountRestricted,  # Meta chose not to deliver, for ecosystem health: do not retry at once
+    368: AccountRestricted,  # temporarily blocked for policy violations
+    131031: AccountRestricted,  # business account locked
+    131042: AccountRestricted,  # business eligibility: payment issue
+    131045: AccountRestricted,  # incorrect certificate (the number's display name)
+    131037: AccountRestricted,  # the number needs display name approval
+    130497: AccountRestricted,  # messaging users in this country is restricted
+    133010: AccountRestricted,  # the phone number is not registered on the Cloud API
+    3: AccountRestricted,  # API method: capability or permissions issue
+    10: AccountRestricted,  # permission denied
+    131005: AccountRestricted,  # access denied
 }
+_PERMISSION_CODES = range(200, 300)  # Graph API permission errors (#200-#299)
+
+
+def classify(code: int | None, *, http_status: int) -> type[SendError]:
+    """The error type of a Cloud API refusal: by Meta's `error.code` first, then by the HTTP status."""
+    if code is not None and code in _BY_CODE:
+        return _BY_CODE[code]
+    if code is not None and code in _PERMISSION_CODES:
+        return AccountRestricted
+    if http_status == httpx.codes.UNAUTHORIZED:
+        return TokenExpired
+    return _by_status(http_status)
+
+
+def cloud_api_base(api_url: str, api_version: str) -> str:
+    """`{api_url}/{api_version}`, or `api_url` as is when it already ends with a version (the old setting form)."""
+    url = api_url.rstrip("/")
+    if _VERSIONED_URL.search(url):
+        log.warning(
+            "whatsapp_api_url_has_version",
+            api_url=url,
+            ignored_version=api_version,
+            hint="set AIADMIN_WHATSAPP_API_URL without the version and AIADMIN_WHATSAPP_API_VERSION instead",
+        )
+        return url
+    return f"{url}/{api_version}"
+
+
+def recipient_fields(to: str) -> dict[str, str]:
+    """How a message names its recipient: `to` for a phone, `recipient` for a business-scoped user id (Meta's BSUID)."""
+    return {"recipient": to} if is_business_scoped_user_id(to) else {"to": to}
 
 
 def split_text(text: str, *, limit: int = MAX_TEXT_CHARS) -> list[str]:
@@ -117,6 +193,10 @@ def _cut_at(text: str, *, limit: int) -> int:
     return limit
 
 
+# Called after each part of a reply went out: (the part's index in the whole reply, its message id).
+PartSent = Callable[[int, str], Awaitable[None]]
+
+
 class Sender(Protocol):
     """Sends replies to one client over WhatsApp."""
 
@@ -124,9 +204,35 @@ class Sender(Protocol):
         """Mark an inbound message read and show typing; failures are logged, never raised."""
         ...
 
-    async def send_text(self, *, phone_number_id: str, to: str, text: str) -> list[str]:
-        """Send `text` (split when long) to the canonical phone `to`; the message ids, one per chunk, in order."""
+    async def send_text(
+        self, *, phone_number_id: str, to: str, text: str, first_part: int = 0, on_sent: PartSent | None = None
+    ) -> list[str]:
+        """Send `text` (split when long) to `to`, from part `first_part` on; the ids of the parts sent, in order.
+
+        `to` is the client's phone or, for a username user without one, their business-scoped user id;
+        `phone_number_id` is the business number the reply goes out from (a permanent SendError when blank).
+
+        `on_sent` is awaited after each part, before the next one goes out, so a caller can record
+        how far a reply got and resume it from the first unsent part.
+        """
         ...
+
+
+async def _send_parts(
+    chunks: list[str],
+    send: Callable[[str], Awaitable[str]],
+    *,
+    first_part: int,
+    on_sent: PartSent | None,
+) -> list[str]:
+    """Send `chunks[first_part:]` one after another; each waits for the previous one, so they arrive in order."""
+    ids: list[str] = []
+    for index in range(first_part, len(chunks)):
+        message_id = await send(chunks[index])
+        ids.append(message_id)
+        if on_sent is not None:
+            await on_sent(index, message_id)
+    return ids
 
 
 class CloudApiSender:
@@ -157,11 +263,13 @@ class CloudApiSender:
     def from_settings(
         cls, settings: Settings, *, http: httpx.AsyncClient, clock: Clock, rng: random.Random
     ) -> CloudApiSender:
+        """The sender the settings describe; ValueError naming the variables when it could never reply."""
         if settings.whatsapp_token is None:
             raise ValueError("AIADMIN_WHATSAPP_TOKEN must be set when AIADMIN_WHATSAPP_TRANSPORT=cloud")
+        _check_sending_numbers(settings)
         return cls(
             http,
-            api_url=settings.whatsapp_api_url,
+            api_url=cloud_api_base(settings.whatsapp_api_url, settings.whatsapp_api_version),
             token=settings.whatsapp_token.get_secret_value(),
             clock=clock,
             rng=rng,
@@ -182,16 +290,18 @@ class CloudApiSender:
         except Exception as exc:  # a read receipt is cosmetic: it must never fail the turn
             _log_failure(exc, what="whatsapp_mark_read_failed", phone_number_id=phone_number_id)
 
-    async def send_text(self, *, phone_number_id: str, to: str, text: str) -> list[str]:
-        chunks = _chunks_to_send(text, to=to)
-        # One chunk after another: each waits for the previous one, so the client reads them in order.
-        return [await self._send_chunk(phone_number_id=phone_number_id, to=to, text=chunk) for chunk in chunks]
+    async def send_text(
+        self, *, phone_number_id: str, to: str, text: str, first_part: int = 0, on_sent: PartSent | None = None
+    ) -> list[str]:
+        _require_number(phone_number_id)  # before any pacing wait: no number, no send, whatever the text
+        send = partial(self._send_chunk, phone_number_id=phone_number_id, to=to)
+        return await _send_parts(_chunks_to_send(text, to=to), send, first_part=first_part, on_sent=on_sent)
 
-    async def _send_chunk(self, *, phone_number_id: str, to: str, text: str) -> str:
+    async def _send_chunk(self, text: str, *, phone_number_id: str, to: str) -> str:
         payload = {
             "messaging_product": "whatsapp",
             "recipient_type": "individual",
-            "to": to,
+            **recipient_fields(to),
             "type": "text",
             "text": {"body": text, "preview_url": False},
         }
@@ -211,6 +321,7 @@ class CloudApiSender:
         return message_id
 
     async def _post(self, phone_number_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+        _require_number(phone_number_id)
         url = f"{self._api_url}/{phone_number_id}/messages"
         response = await _post(self._http, url, payload=payload, headers=self._headers, timeout_s=self._timeout_s)
         if response.is_success:
@@ -262,11 +373,13 @@ class GatewaySender:
     async def mark_read(self, *, phone_number_id: str, message_id: str) -> None:
         """Bridges have no read receipts to send: nothing to do."""
 
-    async def send_text(self, *, phone_number_id: str, to: str, text: str) -> list[str]:
-        chunks = _chunks_to_send(text, to=to)
-        return [await self._send_chunk(to=to, text=chunk) for chunk in chunks]
+    async def send_text(
+        self, *, phone_number_id: str, to: str, text: str, first_part: int = 0, on_sent: PartSent | None = None
+    ) -> list[str]:
+        send = partial(self._send_chunk, to=to)
+        return await _send_parts(_chunks_to_send(text, to=to), send, first_part=first_part, on_sent=on_sent)
 
-    async def _send_chunk(self, *, to: str, text: str) -> str:
+    async def _send_chunk(self, text: str, *, to: str) -> str:
         payload = {"phone": to, "message": text}
 
         async def attempt() -> str:
@@ -363,14 +476,45 @@ def _cloud_error(response: httpx.Response) -> SendError:
     raw_code = detail.get("code")
     code = raw_code if isinstance(raw_code, int) and not isinstance(raw_code, bool) else None
     status = response.status_code
-    if code is not None and code in _BY_CODE:
-        kind = _BY_CODE[code]
-    elif status == httpx.codes.UNAUTHORIZED:
-        kind = TokenExpired
-    else:
-        kind = _by_status(status)
+    kind = classify(code, http_status=status)
     message = str(detail.get("message") or f"the Cloud API answered HTTP {status}")
     return kind(message, code=code, retry_after_s=_retry_after_s(response))
+
+
+def _require_number(phone_number_id: str) -> None:
+    if not _PATH_SEGMENT.fullmatch(phone_number_id):
+        # Never POST to `{base}//messages`: Meta answers that with a confusing error, and no retry can help.
+        raise SendRejected(
+            f"no usable sending phone number id ({phone_number_id!r}): the reply has no number to go out from; "
+            "set the tenant's phone_number_id or AIADMIN_WHATSAPP_PHONE_NUMBER_ID"
+        )
+
+
+def _check_sending_numbers(settings: Settings) -> None:
+    """Refuse a configuration in which some salon's messages could never be answered over the Cloud API.
+
+    A reply goes out from the number the client wrote to (the inbound `metadata.phone_number_id`), else from
+    the tenant's `phone_number_id`, else from AIADMIN_WHATSAPP_PHONE_NUMBER_ID. A tenant listed in
+    AIADMIN_TENANTS without a number receives no Meta webhooks (they are routed by number), only gateway-format
+    messages, which name no number: with neither fallback set, nothing it receives can be answered.
+    """
+    if settings.whatsapp_phone_number_id is not None:
+        return
+    if settings.tenants_file is None:
+        # The default salon answers Meta webhooks from the number they came to; a gateway-format message names
+        # no number and is refused at send time (a permanent error, so it goes to the dead letters).
+        log.warning(
+            "whatsapp_gateway_messages_unanswerable",
+            reason="AIADMIN_WHATSAPP_PHONE_NUMBER_ID is unset: only Meta webhook messages can be answered",
+        )
+        return
+    silent = [t for t in settings.tenants if t.phone_number_id is None]
+    if silent:
+        names = ", ".join(f"{t.name!r} (company {t.company_id})" for t in silent)
+        raise ValueError(
+            "AIADMIN_WHATSAPP_PHONE_NUMBER_ID must be set, or every tenant in AIADMIN_TENANTS must name its "
+            f"phone_number_id, when AIADMIN_WHATSAPP_TRANSPORT=cloud: {names} could never be answered"
+        )
 
 
 def _gateway_error(response: httpx.Response) -> SendError:
@@ -442,5 +586,8 @@ def _log_failure(exc: Exception, *, what: str, phone_number_id: str | None = Non
     if isinstance(exc, TokenExpired):
         # Every send fails until a human renews the token: say so loudly.
         log.error("whatsapp_token_expired", **fields)
+    elif isinstance(exc, AccountRestricted):
+        # Every send from the number fails until a human acts in WhatsApp Manager or Business Manager.
+        log.error("whatsapp_account_restricted", **fields)
     else:
         log.warning(what, retryable=getattr(exc, "retryable", False), **fields)

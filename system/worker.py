@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import Any
 
 import orjson
 import structlog
@@ -20,6 +21,7 @@ from system.llm import (
     LLMClient,
     LLMError,
     MalformedToolCall,
+    ToolCall,
     assistant_message,
     system_message,
     tool_message,
@@ -30,8 +32,9 @@ from system.notify import ChannelListener
 from system.prompt import conversation, system_prompt, turn_text
 from system.queue import Delivery, JobQueue
 from system.settings import Settings, Tenant
+from system.tool_limits import ToolBudget, ToolLimits
 from system.tools import BookingTools, TurnState
-from system.turns import TurnStage, TurnStore
+from system.turns import TurnRecord, TurnStage, TurnStore
 from system.whatsapp import OutsideWindow, Sender, SendError, TokenExpired
 
 log = structlog.get_logger(__name__)
@@ -80,6 +83,7 @@ class Worker:
         self._llm = llm
         self._backend = backend
         self._tools = BookingTools(backend, clock=clock)
+        self._limits = ToolLimits.from_settings(settings)
         self._sender = sender
         self._clock = clock
         self._metrics = metrics
@@ -249,12 +253,12 @@ class Worker:
 
     async def _turn(self, job: Job, tenant: Tenant) -> None:
         record = await self._turns.get(job)
-        pnid = tenant.phone_number_id or self._settings.whatsapp_phone_number_id or ""
         context = await self._context.load(job.company_id, job.phone)
         if record.sent:  # redelivered after the reply went out: never send it twice
             if record.stage is not TurnStage.DONE:
                 await self._save(job, context.dialog, context.preferences, record.reply)
             return
+        pnid = self._sending_number(job, tenant)
         if job.messages[-1].message_id.startswith("wamid."):
             await self._sender.mark_read(phone_number_id=pnid, message_id=job.messages[-1].message_id)
         state = TurnState(
@@ -272,20 +276,54 @@ class Worker:
             try:
                 reply = await self._think(job, tenant, context, state)
             except LLMError as exc:
-                await self._apologise(job, pnid, already=record.stage is TurnStage.FALLBACK_SENT)
+                await self._apologise(job, pnid, record)
                 raise DeadLetter(f"LLM: {type(exc).__name__}: {exc}") from exc
             await self._turns.save_reply(job, reply)
-        sent_ids = await self._sender.send_text(phone_number_id=pnid, to=job.phone, text=reply)
-        await self._turns.mark_sent(job, sent_ids)
+        # Parts already sent by an earlier attempt (a crash, a failed send) are not sent again.
+        already = record.sent_ids if replayed else ()
+        sent_ids = await self._sender.send_text(
+            phone_number_id=pnid,
+            to=job.phone,
+            text=reply,
+            first_part=len(already),
+            on_sent=partial(self._turns.record_part, job),
+        )
+        await self._turns.mark_sent(job, [*already, *sent_ids])
         await self._save(job, state.dialog, state.preferences, reply)
-        log.info("turn_done", batch_id=job.batch_id, phone=job.phone, fragments=len(job.messages), replayed=replayed)
+        log.info(
+            "turn_done",
+            batch_id=job.batch_id,
+            phone=job.phone,
+            fragments=len(job.messages),
+            replayed=replayed,
+            parts_resumed=len(already),
+        )
 
-    async def _apologise(self, job: Job, pnid: str, *, already: bool) -> None:
+    def _sending_number(self, job: Job, tenant: Tenant) -> str:
+        """The business number the reply goes out from: the one the client wrote to, else the salon's."""
+        pnid = job.reply_from or tenant.phone_number_id or self._settings.whatsapp_phone_number_id
+        if pnid:
+            return pnid
+        if self._settings.whatsapp_transport == "gateway":
+            return ""  # a bridge sends from the one number it is logged in with
+        # Never a POST to `{api}//messages`: with no number to send from, the turn cannot be answered.
+        raise DeadLetter(
+            "no sending number: the message names no phone_number_id, and neither the tenant "
+            "nor AIADMIN_WHATSAPP_PHONE_NUMBER_ID gives one"
+        )
+
+    async def _apologise(self, job: Job, pnid: str, record: TurnRecord) -> None:
         """The LLM is down: tell the client once, politely; the job goes to the dead letters."""
-        if already:
+        if record.stage is TurnStage.FALLBACK_SENT:
             return
-        ids = await self._sender.send_text(phone_number_id=pnid, to=job.phone, text=FALLBACK_REPLY)
-        await self._turns.mark_sent(job, ids, fallback=True)
+        ids = await self._sender.send_text(
+            phone_number_id=pnid,
+            to=job.phone,
+            text=FALLBACK_REPLY,
+            first_part=len(record.fallback_ids),
+            on_sent=partial(self._turns.record_part, job, fallback=True),
+        )
+        await self._turns.mark_sent(job, [*record.fallback_ids, *ids], fallback=True)
 
     async def _save(self, job: Job, dialog: Dialog, preferences: Preferences, reply: str) -> None:
         now_ms = self._clock.now_ms()
@@ -311,8 +349,9 @@ class Worker:
             masters=masters,
             context=context,
         )
-        messages = conversation(prompt, context, job)
+        messages = conversation(prompt, context, job, max_client_chars=self._settings.max_message_chars)
         schemas = self._tools.schemas()
+        budget = ToolBudget(self._limits)
         for _ in range(self._settings.llm_max_tool_rounds):
             try:
                 completion = await self._llm.complete(messages, tools=schemas)
@@ -321,14 +360,34 @@ class Worker:
                 continue
             if completion.tool_calls:
                 messages.append(assistant_message(completion.content, completion.tool_calls))
-                for call in completion.tool_calls:
-                    result = await self._tools.call(call.name, call.arguments, state)
-                    messages.append(tool_message(call.id, orjson.dumps(result).decode()))
+                results = await self._run_tools(completion.tool_calls, budget, state)
+                messages.extend(tool_message(call.id, orjson.dumps(result).decode()) for call, result in results)
                 continue
             if completion.content and completion.content.strip():
                 return completion.content.strip()
             break
         return CONFUSED_REPLY
+
+    async def _run_tools(
+        self, calls: tuple[ToolCall, ...], budget: ToolBudget, state: TurnState
+    ) -> list[tuple[ToolCall, dict[str, Any]]]:
+        """Each call's result; a call over a limit is not executed, its result is an error the model reads."""
+        results: list[tuple[ToolCall, dict[str, Any]]] = []
+        refused: dict[str, int] = {}  # by reason
+        for position, call in enumerate(calls):
+            refusal = budget.admit(call.name, position=position)
+            if refusal is None:
+                result = await self._tools.call(call.name, call.arguments, state)
+                budget.spent(call.name, result)
+            else:
+                result = budget.refusal_result(refusal)
+                refused[refusal.value] = refused.get(refusal.value, 0) + 1
+            results.append((call, result))
+        for reason, count in refused.items():
+            self._metrics.tool_calls_refused.labels(reason).inc(count)
+        if refused:
+            log.warning("tool_calls_refused", batch_id=state.batch_id, calls=len(calls), **refused)
+        return results
 
     async def _catalogue(self, company_id: int) -> tuple[list[Service], list[Master]]:
         """Services and masters for the prompt; a CRM outage leaves them to the tools."""

@@ -1,8 +1,9 @@
 """A worker process that dies at a chosen point of a turn (crash injection for the exactly-once test).
 
 Usage: python -m tests.crash_worker JOURNAL CRASH_POINT, with REDIS_URL and the world's settings in the
-environment. CRASH_POINT is "after_send" (the reply went out, the ack did not) or "after_booking" (the CRM
-booked, the reply was not decided yet). The process ends with os._exit(137), as if SIGKILLed.
+environment. CRASH_POINT is "after_send" (the reply went out, the ack did not), "after_booking" (the CRM
+booked, the reply was not decided yet) or "after_first_part" (part 1 of a long reply went out, part 2 did
+not). The process ends with os._exit(137), as if SIGKILLed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from system.turns import TurnStore
 from .world import World, call, say
 
 CRASH_EXIT = 137
+# Two paragraphs of about 3,800 characters: more than one WhatsApp text (4,096), so two parts.
+LONG_REPLY = ("Записал вас на завтра 15:00 к Сергею. " * 100).strip() + "\n\n" + ("Ждём вас в салоне. " * 200).strip()
 
 
 def crash_after(cls: type, name: str) -> None:
@@ -45,11 +48,13 @@ async def main(journal: Path, point: str) -> None:
     world.llm_answers.extend(
         [
             call("create_booking", service="Стрижка машинкой", datetime="2025-11-26T15:00", master="Сергей"),
-            say("Записал вас на завтра 15:00 к Сергею."),
+            say(LONG_REPLY if point == "after_first_part" else "Записал вас на завтра 15:00 к Сергею."),
         ]
     )
     if point == "after_send":
         crash_after(TurnStore, "mark_sent")
+    elif point == "after_first_part":
+        crash_after(TurnStore, "record_part")  # part 1 is sent and recorded; part 2 never goes out
     else:
         crash_before(TurnStore, "save_reply")
     from simulator.clock import VirtualClock

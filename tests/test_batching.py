@@ -14,7 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from simulator.clock import VirtualClock
 from system.batcher import BatchProcessor
-from system.batching import AppendOutcome, BatchStore, ClaimResult
+from system.batching import AppendOutcome, BatchStore, ClaimResult, ClaimStatus
 from system.keys import Keys
 from system.models import BatchedMessage, InboundMessage, Job
 from system.queue import Delivery
@@ -275,6 +275,31 @@ async def test_next_batch_is_released_when_the_lease_of_a_lost_turn_expires(
     [second] = await rt.queue.read("w2", count=10, now_ms=START_MS + 18_001)
     assert second.job.text == "второй"
     assert lost.job.text == "первый"
+
+
+async def test_due_batch_whose_keys_expired_is_reported_expired_and_counted(
+    rt: Runtime, clock: VirtualClock, message: Factory
+) -> None:
+    await append(rt, clock, message("привет"), START_MS)
+    _, conv = rt.keys.conversation(962302, "79001234567")
+    await rt.redis.delete(conv.buf, conv.meta)  # what expiry does to a batch no batcher came for
+
+    [result] = await rt.store.claim(rt.keys.shard(0), [conv.member], now_ms=START_MS + 9000)
+
+    assert result == ClaimResult(member=conv.member, status=ClaimStatus.EXPIRED)
+    assert await rt.store.next_deadline_ms() is None
+    assert await rt.redis.hget(rt.keys.shard(0).stats, "batches_expired") == b"1"
+
+
+async def test_open_batch_keys_live_past_the_deadline_by_the_keep_margin(
+    rt: Runtime, clock: VirtualClock, message: Factory
+) -> None:
+    await append(rt, clock, message("привет"), START_MS)
+    _, conv = rt.keys.conversation(962302, "79001234567")
+    keep_ms = rt.store.config.keep_ms
+    assert keep_ms >= rt.store.config.timeout_ms + 3_600_000
+    for key in (conv.buf, conv.meta):
+        assert keep_ms - 5000 < await rt.redis.pttl(key) <= keep_ms  # measured from the last fragment
 
 
 def test_every_key_a_script_touches_for_a_conversation_is_in_one_hash_slot() -> None:

@@ -67,3 +67,24 @@ async def test_turn_records_move_forward_and_expire(redis: Redis) -> None:
     record = await turns.get(job)
     assert (record.sent, record.sent_ids) == (True, ("wamid.out1",))
     assert 0 < await redis.ttl(turns.key(job)) <= 7 * 24 * 3600
+
+
+async def test_changed_number_moves_the_conversation_to_the_new_number(redis: Redis) -> None:
+    store = ContextStore(redis)
+    await store.save(962302, PHONE, update(1))
+    assert await store.move(962302, PHONE, "79009998877") is True
+    moved = await store.load(962302, "79009998877")
+    assert [h.text for h in moved.history] == ["вопрос 1", "ответ 1"]
+    assert moved.preferences.name == "Иван"
+    assert 0 < await redis.ttl(Keys.context(962302, "79009998877").dialog) <= 24 * 3600
+    assert (await store.load(962302, PHONE)).history == ()
+    assert await store.move(962302, PHONE, "79009998877") is False  # a repeat finds nothing to move
+
+
+async def test_changed_number_keeps_a_context_the_new_number_already_has(redis: Redis) -> None:
+    store = ContextStore(redis)
+    await store.save(962302, PHONE, update(1))
+    await store.save(962302, "79009998877", update(7))
+    assert await store.move(962302, PHONE, "79009998877") is False
+    assert [h.text for h in (await store.load(962302, "79009998877")).history] == ["вопрос 7", "ответ 7"]
+    assert [h.text for h in (await store.load(962302, PHONE)).history] == ["вопрос 1", "ответ 1"]

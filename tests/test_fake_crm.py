@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator, Callable
 from datetime import date, datetime, time, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -23,14 +25,18 @@ from simulator.salon import (
     Salon,
 )
 from system.booking.base import (
-    InvalidRequest,
+    BookingRefused,
+    ClientBlocked,
     MasterUnavailable,
     NewBooking,
     NotFound,
     SlotTaken,
     Unauthorized,
+    wire_api_id,
 )
 from system.booking.yclients import YClientsBackend
+from system.context import Dialog, Preferences
+from system.tools import BookingTools, TurnState
 
 from .conftest import START_MS
 
@@ -140,7 +146,7 @@ async def test_booking_shows_in_the_clients_records(clock: VirtualClock, connect
     assert record.id == created.id > 1006  # after the fixture's six records
     assert (record.at, record.master_id, record.master_name) == (at(WED, "10:00"), SERGEY, "Сергей")
     assert (record.service_ids, record.service_titles, record.duration_min) == ((HAIRCUT,), ("Мужская стрижка",), 60)
-    assert (record.api_id, record.client_name, record.cancelled) == (f"batch-{PHONE}", "Иван", False)
+    assert (record.api_id, record.client_name, record.cancelled) == (wire_api_id(f"batch-{PHONE}"), "Иван", False)
 
 
 async def test_double_booking_the_same_slot_is_slot_taken(clock: VirtualClock, connect: Connect) -> None:
@@ -176,8 +182,7 @@ async def test_cancel_deletes_the_record_keeps_attendance_and_frees_the_slot(
 
     await backend.cancel(COMPANY, created.id)
 
-    [record] = await backend.records(COMPANY, phone=PHONE)
-    assert record.cancelled
+    assert await backend.records(COMPANY, phone=PHONE) == []  # YClients lists deleted records only when asked
     kept = salon.record(created.id)
     assert (kept.deleted, kept.attendance) == (True, 2)
     assert kept in salon.all_records()
@@ -228,7 +233,7 @@ async def test_unknown_company_and_invalid_requests(clock: VirtualClock, connect
 
     with pytest.raises(NotFound):
         await backend.services(1)
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(BookingRefused):  # a 422 on a booking: refused, told to the client
         await backend.create(COMPANY, booking(at(WED, "10:00"), services=()))
     with pytest.raises(NotFound):  # 438: no such service
         await backend.create(COMPANY, booking(at(WED, "10:00"), services=(99,)))
@@ -242,7 +247,7 @@ async def test_overlapping_appointments_and_bad_json_answer_like_yclients(clock:
     ]
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE, headers=AUTH) as http:
         overlap = await http.post(
-            f"{BASE}/book_record/{COMPANY}", json={"phone": "+" + PHONE, "appointments": appointments}
+            f"{BASE}/book_record/{COMPANY}", json={"phone": PHONE, "fullname": "Иван", "appointments": appointments}
         )
         broken = await http.post(
             f"{BASE}/book_record/{COMPANY}", content=b"{", headers={"Content-Type": "application/json"}
@@ -306,6 +311,110 @@ async def test_latency_is_waited_on_the_injected_clock(clock: VirtualClock, conn
     await backend.services(COMPANY)
 
     assert clock.now_ms() - START_MS >= 250
+
+
+async def test_a_blacklisted_phone_is_434_with_403_and_the_model_is_told_why(
+    clock: VirtualClock, connect: Connect
+) -> None:
+    """Issue 11.17: 434 comes with HTTP 403; it was read as Unauthorized, and the model heard a generic failure."""
+    salon = make_salon()
+    salon.blocked_phones.add(PHONE)
+    statuses: list[int] = []
+    backend = connect(crm(salon, clock), statuses=statuses)
+
+    with pytest.raises(ClientBlocked) as blocked:
+        await backend.create(COMPANY, booking(at(WED, "10:00")))
+    assert (blocked.value.code, statuses[-1]) == (434, 403)
+
+    tools = BookingTools(backend, clock=clock)
+    state = TurnState(COMPANY, PHONE, "Europe/Moscow", "batch-1", Dialog(), Preferences())
+    args = '{"service": "Мужская стрижка", "datetime": "2025-11-26T10:00", "master": "Сергей", "client_name": "Иван"}'
+    result = await tools.call("create_booking", args, state)
+    assert result["refused"] is True
+    assert "черном списке" in result["error"]
+    assert salon.records_by_phone(PHONE) == []
+
+
+async def test_refused_tokens_tell_the_model_the_booking_system_is_down_not_the_crms_words(
+    clock: VirtualClock, connect: Connect
+) -> None:
+    tools = BookingTools(connect(crm(make_salon(), clock), partner="stolen"), clock=clock)
+    state = TurnState(COMPANY, PHONE, "Europe/Moscow", "batch-1", Dialog(), Preferences())
+
+    result = await tools.call("list_services", "{}", state)
+
+    assert result["error"] == "система записи салона сейчас недоступна"
+    assert "refused" not in result
+
+
+async def test_book_dates_date_selects_its_month(clock: VirtualClock) -> None:
+    app = crm(make_salon(), clock)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), headers=AUTH) as http:
+        december = (await http.get(f"{BASE}/book_dates/{COMPANY}", params={"date": "2025-12-15"})).json()["data"]
+        default = (await http.get(f"{BASE}/book_dates/{COMPANY}")).json()["data"]
+
+    assert {d[:7] for d in december["booking_dates"]} == {"2025-12"}
+    assert december["booking_dates"][-1] <= (TODAY + timedelta(days=30)).isoformat()  # the booking horizon
+    assert december["booking_days"] == {"12": [str(int(d[8:])) for d in december["booking_dates"]]}
+    assert default["booking_dates"][0] == TODAY.isoformat()  # no `date`: from today to the booking horizon
+    assert default["booking_dates"][-1] <= (TODAY + timedelta(days=30)).isoformat()
+
+
+async def test_client_search_finds_by_part_of_phone_or_name_with_the_asked_fields(clock: VirtualClock) -> None:
+    salon = make_salon()
+    salon.client("+7 900 123-45-67", name="Иван Петров")
+    app = crm(salon, clock)
+
+    async def search(**body: Any) -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), headers=AUTH) as http:
+            return await http.post(f"{BASE}/company/{COMPANY}/clients/search", json=body)
+
+    quick = [{"type": "quick_search", "state": {"value": "1234567"}}]
+    by_phone = await search(filters=quick, fields=["id", "phone", "name"])
+    by_name = await search(filters=[{"type": "quick_search", "state": {"value": "петров"}}])
+    unknown = await search(filters=[{"type": "birthday", "state": {"from": "2000-01-01"}}])
+
+    [client] = by_phone.json()["data"]
+    assert client["phone"] == "+79001234567" and client["name"] == "Иван Петров"
+    assert by_name.json()["data"] == [{"id": client["id"]}]  # `fields` defaults to id only
+    assert by_phone.json()["meta"] == {"total_count": 1}
+    assert unknown.status_code == 400  # a documented filter the fake does not serve is refused, not ignored
+
+
+async def test_deleted_records_are_listed_only_with_with_deleted(clock: VirtualClock, connect: Connect) -> None:
+    salon = make_salon()
+    backend = connect(crm(salon, clock))
+    created = await backend.create(COMPANY, booking(at(WED, "10:00")))
+    await backend.cancel(COMPANY, created.id)
+    client = salon.client(PHONE).id
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=crm(salon, clock)), headers=AUTH) as http:
+        plain = (await http.get(f"{BASE}/records/{COMPANY}", params={"client_id": client})).json()
+        deleted = (await http.get(f"{BASE}/records/{COMPANY}", params={"client_id": client, "with_deleted": 1})).json()
+
+    assert plain["data"] == []
+    assert [(r["id"], r["deleted"]) for r in deleted["data"]] == [(created.id, True)]
+
+
+async def test_records_come_page_by_page(clock: VirtualClock) -> None:
+    app = crm(make_salon(), clock)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), headers=AUTH) as http:
+        pages = [
+            (await http.get(f"{BASE}/records/{COMPANY}", params={"page": page, "count": 4})).json() for page in (1, 2)
+        ]
+
+    assert [len(p["data"]) for p in pages] == [4, 2]  # the fixture's six records
+    assert pages[1]["meta"] == {"page": 2, "total_count": 6}
+
+
+@pytest.mark.parametrize("module", ["crm.py", "salon.py"])
+def test_the_fake_decides_no_protocol_fact_with_a_system_helper(module: str) -> None:
+    """The fake is written from the Blueprint: of `system/` it may use the clock's type, nothing that decides a
+    protocol fact (phone normalisation, Retry-After parsing, the client's constants)."""
+    tree = ast.parse((Path(__file__).parents[1] / "simulator" / module).read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert {name for name in imported if name.split(".")[0] == "system"} <= {"system.clock"}
 
 
 # --- the salon's slot logic --------------------------------------------------------------------------------------

@@ -25,7 +25,9 @@ from system.context import Context, Dialog, HistoryItem, Preferences
 from system.llm import (
     CircuitBreaker,
     Completion,
+    LLMAccessDenied,
     LLMClient,
+    LLMQuotaExhausted,
     LLMRequestRejected,
     LLMUnavailable,
     MalformedToolCall,
@@ -37,6 +39,7 @@ from system.llm import (
 )
 from system.prompt import system_prompt
 from system.retry import RetryPolicy
+from system.settings import Settings
 from system.tools import BookingTools
 from tests.conftest import START_MS
 
@@ -310,7 +313,9 @@ async def make_llm(clock: VirtualClock, morph: pymorphy3.MorphAnalyzer) -> Async
     """LLMClient factories over httpx.ASGITransport into `create_app(...)`."""
     async with AsyncExitStack() as stack:
 
-        def make(*, base_url: str = "http://fake-llm/v1", retries: int = 0, **app: Any) -> LLMClient:
+        def make(
+            *, base_url: str = "http://fake-llm/v1", retries: int = 0, key: str = "sk-test", **app: Any
+        ) -> LLMClient:
             app.setdefault("morph", morph)
             transport = httpx.ASGITransport(app=create_app(clock=clock, **app))
             http = httpx.AsyncClient(transport=transport)
@@ -318,7 +323,7 @@ async def make_llm(clock: VirtualClock, morph: pymorphy3.MorphAnalyzer) -> Async
             return LLMClient(
                 http,
                 base_url=base_url,
-                api_key="sk-test",
+                api_key=key,
                 model="fake",
                 clock=clock,
                 rng=random.Random(1),
@@ -695,3 +700,168 @@ async def test_a_time_from_an_earlier_offer_takes_that_offers_day(make_llm: Call
         "search_slots",
         {"service": "Оформление бороды", "date": "2025-11-27", "master": "Сергей", "time_from": "17:15"},
     )
+
+
+# ------------------------------------------------------------------------------------------ contract over HTTP
+# What OpenAI's chat-completions reference documents and our client depends on, asserted on the wire.
+
+ERROR_KEYS = {"message", "type", "param", "code"}
+
+
+@pytest.fixture
+async def wire(morph: pymorphy3.MorphAnalyzer) -> AsyncIterator[Callable[..., httpx.AsyncClient]]:
+    """Plain HTTP clients of `create_app(...)`: the requests are written here, not by our LLM client."""
+    async with AsyncExitStack() as stack:
+
+        def make(*, key: str | None = "sk-test", **app: Any) -> httpx.AsyncClient:
+            app.setdefault("morph", morph)
+            transport = httpx.ASGITransport(app=create_app(clock=VirtualClock(start_ms=START_MS), **app))
+            headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+            http = httpx.AsyncClient(transport=transport, base_url="http://fake-llm/v1", headers=headers)
+            stack.push_async_callback(http.aclose)
+            return http
+
+        yield make
+
+
+def _request(**fields: Any) -> dict[str, Any]:
+    return {"model": "fake", "messages": _conversation(), "tools": _tools(), **fields}
+
+
+def _error_of(response: httpx.Response) -> dict[str, Any]:
+    error: dict[str, Any] = response.json()["error"]
+    assert set(error) == ERROR_KEYS
+    assert error["code"] is None or isinstance(error["code"], str)
+    return error
+
+
+async def test_a_wrong_key_gets_401_invalid_api_key(wire: Callable[..., httpx.AsyncClient]) -> None:
+    response = await wire(key="sk-wrong", api_key="sk-right").post("/chat/completions", json=_request())
+    assert response.status_code == 401
+    error = _error_of(response)
+    assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_api_key")
+    assert "sk-wrong" not in error["message"]  # the real API shows only the key's first characters
+
+
+async def test_a_missing_key_gets_401_when_a_key_is_configured(wire: Callable[..., httpx.AsyncClient]) -> None:
+    response = await wire(key=None, api_key="sk-right").post("/chat/completions", json=_request())
+    assert response.status_code == 401
+    assert _error_of(response)["message"].startswith("You didn't provide an API key")
+
+
+async def test_the_right_key_or_no_configured_key_is_answered(wire: Callable[..., httpx.AsyncClient]) -> None:
+    assert (await wire(key="sk-right", api_key="sk-right").post("/chat/completions", json=_request())).is_success
+    assert (await wire(key="anything").post("/chat/completions", json=_request())).is_success
+
+
+async def test_the_systems_client_takes_a_wrong_key_as_access_denied(make_llm: Callable[..., LLMClient]) -> None:
+    with pytest.raises(LLMAccessDenied, match="HTTP 401"):
+        await make_llm(key="sk-wrong", api_key="sk-right").complete(_conversation(), tools=_tools())
+
+
+@pytest.mark.parametrize(
+    ("faults", "status"),
+    [
+        (LlmFaults(server_error=1.0), 500),
+        (LlmFaults(rate_limited=1.0), 429),
+        (LlmFaults(quota=1.0), 429),
+    ],
+)
+async def test_fault_error_objects_have_a_string_or_null_code(
+    wire: Callable[..., httpx.AsyncClient], faults: LlmFaults, status: int
+) -> None:
+    response = await wire(faults=faults).post("/chat/completions", json=_request())
+    assert response.status_code == status
+    _error_of(response)
+
+
+async def test_rate_limit_and_quota_are_told_apart_by_code(wire: Callable[..., httpx.AsyncClient]) -> None:
+    limited = await wire(faults=LlmFaults(rate_limited=1.0)).post("/chat/completions", json=_request())
+    broke = await wire(faults=LlmFaults(quota=1.0)).post("/chat/completions", json=_request())
+    assert _error_of(limited)["code"] == "rate_limit_exceeded" and "retry-after" in limited.headers
+    assert (_error_of(broke)["type"], _error_of(broke)["code"]) == ("insufficient_quota", "insufficient_quota")
+
+
+async def test_the_quota_fault_is_not_retried_by_the_systems_client(
+    make_llm: Callable[..., LLMClient], driven: VirtualClock
+) -> None:
+    started = driven.now_ms()
+    with pytest.raises(LLMQuotaExhausted):
+        await make_llm(faults=LlmFaults(quota=1.0), retries=3).complete(_conversation(), tools=_tools())
+    assert driven.now_ms() == started  # no backoff was waited: one request
+
+
+async def test_tool_choice_none_never_calls_a_tool(wire: Callable[..., httpx.AsyncClient]) -> None:
+    auto = (await wire().post("/chat/completions", json=_request())).json()["choices"][0]
+    assert auto["message"]["tool_calls"]  # this conversation makes the model search for slots
+    none = (await wire().post("/chat/completions", json=_request(tool_choice="none"))).json()["choices"][0]
+    assert "tool_calls" not in none["message"] and none["message"]["content"]
+    assert none["finish_reason"] == "stop"
+
+
+async def test_tool_choice_required_calls_at_least_one_tool(wire: Callable[..., httpx.AsyncClient]) -> None:
+    hello = {"messages": [system_message(_prompt()), user_message("Здравствуйте")]}
+    auto = (await wire().post("/chat/completions", json=_request(**hello))).json()["choices"][0]
+    assert "tool_calls" not in auto["message"]  # small talk is answered in words
+    forced = (await wire().post("/chat/completions", json=_request(**hello, tool_choice="required"))).json()
+    assert forced["choices"][0]["message"]["tool_calls"]
+    assert forced["choices"][0]["finish_reason"] == "tool_calls"
+
+
+async def test_a_named_tool_choice_calls_that_function(wire: Callable[..., httpx.AsyncClient]) -> None:
+    name = _tools()[-1]["function"]["name"]
+    choice = {"type": "function", "function": {"name": name}}
+    answer = (await wire().post("/chat/completions", json=_request(tool_choice=choice))).json()
+    assert [c["function"]["name"] for c in answer["choices"][0]["message"]["tool_calls"]] == [name]
+
+
+@pytest.mark.parametrize(
+    "request_fields",
+    [
+        pytest.param({"tool_choice": {"type": "function", "function": {"name": "launch_rockets"}}}, id="unknown"),
+        pytest.param({"tool_choice": "always"}, id="bad-mode"),
+        pytest.param({"tools": None, "tool_choice": "auto"}, id="no-tools"),
+    ],
+)
+async def test_an_impossible_tool_choice_is_refused(
+    wire: Callable[..., httpx.AsyncClient], request_fields: dict[str, Any]
+) -> None:
+    response = await wire().post("/chat/completions", json=_request(**request_fields))
+    assert response.status_code == 400
+    assert _error_of(response)["param"] == "tool_choice"
+
+
+async def test_max_completion_tokens_is_accepted(wire: Callable[..., httpx.AsyncClient]) -> None:
+    assert (await wire().post("/chat/completions", json=_request(max_completion_tokens=800))).is_success
+
+
+async def test_max_tokens_with_max_completion_tokens_is_refused(wire: Callable[..., httpx.AsyncClient]) -> None:
+    response = await wire().post("/chat/completions", json=_request(max_tokens=800, max_completion_tokens=800))
+    assert response.status_code == 400
+    assert _error_of(response)["code"] == "invalid_parameter_combination"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "code"),
+    [
+        ({"max_tokens": 800}, "max_tokens", "unsupported_parameter"),
+        ({"max_completion_tokens": 800, "temperature": 0.2}, "temperature", "unsupported_value"),
+    ],
+)
+async def test_a_reasoning_model_refuses_max_tokens_and_a_temperature(
+    wire: Callable[..., httpx.AsyncClient], fields: dict[str, Any], param: str, code: str
+) -> None:
+    response = await wire().post("/chat/completions", json=_request(model="o3-mini", **fields))
+    assert response.status_code == 400
+    error = _error_of(response)
+    assert (error["param"], error["code"]) == (param, code)
+
+
+async def test_a_reasoning_model_accepts_what_the_systems_client_sends(
+    wire: Callable[..., httpx.AsyncClient], make_settings: Callable[..., Settings], clock: VirtualClock
+) -> None:
+    settings = make_settings(llm_base_url="http://fake-llm/v1", llm_api_key="sk-right", llm_model="o3-mini")
+    http = wire(key=None, api_key="sk-right")
+    client = LLMClient.from_settings(settings, http=http, clock=clock, rng=random.Random(1))
+    completion = await client.complete(_conversation(), tools=_tools())
+    assert completion.tool_calls

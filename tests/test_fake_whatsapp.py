@@ -15,6 +15,8 @@ import pytest
 
 from simulator.clock import VirtualClock
 from simulator.delivery import (
+    DELIVERED_STEPS,
+    FAILED_AFTER_S,
     BusinessNumber,
     DeliveryRetry,
     Mode,
@@ -28,7 +30,8 @@ from system import api
 from system.retry import RetryPolicy
 from system.runtime import Runtime
 from system.settings import load_settings
-from system.whatsapp import CloudApiSender, OutsideWindow, TokenExpired, split_text
+from system.turns import DELIVERY_ERROR_FIELD, DELIVERY_FIELD, STATUS_TURN_FIELD
+from system.whatsapp import CloudApiSender, OutsideWindow, SendRejected, TokenExpired, split_text
 
 from .conftest import START_MS
 
@@ -349,6 +352,8 @@ async def test_wrong_secret_is_refused_with_403(make_system: Callable[..., Await
 
 async def test_status_callback_is_counted(make_system: Callable[..., Awaitable[System]]) -> None:
     http, rt = await make_system(whatsapp_app_secret=APP_SECRET)
+    # The system counts statuses of messages it sent: a sent part leaves a status hash pointing at its turn.
+    await rt.redis.hset(rt.keys.status("wamid.out1"), STATUS_TURN_FIELD, "turn")
     delivery = WebhookDelivery(http, clock=rt.clock, secret=APP_SECRET)
     assert await delivery.deliver_status(wamid="wamid.out1", status="delivered", recipient=PHONE, at_ms=START_MS) == 200
     assert (await stats(http))["delivery_statuses"] == {"delivered": 1}
@@ -423,3 +428,171 @@ async def test_no_answer_at_all_is_webhook_unreachable(driven_clock: VirtualCloc
         with pytest.raises(WebhookUnreachable):
             await delivery.deliver_text(sender=PHONE, text="привет", message_id="m1", at_ms=START_MS)
     assert (delivery.stats.unreachable, delivery.stats.retried) == (1, 1)
+
+
+# --- username users: the business-scoped user id in `recipient` -------------------------------------------
+
+BSUID = "US.13491208655302741918"
+
+
+async def test_a_bsuid_in_recipient_is_accepted_and_answered_with_user_id(make_graph: Callable[..., Graph]) -> None:
+    graph = make_graph()
+    r = await post(graph, send_body(to=None, recipient=BSUID))
+    assert r.status_code == 200
+    out = r.json()
+    assert out["contacts"] == [{"input": BSUID, "user_id": BSUID}]
+    assert [(m.wamid, m.to) for m in graph.outbox.messages] == [(out["messages"][0]["id"], BSUID)]
+
+
+async def test_to_wins_over_recipient_as_meta_documents(make_graph: Callable[..., Graph]) -> None:
+    graph = make_graph()
+    r = await post(graph, send_body(recipient=BSUID))
+    assert r.json()["contacts"] == [{"input": PHONE, "wa_id": PHONE}]
+    assert graph.outbox.messages[0].to == PHONE
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        (send_body(to=None), "to"),
+        (send_body(to=None, recipient="13491208655302741918"), "recipient"),
+        (send_body(to=None, recipient="us.1349120865"), "recipient"),
+        (send_body(to=None, recipient=["US.1349"]), "recipient"),
+        (send_body(to=BSUID), "to"),  # a BSUID is not a phone number
+    ],
+)
+async def test_a_body_without_a_usable_recipient_is_code_100(
+    make_graph: Callable[..., Graph], body: Any, named: str
+) -> None:
+    graph = make_graph()
+    r = await post(graph, body)
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["code"] == 100 and named in error["message"]
+    assert graph.outbox.count == 0
+
+
+async def test_the_systems_sender_reaches_a_username_user(
+    make_graph: Callable[..., Graph], driven_clock: VirtualClock
+) -> None:
+    graph = make_graph()
+    ids = await graph.sender(driven_clock).send_text(phone_number_id=PNID, to=BSUID, text="Записала вас на 18:00.")
+    assert [(m.wamid, m.to, m.text) for m in graph.outbox.messages] == [(ids[0], BSUID, "Записала вас на 18:00.")]
+    listed = (await graph.http.get("/_sim/messages", params={"to": BSUID})).json()["messages"]
+    assert [m["wamid"] for m in listed] == ids
+
+
+async def test_the_systems_sender_refuses_an_empty_sending_number_before_the_fake_sees_it(
+    make_graph: Callable[..., Graph], driven_clock: VirtualClock
+) -> None:
+    graph = make_graph()
+    with pytest.raises(SendRejected):
+        await graph.sender(driven_clock).send_text(phone_number_id="", to=PHONE, text="привет")
+    assert graph.outbox.count == 0 and list(graph.outbox.refusals) == []
+
+
+@pytest.mark.parametrize("version", ["v21.0", "v23.0", "v26.0", "v9.1"])
+async def test_the_fake_serves_any_graph_api_version(make_graph: Callable[..., Graph], version: str) -> None:
+    graph = make_graph()
+    assert (await post(graph, send_body(), path=f"/{version}/{PNID}/messages")).status_code == 200
+
+
+@pytest.mark.parametrize("version", ["v26", "26.0", "latest", "v260.0"])
+async def test_the_fake_refuses_a_path_without_a_version(make_graph: Callable[..., Graph], version: str) -> None:
+    r = await post(make_graph(), send_body(), path=f"/{version}/{PNID}/messages")
+    assert (r.status_code, r.json()["error"]["code"]) == (400, 100)
+
+
+# --- failures Meta reports later, in a `failed` status webhook --------------------------------------------
+
+
+def capturing() -> tuple[httpx.AsyncClient, list[dict[str, Any]]]:
+    """A client standing for the system's webhook: answers 200 and keeps every body."""
+    bodies: list[dict[str, Any]] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        bodies.append(orjson.loads(request.content))
+        return httpx.Response(200)
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handle), base_url="http://aiadmin.test"), bodies
+
+
+def only_status(body: dict[str, Any]) -> dict[str, Any]:
+    value = body["entry"][0]["changes"][0]["value"]
+    assert value["metadata"]["phone_number_id"] == PNID
+    (status,) = value["statuses"]
+    return dict(status)
+
+
+@pytest.mark.parametrize(
+    ("faults", "code", "title"),
+    [
+        (WhatsAppFaults(window_closed={PHONE}), 131047, "Re-engagement message"),
+        (WhatsAppFaults(unreachable={PHONE}), 131026, "Message undeliverable"),
+    ],
+)
+async def test_a_reply_meta_cannot_deliver_is_accepted_then_reported_failed(
+    make_graph: Callable[..., Graph], driven_clock: VirtualClock, faults: WhatsAppFaults, code: int, title: str
+) -> None:
+    graph = make_graph(faults=faults)
+    # Accepted as Meta accepts it: 200 and a wamid, nothing refused; the sender cannot tell.
+    ids = await graph.sender(driven_clock).send_text(phone_number_id=PNID, to=PHONE, text="Напоминаем о записи")
+    assert list(graph.outbox.refusals) == []
+    (message,) = graph.outbox.messages
+    assert (message.wamid, message.failure) == (ids[0], code)
+
+    http, bodies = capturing()
+    async with http:
+        delivery = WebhookDelivery(http, clock=driven_clock, secret=APP_SECRET)
+        assert await delivery.deliver_outcome(message) == [200]
+    (body,) = bodies
+    status = only_status(body)
+    assert status["id"] == ids[0] and status["status"] == "failed" and status["recipient_id"] == PHONE
+    assert int(status["timestamp"]) == (START_MS + int(FAILED_AFTER_S * 1000)) // 1000
+    (error,) = status["errors"]
+    assert error["code"] == code and error["title"] == error["message"] == title
+    assert error["error_data"]["details"] and error["href"].endswith("/error-codes")
+    assert "pricing" not in status and "conversation" not in status  # a failed message is not billed
+
+
+async def test_a_delivered_reply_is_reported_sent_delivered_read_with_pricing(
+    make_graph: Callable[..., Graph], driven_clock: VirtualClock
+) -> None:
+    graph = make_graph()
+    await graph.sender(driven_clock).send_text(phone_number_id=PNID, to=PHONE, text="Записал вас на 18:00.")
+    (message,) = graph.outbox.messages
+    assert message.failure is None
+    http, bodies = capturing()
+    async with http:
+        delivery = WebhookDelivery(http, clock=driven_clock)
+        assert await delivery.deliver_outcome(message) == [200, 200, 200]
+    statuses = [only_status(b) for b in bodies]
+    assert [s["status"] for s in statuses] == [state for state, _ in DELIVERED_STEPS]
+    assert all("errors" not in s and s["pricing"]["category"] == "service" for s in statuses)
+    assert all(s["pricing"]["billable"] is False for s in statuses)  # a reply inside the window is free
+
+
+async def test_a_status_to_a_username_user_names_recipient_user_id(driven_clock: VirtualClock) -> None:
+    http, bodies = capturing()
+    async with http:
+        delivery = WebhookDelivery(http, clock=driven_clock)
+        await delivery.deliver_status(wamid="wamid.b", status="delivered", recipient=BSUID, at_ms=START_MS)
+    status = only_status(bodies[0])
+    assert status["recipient_user_id"] == BSUID and "recipient_id" not in status
+
+
+async def test_the_systems_webhook_takes_the_failed_status_and_marks_the_turn(
+    make_graph: Callable[..., Graph],
+    make_system: Callable[..., Awaitable[System]],
+    driven_clock: VirtualClock,
+) -> None:
+    graph = make_graph(faults=WhatsAppFaults(window_closed={PHONE}))
+    ids = await graph.sender(driven_clock).send_text(phone_number_id=PNID, to=PHONE, text="Напоминаем о записи")
+    http, rt = await make_system(whatsapp_app_secret=APP_SECRET)
+    turn = "aiadmin:turn:test"
+    await rt.redis.hset(turn, "stage", "sent")
+    await rt.redis.hset(rt.keys.status(ids[0]), STATUS_TURN_FIELD, turn)
+    delivery = WebhookDelivery(http, clock=driven_clock, secret=APP_SECRET)
+    assert await delivery.deliver_outcome(graph.outbox.messages[0]) == [200]
+    assert (await stats(http))["delivery_statuses"] == {"failed": 1}
+    assert await rt.redis.hmget(turn, [DELIVERY_FIELD, DELIVERY_ERROR_FIELD]) == [b"failed", b"131047"]

@@ -14,26 +14,35 @@ import respx
 from structlog.testing import capture_logs
 
 from simulator.clock import VirtualClock
+from system.batcher import BatchProcessor
 from system.llm import (
     BreakerState,
     CircuitBreaker,
     CircuitOpen,
     Completion,
+    LLMAccessDenied,
     LLMClient,
+    LLMQuotaExhausted,
     LLMRequestRejected,
     LLMUnavailable,
     MalformedToolCall,
     ToolCall,
     assistant_message,
     function_tool,
+    is_reasoning_model,
     parse_retry_after,
     system_message,
+    token_param_for,
     tool_message,
     user_message,
 )
+from system.models import InboundMessage
 from system.retry import RetryPolicy
-from system.settings import Settings
+from system.runtime import Runtime, build_worker
+from system.settings import Settings, SettingsError, load_settings
+from system.worker import FALLBACK_REPLY
 from tests.conftest import START_MS
+from tests.world import World, world_env
 
 BASE = "https://llm.test/v1"
 URL = f"{BASE}/chat/completions"
@@ -87,6 +96,22 @@ DEEPSEEK_TOOL_CALLS: dict[str, Any] = {
     },
     "system_fingerprint": "fp_8802369eaa_prod0425fp8",
 }
+
+
+RATE_LIMITED = {
+    "error": {
+        "message": "Rate limit reached for requests",
+        "type": "requests",
+        "param": None,
+        "code": "rate_limit_exceeded",
+    }
+}
+QUOTA = {
+    "message": "You exceeded your current quota, please check your plan and billing details.",
+    "type": "insufficient_quota",
+    "param": None,
+}
+CLIENT = "79001234567"
 
 
 def answer(content: str = "Завтра в 12:00 свободно у Ивана.", *, finish_reason: str = "stop") -> dict[str, Any]:
@@ -167,7 +192,6 @@ async def test_request_carries_model_messages_tools_and_bearer(
         "messages": MESSAGES,
         "tools": TOOLS,
         "tool_choice": "auto",
-        "temperature": 0.2,
         "max_tokens": 800,
     }
     assert route.calls.last.request.headers["authorization"] == "Bearer sk-test"
@@ -207,6 +231,103 @@ def test_from_settings_takes_the_llm_fields(
     client.breaker.record_failure()
     client.breaker.record_failure()
     assert client.breaker.state is BreakerState.OPEN
+
+
+async def _body_sent_by(settings: Settings, router: respx.MockRouter, http: httpx.AsyncClient) -> dict[str, Any]:
+    route = router.post(f"{settings.llm_base_url.rstrip('/')}/chat/completions").mock(return_value=ok())
+    client = LLMClient.from_settings(settings, http=http, clock=VirtualClock(start_ms=START_MS), rng=random.Random(1))
+    await client.complete(MESSAGES)
+    return sent_body(route)
+
+
+@pytest.mark.parametrize("model", ["o3-mini", "o4-mini", "gpt-5-mini", "openai/o3"])
+async def test_reasoning_models_get_max_completion_tokens_and_no_temperature(
+    make_settings: Callable[..., Settings], router: respx.MockRouter, http: httpx.AsyncClient, model: str
+) -> None:
+    settings = make_settings(llm_base_url="https://api.openai.com/v1", llm_model=model, llm_max_output_tokens=1500)
+    body = await _body_sent_by(settings, router, http)
+    assert body["max_completion_tokens"] == 1500
+    assert "max_tokens" not in body and "temperature" not in body
+
+
+async def test_any_model_at_openai_gets_max_completion_tokens(
+    make_settings: Callable[..., Settings], router: respx.MockRouter, http: httpx.AsyncClient
+) -> None:
+    settings = make_settings(llm_base_url="https://api.openai.com/v1", llm_model="gpt-4o-mini", llm_temperature=0.2)
+    body = await _body_sent_by(settings, router, http)
+    assert body["max_completion_tokens"] == 800 and "max_tokens" not in body
+    assert body["temperature"] == 0.2
+
+
+async def test_deepseek_gets_max_tokens_as_its_docs_say(
+    make_settings: Callable[..., Settings], router: respx.MockRouter, http: httpx.AsyncClient
+) -> None:
+    body = await _body_sent_by(make_settings(), router, http)  # the default: api.deepseek.com, deepseek-chat
+    assert body["max_tokens"] == 800
+    assert "max_completion_tokens" not in body and "temperature" not in body
+
+
+async def test_token_param_setting_overrides_the_guess(
+    make_settings: Callable[..., Settings], router: respx.MockRouter, http: httpx.AsyncClient
+) -> None:
+    settings = make_settings(llm_base_url="http://vllm:8000/v1", llm_token_param="max_completion_tokens")
+    body = await _body_sent_by(settings, router, http)
+    assert body["max_completion_tokens"] == 800 and "max_tokens" not in body
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"llm_model": "o3-mini", "llm_temperature": "0.2"}, "AIADMIN_LLM_TEMPERATURE"),
+        ({"llm_model": "gpt-5", "llm_token_param": "max_tokens"}, "AIADMIN_LLM_TOKEN_PARAM"),
+    ],
+)
+def test_a_reasoning_model_with_what_it_refuses_stops_start_up(
+    make_settings: Callable[..., Settings], http: httpx.AsyncClient, env: dict[str, str], variable: str
+) -> None:
+    settings = make_settings(llm_base_url="https://api.openai.com/v1", **env)
+    with pytest.raises(ValueError, match=variable):
+        LLMClient.from_settings(settings, http=http, clock=VirtualClock(start_ms=START_MS), rng=random.Random(1))
+
+
+@pytest.mark.parametrize(
+    ("base_url", "model", "param"),
+    [
+        ("https://api.openai.com/v1", "gpt-4o", "max_completion_tokens"),
+        ("https://openrouter.ai/api/v1", "openai/o1", "max_completion_tokens"),
+        ("https://my-azure.example/v1", "gpt-5-nano", "max_completion_tokens"),
+        ("https://api.deepseek.com", "deepseek-reasoner", "max_tokens"),
+        ("http://localhost:11434/v1", "llama3.1", "max_tokens"),
+        ("https://openrouter.ai/api/v1", "openai/gpt-5-chat", "max_tokens"),
+    ],
+)
+def test_auto_token_param_by_provider_and_model_family(base_url: str, model: str, param: str) -> None:
+    assert token_param_for("auto", base_url=base_url, model=model) == param
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("AIADMIN_LLM_TOKEN_PARAM", "max_output"),
+        ("AIADMIN_LLM_TEMPERATURE", "2.5"),
+        ("AIADMIN_LLM_MAX_OUTPUT_TOKENS", "0"),
+    ],
+)
+def test_llm_output_settings_are_validated(variable: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        load_settings({variable: value})
+
+
+def test_reasoning_model_family() -> None:
+    assert [
+        m for m in ("o1", "o3", "o4-mini", "gpt-5", "gpt-5.1", "gpt-4o", "gpt-5-chat-latest") if is_reasoning_model(m)
+    ] == [
+        "o1",
+        "o3",
+        "o4-mini",
+        "gpt-5",
+        "gpt-5.1",
+    ]
 
 
 # ------------------------------------------------------------------------------------------ replies
@@ -396,6 +517,112 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
     assert parse_retry_after("Tue, 25 Nov 2025 10:00:30 GMT", now_ms=START_MS) == 30.0
     assert parse_retry_after("soon", now_ms=START_MS) == 0.0
     assert parse_retry_after(None, now_ms=START_MS) == 0.0
+
+
+async def test_429_with_only_retry_after_ms_waits_that_long(
+    router: respx.MockRouter, make_client: Callable[..., LLMClient], driven: VirtualClock
+) -> None:
+    limited = httpx.Response(429, headers={"retry-after-ms": "7500"}, json=RATE_LIMITED)
+    route = router.post(URL).mock(side_effect=[limited, ok()])
+    assert (await make_client().complete(MESSAGES)).content
+    assert route.call_count == 2
+    # The backoff of the first retry is at most 0.5 s, so the wait is the header's.
+    assert driven.now_ms() - START_MS == 7500
+
+
+async def test_retry_after_ms_takes_precedence_over_retry_after(
+    router: respx.MockRouter, make_client: Callable[..., LLMClient], driven: VirtualClock
+) -> None:
+    limited = httpx.Response(429, headers={"retry-after-ms": "2500", "retry-after": "20"}, json=RATE_LIMITED)
+    router.post(URL).mock(side_effect=[limited, ok()])
+    await make_client().complete(MESSAGES)
+    assert driven.now_ms() - START_MS == 2500
+
+
+async def test_retry_after_ms_beyond_the_longest_backoff_is_not_waited(
+    router: respx.MockRouter, make_client: Callable[..., LLMClient], driven: VirtualClock
+) -> None:
+    route = router.post(URL).mock(return_value=httpx.Response(429, headers={"retry-after-ms": "600000"}))
+    with pytest.raises(LLMUnavailable, match="429"):
+        await make_client().complete(MESSAGES)
+    assert route.call_count == 1
+    assert driven.now_ms() == START_MS
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param({**QUOTA, "code": "insufficient_quota"}, id="code"),
+        pytest.param({**QUOTA, "code": None}, id="type-only"),
+    ],
+)
+async def test_insufficient_quota_is_permanent_and_not_retried(
+    router: respx.MockRouter, make_client: Callable[..., LLMClient], driven: VirtualClock, error: dict[str, Any]
+) -> None:
+    route = router.post(URL).mock(return_value=httpx.Response(429, headers={"retry-after": "1"}, json={"error": error}))
+    client = make_client()
+    with capture_logs() as logs, pytest.raises(LLMQuotaExhausted, match="exceeded your current quota") as caught:
+        await client.complete(MESSAGES)
+    assert route.call_count == 1
+    assert not caught.value.retryable
+    assert driven.now_ms() == START_MS
+    assert client.breaker.state is BreakerState.CLOSED
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["llm.account_problem"]
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_refused_key_is_access_denied_and_not_retried(
+    router: respx.MockRouter, make_client: Callable[..., LLMClient], status: int
+) -> None:
+    body = {
+        "error": {
+            "message": "Incorrect API key provided: sk-wrong.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
+    }
+    route = router.post(URL).mock(return_value=httpx.Response(status, json=body))
+    with pytest.raises(LLMAccessDenied, match=f"HTTP {status}: Incorrect API key") as caught:
+        await make_client().complete(MESSAGES)
+    assert route.call_count == 1
+    assert isinstance(caught.value, LLMRequestRejected) and not caught.value.retryable
+
+
+async def test_402_insufficient_balance_is_quota_exhausted(
+    router: respx.MockRouter, make_client: Callable[..., LLMClient]
+) -> None:
+    router.post(URL).mock(return_value=httpx.Response(402, json={"error": {"message": "Insufficient Balance"}}))
+    with pytest.raises(LLMQuotaExhausted, match="Insufficient Balance"):
+        await make_client().complete(MESSAGES)
+
+
+async def test_exhausted_quota_ends_the_turn_in_one_apology_and_a_dead_letter(
+    make_runtime: Callable[..., Runtime], clock: VirtualClock, message: Callable[..., InboundMessage]
+) -> None:
+    world = World()
+    world.llm_answers.extend([httpx.Response(429, json={"error": {**QUOTA, "code": "insufficient_quota"}})] * 2)
+    rt = make_runtime(**world_env())  # one LLM retry allowed: a quota error must not use it
+    await rt.start()
+    driver = asyncio.create_task(clock.drive())
+    try:
+        async with world.http() as http:
+            worker = build_worker(rt, http=http, consumer="w1", concurrency=1)
+            await rt.store.append(message("привет", phone=CLIENT, received_ms=clock.now_ms()), now_ms=clock.now_ms())
+            clock.advance_to(clock.now_ms() + rt.settings.batch_timeout_ms)
+            processor = BatchProcessor(
+                rt.redis, store=rt.store, clock=clock, metrics=rt.metrics, processor_id="b", heartbeat_interval_s=1
+            )
+            await processor.tick()
+            [delivery] = await rt.queue.read("w1", count=1, now_ms=clock.now_ms())
+            await worker.handle(delivery)
+    finally:
+        driver.cancel()
+        await asyncio.gather(driver, return_exceptions=True)
+    assert len(world.llm_requests) == 1
+    assert world.sent == [(CLIENT, FALLBACK_REPLY)]
+    [letter] = await rt.queue.dead_letters()
+    assert "LLMQuotaExhausted" in letter.error
 
 
 # ------------------------------------------------------------------------------------------ breaker

@@ -569,7 +569,7 @@ def test_runner_points_the_system_at_its_fakes_and_masks_secrets() -> None:
         batch_timeout_ms=1200,
         overrides=stack.parse_overrides(["yclients_rps=50", "AIADMIN_LOG_LEVEL=INFO"]),
     )
-    assert env["AIADMIN_WHATSAPP_API_URL"] == "http://127.0.0.1:18641/v21.0"
+    assert env["AIADMIN_WHATSAPP_API_URL"] == "http://127.0.0.1:18641"
     assert env["AIADMIN_LLM_BASE_URL"] == "http://127.0.0.1:18642/v1"
     assert env["AIADMIN_YCLIENTS_BASE_URL"] == "http://127.0.0.1:18643/api/v1"
     assert (env["AIADMIN_BATCH_TIMEOUT_MS"], env["AIADMIN_YCLIENTS_RPS"], env["AIADMIN_LOG_LEVEL"]) == (

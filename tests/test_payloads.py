@@ -12,10 +12,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from system.models import DeliveryStatus, MessageKind, Rejected
-from system.payloads import ParseResult, PayloadError, parse_gateway, parse_meta
+from system.payloads import (
+    MAX_INBOUND_TEXT_CHARS,
+    NumberChange,
+    ParseResult,
+    PayloadError,
+    WebhookError,
+    parse_gateway,
+    parse_meta,
+)
 from system.settings import Settings, load_settings
 
+DATA = Path(__file__).parent / "data" / "meta"
 RECEIVED_MS = 1_764_064_800_000
+BSUID = "US.13491208655302741918"
 PNID = "106540352242922"
 OTHER_PNID = "200000000000001"
 PHONE = "79001234567"
@@ -97,7 +107,7 @@ def test_gateway_keeps_good_messages_and_lists_bad_ones(settings: Settings) -> N
                 {"from": "hello", "message": "x"},
                 {"from": PHONE, "message": "   "},
                 {"from": "120363025246125486@g.us", "message": "group"},
-                {"from": PHONE, "message": "x" * 51},
+                {"from": PHONE, "message": "x" * (MAX_INBOUND_TEXT_CHARS + 1)},
                 {"from": PHONE, "message": "x", "companyId": 5},
                 {"from": PHONE, "message": "x", "companyId": "abc"},
                 {"from": PHONE, "message": "x", "messageId": ""},
@@ -125,7 +135,7 @@ def test_gateway_keeps_good_messages_and_lists_bad_ones(settings: Settings) -> N
     assert problems[0].startswith("is not a phone number")
     assert problems[1] == "must be a non-empty string"
     assert problems[2] == "group chats are not supported"
-    assert problems[3] == "is too long: 51 characters, at most 50"
+    assert problems[3] == f"is too long: {MAX_INBOUND_TEXT_CHARS + 1} characters, at most {MAX_INBOUND_TEXT_CHARS}"
     assert problems[4] == "unknown company"
 
 
@@ -167,14 +177,26 @@ def test_gateway_id_is_deterministic_when_a_timestamp_is_present(settings: Setti
     assert first.message_id == retry.message_id == "gw-" + digest
 
 
-def test_gateway_id_is_random_without_a_timestamp(settings: Settings) -> None:
-    (first,) = gateway({"from": PHONE, "message": "hi"}, settings).messages
-    (second,) = gateway({"from": PHONE, "message": "hi"}, settings).messages
-    assert first.message_id.startswith("gw-") and first.message_id != second.message_id
-    seeded = parse_gateway(
-        b'{"from": "79001234567", "message": "hi"}', settings=settings, received_ms=0, new_id=lambda: "fixed"
+def test_replayed_gateway_body_without_id_or_timestamp_gets_the_same_id(settings: Settings) -> None:
+    raw = b'{"from": "79001234567", "message": "hi"}'
+    ids = {parse_gateway(raw, settings=settings, received_ms=ms).messages[0].message_id for ms in (1, 2, 3, 4)}
+    digest = hashlib.sha256(b"||" + raw).hexdigest()[:32]
+    assert ids == {"gw-" + digest}
+
+
+def test_gateway_id_without_id_or_timestamp_follows_the_signed_timestamp(settings: Settings) -> None:
+    raw = b'{"from": "79001234567", "message": "hi"}'
+    first, again, later = (
+        parse_gateway(raw, settings=settings, received_ms=0, signed_ms=ms).messages[0].message_id
+        for ms in (1_764_064_700_000, 1_764_064_700_000, 1_764_064_760_000)
     )
-    assert seeded.messages[0].message_id == "gw-fixed"
+    assert first == again != later
+
+
+def test_same_text_twice_in_one_gateway_batch_gets_two_ids(settings: Settings) -> None:
+    result = gateway({"messages": [{"from": PHONE, "message": "да"}, {"from": PHONE, "message": "да"}]}, settings)
+    first, second = (m.message_id for m in result.messages)
+    assert first != second
 
 
 @pytest.mark.parametrize(
@@ -186,7 +208,7 @@ def test_gateway_id_is_random_without_a_timestamp(settings: Settings) -> None:
         (b'"text"', 422, "invalid_payload"),
         (b'{"messages": []}', 422, "invalid_payload"),
         (b'{"messages": {"from": "x"}}', 422, "invalid_payload"),
-        (orjson.dumps({"messages": [{"from": PHONE, "message": "x"}] * 101}), 422, "invalid_payload"),
+        (orjson.dumps({"messages": [{"from": PHONE, "message": "x"}] * 101}), 413, "too_many_items"),
     ],
 )
 def test_gateway_unusable_bodies(settings: Settings, body: bytes, status: int, code: str) -> None:
@@ -327,7 +349,7 @@ def test_meta_reaction_is_ignored(settings: Settings) -> None:
     assert [(r.field, r.reason) for r in result.ignored] == [("entry[0].changes[0].value.messages[0]", "reaction")]
 
 
-@pytest.mark.parametrize("kind", ["unsupported", "system", "order", "brand_new_type"])
+@pytest.mark.parametrize("kind", ["unsupported", "system", "brand_new_type"])
 def test_meta_unsupported_types_are_ignored(settings: Settings, kind: str) -> None:
     result = meta(wa_body(wa_change(wa_message(kind, {}))), settings)
     assert result.messages == () and result.rejected == ()
@@ -438,6 +460,123 @@ def test_meta_without_a_tenants_file_serves_the_default_company() -> None:
     assert only_message(result).company_id == 962302
 
 
+# --- Meta: caps, username users, orders, system messages, statuses and errors --------------------------
+
+
+def corpus(name: str, settings: Settings) -> ParseResult:
+    return parse_meta((DATA / name).read_bytes(), settings=settings, received_ms=RECEIVED_MS)
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "cap"),
+    [
+        (wa_body(wa_change(wa_message("text", {"body": "a"})), entries=11), "entry", 10),
+        (wa_body(*[wa_change(wa_message("text", {"body": "a"}))] * 11), "entry[0].changes", 10),
+        (wa_body(*[wa_change(*[wa_message("text", {"body": "a"})] * 51)] * 2), "messages", 100),
+        (wa_body(wa_change(statuses=[{"id": "w", "status": "read"}] * 101)), "statuses", 100),
+        (wa_body(*[wa_change(*[{}] * 34)] * 3), "messages", 100),  # empty messages count too
+    ],
+)
+def test_meta_body_over_a_cap_is_refused_whole_naming_the_field(
+    settings: Settings, body: dict[str, Any], field: str, cap: int
+) -> None:
+    error = payload_error(parse_meta, orjson.dumps(body), settings)
+    assert (error.status_code, error.code) == (413, "too_many_items")
+    assert [(r.field, r.problem) for r in error.errors] == [(field, f"at most {cap} items")]
+
+
+def test_meta_body_of_empty_messages_is_refused_fast(settings: Settings) -> None:
+    # The reported attack: 1 MiB of empty messages took 36 s and answered 45 MB; now it is one list length.
+    body = (
+        b'{"object":"whatsapp_business_account","entry":[{"changes":[{"field":"messages","value":{"messages":['
+        + b",".join([b"{}"] * 300_000)
+        + b"]}}]}]}"
+    )
+    error = payload_error(parse_meta, body, settings)
+    assert error.status_code == 413
+    assert len(orjson.dumps(error.body())) < 300
+
+
+def test_meta_username_user_without_a_phone_is_keyed_by_the_bsuid(settings: Settings) -> None:
+    m = only_message(corpus("username_text.json", settings))
+    assert (m.phone, m.profile_name, m.phone_number_id) == (BSUID, "Sheena Nelson", PNID)
+    assert m.text == "Здравствуйте, можно записаться на стрижку?"
+
+
+def test_meta_message_with_a_phone_and_a_user_id_keeps_the_phone_as_key(settings: Settings) -> None:
+    message = {**wa_message("text", {"body": "hi"}), "from_user_id": BSUID}
+    m = only_message(meta(wa_body(wa_change(message)), settings))
+    assert (m.phone, m.extra) == (PHONE, {"user_id": BSUID})
+
+
+@pytest.mark.parametrize(
+    ("fields", "path"),
+    [({"from_user_id": "not a bsuid"}, "from_user_id"), ({}, "from"), ({"from_user_id": 17}, "from_user_id")],
+)
+def test_meta_sender_without_a_phone_or_a_bsuid_is_rejected(
+    settings: Settings, fields: dict[str, Any], path: str
+) -> None:
+    message = {k: v for k, v in wa_message("text", {"body": "hi"}).items() if k != "from"} | fields
+    result = meta(wa_body(wa_change(message)), settings)
+    assert [r.field for r in result.rejected] == [f"entry[0].changes[0].value.messages[0].{path}"]
+
+
+@pytest.mark.parametrize("sender", ["5215512345678", "15550783881", "16505551234"])
+def test_meta_real_sender_ids_that_fail_the_validity_gate_are_accepted(settings: Settings, sender: str) -> None:
+    m = only_message(meta(wa_body(wa_change(wa_message("text", {"body": "hi"}, sender=sender))), settings))
+    assert m.phone == sender
+
+
+def test_meta_message_carries_the_phone_number_id_it_was_sent_to(settings: Settings) -> None:
+    change = wa_change(wa_message("text", {"body": "hi"}), pnid=OTHER_PNID)
+    assert only_message(meta(wa_body(change), settings)).phone_number_id == OTHER_PNID
+
+
+def test_meta_long_text_is_accepted_whole(settings: Settings) -> None:
+    text = "очень длинное сообщение " * 400  # 9,600 characters; settings cut the model's copy at 50
+    m = only_message(meta(wa_body(wa_change(wa_message("text", {"body": text}))), settings))
+    assert m.text == text.strip()
+
+
+def test_meta_order_is_batched_as_a_text_the_model_answers(settings: Settings) -> None:
+    m = only_message(corpus("order.json", settings))
+    assert (m.phone, m.kind) == ("5215512345678", MessageKind.TEXT)
+    assert m.text == (
+        "Заказ из каталога: 1 × haircut-men по 1500 RUB; 2 × beard по 700 RUB. Комментарий: На субботу, если можно"
+    )
+    assert m.extra == {"order_items": "2", "catalog_id": "194836987003835"}
+
+
+def test_meta_changed_number_moves_the_conversation(settings: Settings) -> None:
+    result = corpus("system_user_changed_number.json", settings)
+    assert result.messages == () and result.rejected == () and result.ignored == ()
+    assert result.number_changes == (NumberChange(company_id=962302, old_phone=PHONE, new_phone="79009998877"),)
+
+
+def test_meta_played_status_is_accepted_and_ranks_after_read(settings: Settings) -> None:
+    result = corpus("status_played.json", settings)
+    assert result.rejected == ()
+    (played,) = result.statuses
+    assert (played.status, played.recipient) == (DeliveryStatus.PLAYED, BSUID)
+    assert DeliveryStatus.READ.rank < DeliveryStatus.PLAYED.rank < DeliveryStatus.FAILED.rank
+
+
+def test_meta_failed_status_carries_its_error_code(settings: Settings) -> None:
+    (failed,) = corpus("status_failed_131047.json", settings).statuses
+    assert (failed.status, failed.error_code, failed.error_title) == (
+        DeliveryStatus.FAILED,
+        131047,
+        "Re-engagement message",
+    )
+
+
+def test_meta_change_level_errors_are_read(settings: Settings) -> None:
+    result = corpus("value_errors.json", settings)
+    assert result.errors == (
+        WebhookError(field="entry[0].changes[0].value.errors[0]", code=131026, title="Message Undeliverable"),
+    )
+
+
 # --- robustness -----------------------------------------------------------------------------------------
 
 
@@ -484,6 +623,21 @@ def test_any_json_gives_a_result_or_a_payload_error(doc: Any) -> None:
         try:
             result = parse(body, settings=load_settings({}), received_ms=RECEIVED_MS)
         except PayloadError as exc:
-            assert exc.status_code in (400, 422)
+            assert exc.status_code in (400, 413, 422)
         else:
             assert isinstance(result, ParseResult)
+
+
+def test_meta_changed_number_in_the_older_new_wa_id_form_is_read(settings: Settings) -> None:
+    system = {"body": "User changed number", "new_wa_id": "79009998877", "type": "user_changed_number"}
+    result = meta(wa_body(wa_change(wa_message("system", system))), settings)
+    assert [c.new_phone for c in result.number_changes] == ["79009998877"]
+
+
+@pytest.mark.parametrize("kind", ["user_changed_user_id", "customer_identity_changed"])
+def test_meta_other_system_messages_are_ignored(settings: Settings, kind: str) -> None:
+    result = meta(wa_body(wa_change(wa_message("system", {"body": "x", "type": kind}))), settings)
+    assert (result.number_changes, result.messages) == ((), ())
+    assert [(r.field, r.reason) for r in result.ignored] == [
+        ("entry[0].changes[0].value.messages[0].system.type", "unsupported")
+    ]

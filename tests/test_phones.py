@@ -7,7 +7,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from system.phones import PhoneError, mask_phone, normalize_phone
+from system.phones import (
+    PhoneError,
+    is_business_scoped_user_id,
+    mask_phone,
+    normalize_phone,
+    normalize_wa_id,
+)
 
 CANONICAL = "79001234567"
 
@@ -123,3 +129,43 @@ def test_mask_never_reveals_more_than_four_digits(phone: str) -> None:
     masked = mask_phone(phone)
     assert len(masked) == len(phone)
     assert sum(ch.isdigit() for ch in masked) <= 4
+
+
+# --- WhatsApp Cloud API sender ids -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "wa_id",
+    [
+        "5215512345678",  # a Mexican mobile as WhatsApp sends it: with the old "1" after 52
+        "15550783881",  # Meta's test range
+        "16505551234",
+        "79001234567",
+    ],
+)
+def test_real_whatsapp_ids_that_fail_the_validity_gate_are_accepted(wa_id: str) -> None:
+    assert normalize_wa_id(wa_id) == wa_id
+    assert normalize_wa_id("+" + wa_id) == wa_id
+
+
+@pytest.mark.parametrize("raw", ["", "hello", "12345", "7" * 16, "9991234567", "0001234567", "7900 123 45 67"])
+def test_wa_id_that_is_not_digits_with_a_country_code_is_refused(raw: str) -> None:
+    with pytest.raises(PhoneError, match="not a WhatsApp id"):
+        normalize_wa_id(raw)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("US.13491208655302741918", True),
+        ("BR.1502576394655843", True),
+        ("US.ENT.11815799212886844830", True),
+        ("79001234567", False),
+        ("us.1349", False),
+        ("US.", False),
+        ("US.12-34", False),
+        ("US." + "1" * 129, False),
+    ],
+)
+def test_business_scoped_user_ids_are_told_apart_from_phones(value: str, expected: bool) -> None:
+    assert is_business_scoped_user_id(value) is expected

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import random
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -18,12 +21,14 @@ from hypothesis import strategies as st
 
 from simulator.clock import VirtualClock
 from system.retry import RetryPolicy
-from system.settings import Settings
+from system.settings import Settings, SettingsError
 from system.whatsapp import (
     RECIPIENT_BACKOFF_BASE_S,
+    AccountRestricted,
     CloudApiSender,
     GatewaySender,
     OutsideWindow,
+    RecipientThrottled,
     SendError,
     SendRejected,
     ThroughputLimited,
@@ -31,6 +36,8 @@ from system.whatsapp import (
     TransientSendError,
     Undeliverable,
     build_sender,
+    classify,
+    cloud_api_base,
     split_text,
 )
 
@@ -494,10 +501,280 @@ async def test_from_settings_uses_the_configured_url_and_token(
 ) -> None:
     settings_ = make_settings(whatsapp_token="secret", whatsapp_api_url="https://graph.example/v99.0/")
     route = router.post(f"https://graph.example/v99.0/{PNID}/messages").mock(return_value=sent("wamid.s"))
-    sender = build_sender(settings_, http=http, clock=clock, rng=random.Random(1))
+    with structlog.testing.capture_logs() as logs:
+        sender = build_sender(settings_, http=http, clock=clock, rng=random.Random(1))
     assert await sender.send_text(phone_number_id=PNID, to=PHONE, text="Привет") == ["wamid.s"]
     assert route.calls.last.request.headers["Authorization"] == "Bearer secret"
+    # The old form of the setting still works, but says that AIADMIN_WHATSAPP_API_VERSION is not applied.
+    assert "whatsapp_api_url_has_version" in [e["event"] for e in logs if e["log_level"] == "warning"]
 
 
 def test_throughput_limited_is_a_retryable_send_error() -> None:
     assert issubclass(ThroughputLimited, SendError) and ThroughputLimited.retryable
+
+
+# Point 10: the number a reply goes out from
+
+
+@pytest.mark.parametrize("pnid", ["", "  ", "106540352242922/../1", "1 2"])
+async def test_reply_without_a_sending_number_never_posts_to_double_slash_messages(
+    cloud: CloudApiSender, router: respx.Router, clock: ManualClock, pnid: str
+) -> None:
+    anything = router.route().mock(return_value=sent("wamid.never"))
+    with pytest.raises(SendRejected, match="AIADMIN_WHATSAPP_PHONE_NUMBER_ID") as raised:
+        await cloud.send_text(phone_number_id=pnid, to=PHONE, text="Привет")
+    assert not raised.value.retryable
+    assert anything.call_count == 0
+    assert clock.sleeps == []
+
+
+async def test_mark_read_without_a_sending_number_posts_nothing(cloud: CloudApiSender, router: respx.Router) -> None:
+    anything = router.route().mock(return_value=httpx.Response(200, json={"success": True}))
+    await cloud.mark_read(phone_number_id="", message_id="wamid.inbound1")
+    assert anything.call_count == 0
+
+
+def write_tenants(tmp_path: Any, *entries: str) -> str:
+    path = tmp_path / "tenants.toml"
+    path.write_text("\n".join(f"[[tenant]]\n{entry}" for entry in entries), encoding="utf-8")
+    return str(path)
+
+
+def test_cloud_start_up_is_refused_when_a_tenant_could_never_be_answered(
+    make_settings: Callable[..., Settings], http: httpx.AsyncClient, clock: ManualClock, tmp_path: Any
+) -> None:
+    tenants = write_tenants(
+        tmp_path,
+        'company_id = 1\nname = "С номером"\nphone_number_id = "111"',
+        'company_id = 2\nname = "Без номера"',
+    )
+    settings_ = make_settings(whatsapp_token="t", tenants=tenants)
+    with pytest.raises(ValueError, match="AIADMIN_WHATSAPP_PHONE_NUMBER_ID") as raised:
+        build_sender(settings_, http=http, clock=clock, rng=random.Random(1))
+    assert "AIADMIN_TENANTS" in str(raised.value) and "company 2" in str(raised.value)
+    assert "company 1" not in str(raised.value)
+
+
+def test_a_fallback_number_or_numbered_tenants_start(
+    make_settings: Callable[..., Settings], http: httpx.AsyncClient, clock: ManualClock, tmp_path: Any
+) -> None:
+    unnumbered = write_tenants(tmp_path, 'company_id = 2\nname = "Без номера"')
+    fallback = make_settings(whatsapp_token="t", tenants=unnumbered, whatsapp_phone_number_id=PNID)
+    assert isinstance(build_sender(fallback, http=http, clock=clock, rng=random.Random(1)), CloudApiSender)
+    numbered = write_tenants(tmp_path, 'company_id = 1\nname = "С номером"\nphone_number_id = "111"')
+    assert isinstance(
+        build_sender(make_settings(whatsapp_token="t", tenants=numbered), http=http, clock=clock, rng=random.Random(1)),
+        CloudApiSender,
+    )
+
+
+def test_the_default_salon_starts_without_a_number_and_warns_about_gateway_messages(
+    make_settings: Callable[..., Settings], http: httpx.AsyncClient, clock: ManualClock
+) -> None:
+    # Meta webhook messages are answered from the number they came to; only gateway-format ones name none.
+    with structlog.testing.capture_logs() as logs:
+        sender = build_sender(make_settings(whatsapp_token="t"), http=http, clock=clock, rng=random.Random(1))
+    assert isinstance(sender, CloudApiSender)
+    assert "whatsapp_gateway_messages_unanswerable" in [e["event"] for e in logs if e["log_level"] == "warning"]
+
+
+def test_the_gateway_transport_needs_no_sending_number(
+    make_settings: Callable[..., Settings], http: httpx.AsyncClient, clock: ManualClock, tmp_path: Any
+) -> None:
+    tenants = write_tenants(tmp_path, 'company_id = 2\nname = "Без номера"')
+    settings_ = make_settings(whatsapp_transport="gateway", whatsapp_gateway_url=GATEWAY, tenants=tenants)
+    assert isinstance(build_sender(settings_, http=http, clock=clock, rng=random.Random(1)), GatewaySender)
+
+
+def test_aiadmin_run_exits_2_when_a_tenant_could_never_be_answered(tmp_path: Any) -> None:
+    tenants = write_tenants(tmp_path, 'company_id = 2\nname = "Без номера"')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIADMIN_") and k != "REDIS_URL"}
+    env.update(
+        AIADMIN_LOG_LEVEL="WARNING",
+        AIADMIN_TENANTS=tenants,
+        AIADMIN_LLM_BASE_URL="http://127.0.0.1:9/v1",
+        AIADMIN_YCLIENTS_BASE_URL="http://127.0.0.1:9/api/v1",
+        AIADMIN_YCLIENTS_PARTNER_TOKEN="partner",
+        AIADMIN_WHATSAPP_API_URL="http://127.0.0.1:9",
+        AIADMIN_WHATSAPP_TOKEN="token",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "system", "run", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "AIADMIN_WHATSAPP_PHONE_NUMBER_ID" in result.stderr
+
+
+# Point 11: username users, addressed by their business-scoped user id
+
+BSUID = "US.13491208655302741918"
+
+
+@pytest.mark.parametrize("user_id", [BSUID, "RU.ENT.11815799212886844830"])
+async def test_a_username_user_is_sent_to_by_recipient_not_to(
+    cloud: CloudApiSender, router: respx.Router, user_id: str
+) -> None:
+    route = router.post(MESSAGES_URL).mock(
+        return_value=httpx.Response(
+            200,
+            json={
+                "messaging_product": "whatsapp",
+                "contacts": [{"input": user_id, "user_id": user_id}],
+                "messages": [{"id": "wamid.bsuid"}],
+            },
+        )
+    )
+    assert await cloud.send_text(phone_number_id=PNID, to=user_id, text="Записала вас.") == ["wamid.bsuid"]
+    sent_body = body(route.calls.last.request)
+    assert sent_body["recipient"] == user_id
+    assert "to" not in sent_body
+    assert sent_body["recipient_type"] == "individual"
+
+
+async def test_logs_do_not_show_a_username_users_id(cloud: CloudApiSender, router: respx.Router) -> None:
+    router.post(MESSAGES_URL).mock(return_value=sent("wamid.x"))
+    with structlog.testing.capture_logs() as logs:
+        await cloud.send_text(phone_number_id=PNID, to=BSUID, text="Привет")
+    assert logs and all(BSUID not in repr(entry) for entry in logs)
+
+
+# Point 13: the Graph API version is one setting
+
+
+async def test_the_default_api_is_graph_facebook_com_at_a_current_version(
+    make_settings: Callable[..., Settings], http: httpx.AsyncClient, clock: ManualClock, router: respx.Router
+) -> None:
+    settings_ = make_settings(whatsapp_token="t", whatsapp_phone_number_id=PNID)
+    version = settings_.whatsapp_api_version
+    # v21.0 reaches its end of life on 2027-01-21; the default must be a later one.
+    major, minor = (int(part) for part in version.removeprefix("v").split("."))
+    assert (major, minor) >= (23, 0)
+    route = router.post(f"https://graph.facebook.com/{version}/{PNID}/messages").mock(return_value=sent("wamid.v"))
+    sender = build_sender(settings_, http=http, clock=clock, rng=random.Random(1))
+    assert await sender.send_text(phone_number_id=PNID, to=PHONE, text="Привет") == ["wamid.v"]
+    assert route.call_count == 1
+
+
+async def test_the_api_version_setting_moves_every_call(
+    make_settings: Callable[..., Settings], http: httpx.AsyncClient, clock: ManualClock, router: respx.Router
+) -> None:
+    settings_ = make_settings(
+        whatsapp_token="t", whatsapp_api_url="https://graph.example/", whatsapp_api_version="v25.0"
+    )
+    messages = router.post(f"https://graph.example/v25.0/{PNID}/messages")
+    messages.mock(side_effect=[httpx.Response(200, json={"success": True}), sent("wamid.v25")])
+    sender = build_sender(settings_, http=http, clock=clock, rng=random.Random(1))
+    await sender.mark_read(phone_number_id=PNID, message_id="wamid.in")
+    assert await sender.send_text(phone_number_id=PNID, to=PHONE, text="Привет") == ["wamid.v25"]
+    assert messages.call_count == 2
+
+
+@pytest.mark.parametrize(
+    ("url", "version", "base"),
+    [
+        ("https://graph.facebook.com", "v26.0", "https://graph.facebook.com/v26.0"),
+        ("https://graph.facebook.com/", "v23.0", "https://graph.facebook.com/v23.0"),
+        ("http://127.0.0.1:8091/v21.0", "v26.0", "http://127.0.0.1:8091/v21.0"),
+        ("http://proxy.local/graph/v9.1/", "v26.0", "http://proxy.local/graph/v9.1"),
+        ("http://proxy.local/v26.0x", "v26.0", "http://proxy.local/v26.0x/v26.0"),
+    ],
+)
+def test_cloud_api_base_appends_the_version_unless_the_url_names_one(url: str, version: str, base: str) -> None:
+    assert cloud_api_base(url, version) == base
+
+
+@pytest.mark.parametrize("version", ["21.0", "v21", "v21.0.1", "latest", "v123.0"])
+def test_a_malformed_api_version_is_refused_naming_the_variable(
+    make_settings: Callable[..., Settings], version: str
+) -> None:
+    with pytest.raises(SettingsError, match="AIADMIN_WHATSAPP_API_VERSION"):
+        make_settings(whatsapp_api_version=version)
+
+
+# Point 13: Meta's error codes, retryable or not
+
+
+@pytest.mark.parametrize(
+    ("code", "http_status", "kind", "retryable"),
+    [
+        (130429, 400, ThroughputLimited, True),
+        (4, 400, ThroughputLimited, True),
+        (80007, 400, ThroughputLimited, True),
+        (131056, 400, RecipientThrottled, True),
+        (131000, 500, TransientSendError, True),
+        (131016, 503, TransientSendError, True),
+        (131057, 500, TransientSendError, True),  # account in maintenance: it ends by itself
+        (2, 503, TransientSendError, True),
+        (131047, 400, OutsideWindow, False),
+        (131026, 400, Undeliverable, False),
+        (190, 401, TokenExpired, False),
+        (0, 401, TokenExpired, False),
+        (131048, 400, AccountRestricted, False),  # spam rate limit: retrying adds to the quality signal
+        (131049, 400, AccountRestricted, False),
+        (368, 403, AccountRestricted, False),
+        (131031, 403, AccountRestricted, False),
+        (131042, 400, AccountRestricted, False),
+        (133010, 400, AccountRestricted, False),
+        (10, 403, AccountRestricted, False),
+        (200, 403, AccountRestricted, False),
+        (299, 403, AccountRestricted, False),
+        (3, 500, AccountRestricted, False),  # a 500 that no retry fixes
+        (131045, 500, AccountRestricted, False),
+        (100, 400, SendRejected, False),
+        (131008, 400, SendRejected, False),
+        (131009, 400, SendRejected, False),
+        (131021, 400, SendRejected, False),
+        (131050, 400, SendRejected, False),
+        (131051, 400, SendRejected, False),
+        (131052, 400, SendRejected, False),
+        (131053, 400, SendRejected, False),
+        (131062, 400, SendRejected, False),
+        (999999, 400, SendRejected, False),  # unknown codes: by the HTTP status
+        (999999, 502, TransientSendError, True),
+        (999999, 429, ThroughputLimited, True),
+        (None, 401, TokenExpired, False),
+    ],
+)
+def test_cloud_api_error_codes_are_classified(
+    code: int | None, http_status: int, kind: type[SendError], retryable: bool
+) -> None:
+    assert classify(code, http_status=http_status) is kind
+    assert kind.retryable is retryable
+
+
+async def test_account_in_maintenance_131057_is_retried_not_dead_lettered(
+    cloud: CloudApiSender, router: respx.Router, clock: ManualClock
+) -> None:
+    maintenance = meta_error(500, 131057, "(#131057) Account in maintenance mode")
+    route = router.post(MESSAGES_URL).mock(side_effect=[maintenance, sent("wamid.after")])
+    assert await cloud.send_text(phone_number_id=PNID, to=PHONE, text="Привет") == ["wamid.after"]
+    assert route.call_count == 2
+    assert len(clock.sleeps) == 1
+
+
+@pytest.mark.parametrize(("code", "status"), [(131048, 400), (368, 403), (3, 500), (131045, 500)])
+async def test_account_restrictions_are_not_retried_and_logged_at_error(
+    cloud: CloudApiSender, router: respx.Router, clock: ManualClock, code: int, status: int
+) -> None:
+    route = router.post(MESSAGES_URL).mock(return_value=meta_error(status, code, f"(#{code}) refused"))
+    with structlog.testing.capture_logs() as logs, pytest.raises(AccountRestricted) as raised:
+        await cloud.send_text(phone_number_id=PNID, to=PHONE, text="Привет")
+    assert raised.value.code == code
+    assert route.call_count == 1 and clock.sleeps == []
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["whatsapp_account_restricted"]
+
+
+async def test_expired_token_190_is_not_retried_the_job_is_dead_lettered(
+    cloud: CloudApiSender, router: respx.Router, clock: ManualClock
+) -> None:
+    # README "Failures": 190 is logged at ERROR and dead-lettered at once, to be replayed after the renewal.
+    route = router.post(MESSAGES_URL).mock(return_value=meta_error(401, 190, "Session has expired"))
+    with pytest.raises(TokenExpired) as raised:
+        await cloud.send_text(phone_number_id=PNID, to=PHONE, text="Привет")
+    assert route.call_count == 1 and clock.sleeps == []
+    assert raised.value.retryable is False

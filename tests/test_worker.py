@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from redis.asyncio import Redis
 
 from simulator.clock import VirtualClock
 from system.batcher import BatchProcessor
 from system.keys import Keys
-from system.models import InboundMessage
+from system.models import DeliveryStatus, InboundMessage, StatusUpdate
+from system.payloads import ParseResult
 from system.queue import Delivery
 from system.runtime import Runtime, build_worker
 from system.settings import Settings
+from system.turns import TurnStore
 from system.worker import FALLBACK_REPLY, Worker
 
 from .conftest import START_MS
@@ -26,6 +30,9 @@ from .world import TZ, World, call, say, world_env
 Factory = Callable[..., InboundMessage]
 CLIENT = "79001234567"
 TOMORROW_15 = datetime(2025, 11, 26, 15, 0, tzinfo=TZ)  # START_MS is 2025-11-25 13:00 in Moscow
+# Two paragraphs of about 3,800 characters: more than one WhatsApp text (4,096), so two parts.
+LONG_REPLY = ("Первый абзац ответа. " * 180).strip() + "\n\n" + ("Второй абзац ответа. " * 180).strip()
+CLIENT_WROTE_TO = "109876543210987"  # another business number of the same salon
 
 
 @pytest.fixture
@@ -348,3 +355,239 @@ async def next_turn_enqueued(rt: Runtime, clock: VirtualClock, message: Factory,
         rt.redis, store=rt.store, clock=clock, metrics=rt.metrics, processor_id="b", heartbeat_interval_s=1
     )
     await processor.tick()
+
+
+# --- sending: parts resumed, the number replied from, status pointers -----------------------------------
+
+
+class FlakyWorld(World):
+    """WhatsApp fails the sends of the texts starting with `failing_prefix`, `failures` times (HTTP 500, 131000)."""
+
+    def __init__(self, *, failing_prefix: str, failures: int) -> None:
+        super().__init__()
+        self.failing_prefix = failing_prefix
+        self.failures = failures
+
+    def _whatsapp(self, request: httpx.Request) -> httpx.Response:
+        text = orjson.loads(request.content).get("text", {}).get("body", "")
+        if self.failures and text.startswith(self.failing_prefix):
+            self.failures -= 1
+            return httpx.Response(500, json={"error": {"message": "error", "type": "OAuthException", "code": 131000}})
+        return super()._whatsapp(request)
+
+
+async def redeliver(rt: Runtime, clock: VirtualClock) -> Delivery:
+    """The job retried after a failed attempt: due again after its backoff, read again."""
+    clock.advance_to(clock.now_ms() + int(rt.settings.retry_backoff_max_s * 1000) + 1000)
+    await rt.queue.promote_due(now_ms=clock.now_ms())
+    [delivery] = await rt.queue.read("w1", count=10, now_ms=clock.now_ms())
+    return delivery
+
+
+def posted_to(world: World) -> list[str]:
+    """The path of every WhatsApp request (sends and read receipts), in order."""
+    return [call.request.url.path for call in world.router.calls if "/messages" in call.request.url.path]
+
+
+async def test_long_reply_whose_second_part_failed_resends_only_the_second_part(
+    rt: Runtime, clock: VirtualClock, message: Factory
+) -> None:
+    flaky = FlakyWorld(failing_prefix="Второй", failures=rt.settings.whatsapp_max_retries + 1)
+    flaky.llm_answers.append(say(LONG_REPLY))
+    async with flaky.http() as http:
+        worker = build_worker(rt, http=http, consumer="w1", concurrency=1)
+        await worker.handle(await next_turn(rt, clock, message, "расскажите подробно про все услуги"))
+        [(_, first)] = flaky.sent  # part 1 reached the client; part 2 failed every retry of this attempt
+        assert first.startswith("Первый") and len(first) <= 4096
+        assert await rt.queue.dead_letters() == []  # a transient failure: the job is retried
+
+        await worker.handle(await redeliver(rt, clock))
+
+    assert [text for _, text in flaky.sent] == [first, flaky.sent[1][1]]
+    assert flaky.sent[1][1].startswith("Второй")
+    assert " ".join(text for _, text in flaky.sent).split() == LONG_REPLY.split()  # nothing lost, nothing twice
+    assert len(flaky.llm_requests) == 1  # the redelivery replayed the stored reply
+    assert await rt.queue.in_flight() == 0
+
+
+async def test_each_sent_part_is_recorded_in_the_turn_with_a_status_pointer(
+    rt: Runtime, worker: Worker, world: World, clock: VirtualClock, message: Factory
+) -> None:
+    world.llm_answers.append(say(LONG_REPLY))
+    delivery = await next_turn(rt, clock, message, "расскажите подробно")
+    await worker.handle(delivery)
+
+    turns = TurnStore(rt.redis, keys=rt.keys)
+    record = await turns.get(delivery.job)
+    assert record.sent_ids == ("wamid.out1", "wamid.out2")  # index-aligned with the parts
+    for wamid in record.sent_ids:
+        status = rt.keys.status(wamid)
+        assert await rt.redis.hget(status, "turn") == turns.key(delivery.job).encode()
+        assert 6 * 24 * 3600 < await rt.redis.ttl(status) <= 7 * 24 * 3600
+
+
+async def test_a_failed_delivery_reported_on_the_turn_is_read_back(
+    rt: Runtime, worker: Worker, world: World, clock: VirtualClock, message: Factory
+) -> None:
+    world.llm_answers.append(say("Здравствуйте!"))
+    delivery = await next_turn(rt, clock, message, "привет")
+    await worker.handle(delivery)
+    turns = TurnStore(rt.redis, keys=rt.keys)
+    assert (await turns.get(delivery.job)).delivery_failed is None
+    # What the ingest does on a `failed` status (131047: outside the 24-hour window): it follows the pointer.
+    turn_key = await rt.redis.hget(rt.keys.status("wamid.out1"), "turn")
+    assert turn_key is not None
+    await rt.redis.hset(turn_key, mapping={"delivery": "failed", "delivery_error": "131047"})
+    assert (await turns.get(delivery.job)).delivery_failed == "131047"
+
+
+async def test_a_reply_rejected_later_outside_the_window_marks_its_turn_failed(
+    rt: Runtime, worker: Worker, world: World, clock: VirtualClock, message: Factory
+) -> None:
+    world.llm_answers.append(say(LONG_REPLY))
+    delivery = await next_turn(rt, clock, message, "расскажите подробно")
+    await worker.handle(delivery)
+    # Meta accepted both parts (200 and a wamid), then reports the second one failed: 131047.
+    failed = StatusUpdate("wamid.out2", DeliveryStatus.FAILED, CLIENT, clock.now_ms(), error_code=131047)
+    await rt.ingestor.ingest(ParseResult(statuses=(failed,)))
+    assert (await TurnStore(rt.redis, keys=rt.keys).get(delivery.job)).delivery_failed == "131047"
+
+
+async def test_the_apology_parts_get_status_pointers_too(
+    rt: Runtime, worker: Worker, world: World, clock: VirtualClock, message: Factory
+) -> None:
+    world.llm_answers.append(httpx.Response(503, json={"error": {"message": "overloaded"}}))
+    delivery = await next_turn(rt, clock, message, "привет")
+    await worker.handle(delivery)
+    assert world.sent == [(CLIENT, FALLBACK_REPLY)]
+    turns = TurnStore(rt.redis, keys=rt.keys)
+    record = await turns.get(delivery.job)
+    assert (record.fallback_ids, record.sent_ids) == (("wamid.out1",), ())
+    assert await rt.redis.hget(rt.keys.status("wamid.out1"), "turn") == turns.key(delivery.job).encode()
+
+
+async def test_reply_goes_out_from_the_number_the_client_wrote_to(
+    rt: Runtime, worker: Worker, world: World, clock: VirtualClock, message: Factory
+) -> None:
+    def to_other_number(text: str, **kwargs: object) -> InboundMessage:
+        return dataclasses.replace(message(text, **kwargs), phone_number_id=CLIENT_WROTE_TO)
+
+    world.llm_answers.append(say("Здравствуйте!"))
+    await worker.handle(await next_turn(rt, clock, to_other_number, "привет"))
+    assert world.sent == [(CLIENT, "Здравствуйте!")]
+    # The read receipt and the reply both use the number written to, not AIADMIN_WHATSAPP_PHONE_NUMBER_ID.
+    paths = posted_to(world)
+    assert len(paths) == 2 and all(p.endswith(f"/{CLIENT_WROTE_TO}/messages") for p in paths)
+
+
+async def test_without_any_sending_number_the_job_is_a_dead_letter_and_nothing_is_posted(
+    make_runtime: Callable[..., Runtime], world: World, clock: VirtualClock, message: Factory
+) -> None:
+    env = {k: v for k, v in world_env().items() if k != "whatsapp_phone_number_id"}
+    rt = make_runtime(**env)
+    await rt.start()
+    world.llm_answers.append(say("Здравствуйте!"))
+    async with world.http() as http:
+        worker = build_worker(rt, http=http, consumer="w1", concurrency=1)
+        # A gateway-format message names no number; the default salon has none and neither has the setting.
+        await worker.handle(await next_turn(rt, clock, message, "привет"))
+    [letter] = await rt.queue.dead_letters()
+    assert "no sending number" in letter.error
+    assert posted_to(world) == []  # never a POST to `{api}//messages`
+    assert world.llm_requests == []  # refused before the model or the CRM were asked anything
+
+
+async def test_a_gateway_needs_no_sending_number(
+    make_runtime: Callable[..., Runtime], clock: VirtualClock, message: Factory
+) -> None:
+    env = {k: v for k, v in world_env().items() if k != "whatsapp_phone_number_id"}
+    rt = make_runtime(**env, whatsapp_transport="gateway", whatsapp_gateway_url="http://gateway.test")
+    await rt.start()
+    sent: list[bytes] = []
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        sent.append(request.content)
+        return httpx.Response(200, json={"id": "gw-1"})
+
+    world = World()
+    world.router.post("http://gateway.test/send").mock(side_effect=gateway)
+    world.llm_answers.append(say("Здравствуйте!"))
+    async with world.http() as http:
+        worker = build_worker(rt, http=http, consumer="w1", concurrency=1)
+        await worker.handle(await next_turn(rt, clock, message, "привет"))
+    assert len(sent) == 1
+    assert await rt.queue.dead_letters() == []
+
+
+# --- limits on what one model answer may do ------------------------------------------------------------------
+
+
+def calls_at_once(tool: str, arguments: list[dict[str, Any]]) -> dict[str, Any]:
+    """One crafted model answer calling `tool` once per item of `arguments`."""
+    answer = call(tool)
+    answer["choices"][0]["message"]["tool_calls"] = [
+        {"id": f"call_{i}", "type": "function", "function": {"name": tool, "arguments": orjson.dumps(args).decode()}}
+        for i, args in enumerate(arguments)
+    ]
+    return answer
+
+
+def tool_results(request: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tool results the model was shown in one request, decoded."""
+    return [orjson.loads(m["content"]) for m in request["messages"] if m["role"] == "tool"]
+
+
+def refused(rt: Runtime, reason: str) -> float:
+    return rt.metrics.registry.get_sample_value("aiadmin_tool_calls_refused_total", {"reason": reason}) or 0.0
+
+
+async def test_one_model_answer_with_44_bookings_books_one_visit(
+    rt: Runtime, worker: Worker, world: World, clock: VirtualClock, message: Factory
+) -> None:
+    slots = [f"2025-11-{day}T{hour}:00" for day in (26, 27, 28, 29) for hour in range(10, 21)]
+    world.llm_answers.extend(
+        [
+            calls_at_once("create_booking", [{"service": "Стрижка машинкой", "datetime": at} for at in slots]),
+            say("Записал вас на завтра в 10:00."),
+        ]
+    )
+    await worker.handle(await next_turn(rt, clock, message, "запишите меня"))
+
+    assert len(slots) == 44 and len(world.records) == 1 and world.book_posts == 1
+    results = tool_results(world.llm_requests[1])
+    assert len(results) == 44  # every call is answered, as the API requires
+    assert "booked" in results[0]
+    assert all("error" in r and "refused" in r for r in results[1:])  # the model sees why: never executed
+    assert (refused(rt, "bookings"), refused(rt, "per_completion")) == (7, 36)
+    assert world.sent == [(CLIENT, "Записал вас на завтра в 10:00.")]
+
+
+async def test_rounds_of_200_searches_run_at_most_the_turns_tool_calls(
+    rt: Runtime, worker: Worker, world: World, clock: VirtualClock, message: Factory
+) -> None:
+    search = {"service": "Стрижка машинкой", "date": "2025-11-26"}
+    world.llm_answers.extend([calls_at_once("search_slots", [search] * 200) for _ in range(5)])
+    world.llm_answers.append(say("Есть время завтра с 10:00."))
+    await worker.handle(await next_turn(rt, clock, message, "когда можно подстричься?"))
+
+    per_turn = rt.settings.llm_max_tool_calls_per_turn
+    executed = [r for r in tool_results(world.llm_requests[-1]) if "refused" not in r]
+    assert len(executed) == per_turn == 16
+    crm_slot_requests = [c for c in world.router.calls if "/book_times/" in c.request.url.path]
+    assert len(crm_slot_requests) <= per_turn  # one day each: at most one CRM slot request per executed search
+    assert refused(rt, "per_completion") == 5 * (200 - rt.settings.llm_max_tool_calls)
+    assert refused(rt, "per_turn") == 3 * rt.settings.llm_max_tool_calls
+    assert world.sent == [(CLIENT, "Есть время завтра с 10:00.")]
+
+
+async def test_a_second_booking_in_one_turn_is_allowed_when_the_salon_allows_several(
+    make_runtime: Callable[..., Runtime], http: httpx.AsyncClient, world: World, clock: VirtualClock, message: Factory
+) -> None:
+    rt = make_runtime(**world_env(), max_bookings_per_turn="2")
+    await rt.start()
+    worker = build_worker(rt, http=http, consumer="w1", concurrency=1)
+    visits = [{"service": "Стрижка машинкой", "datetime": f"2025-11-2{day}T12:00"} for day in (6, 7, 8)]
+    world.llm_answers.extend([calls_at_once("create_booking", visits), say("Записал на два визита.")])
+    await worker.handle(await next_turn(rt, clock, message, "запишите на два визита"))
+    assert len(world.records) == 2
+    assert refused(rt, "bookings") == 1

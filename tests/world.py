@@ -1,6 +1,9 @@
 """The outside world of worker tests over respx: a scripted LLM, a small YClients salon, WhatsApp Cloud API.
 
-Each speaks its vendor's wire format, so the worker's real httpx clients are what is tested.
+Each speaks its vendor's wire format, so the worker's real httpx clients are what is tested. The YClients part
+follows the API Blueprint and passes the same contract suite as the simulator's fake CRM
+(`tests/contracts/test_yclients_contract.py`): documented routes and parameters only, an undocumented query
+parameter ignored.
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import os
+import re
 from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime, time, timedelta
@@ -23,6 +27,8 @@ LLM_URL = "http://llm.test/v1"
 YCLIENTS_URL = "http://yclients.test/api/v1"
 WHATSAPP_URL = "http://graph.test/v21.0"
 PHONE_NUMBER_ID = "106540352242922"
+PARTNER_TOKEN = "partner"
+USER_TOKEN = "user"
 TZ = ZoneInfo("Europe/Moscow")
 
 SERVICES = [
@@ -35,6 +41,8 @@ STAFF = [
     {"id": 11, "name": "Алексей", "specialization": "барбер"},
 ]
 OPEN_HOURS = range(10, 21)
+PHONE_DIGITS = range(9, 16)  # Blueprint: "Телефон должен содержать от 9 до 15 цифр"
+PUT_REQUIRED = ("staff_id", "services", "client", "datetime", "seance_length", "save_if_busy", "send_sms")
 
 LLMAnswer = dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]] | httpx.Response
 
@@ -46,8 +54,8 @@ def world_env() -> dict[str, str]:
         "llm_api_key": "sk-test",
         "llm_max_retries": "1",
         "yclients_base_url": YCLIENTS_URL,
-        "yclients_partner_token": "partner",
-        "yclients_user_token": "user",
+        "yclients_partner_token": PARTNER_TOKEN,
+        "yclients_user_token": USER_TOKEN,
         "whatsapp_api_url": WHATSAPP_URL,
         "whatsapp_token": "wa-token",
         "whatsapp_phone_number_id": PHONE_NUMBER_ID,
@@ -94,6 +102,7 @@ class World:
         self.read_receipts: list[str] = []
         self.whatsapp_errors: deque[tuple[int, int]] = deque()  # (http status, Meta error code)
         self.records: dict[int, dict[str, Any]] = {}
+        self.clients: dict[str, int] = {}  # phone digits -> client id
         self.busy: set[datetime] = set()  # taken by other clients
         self.book_posts = 0
         self._ids = itertools.count(1000)
@@ -108,8 +117,10 @@ class World:
             if event["kind"] == "sent":
                 self.sent.append((event["to"], event["text"]))
             elif event["kind"] == "record":
-                self.records[event["record"]["id"]] = event["record"]
-                self._ids = itertools.count(event["record"]["id"] + 1)
+                record = event["record"]
+                self.records[record["id"]] = record
+                self.clients[_digits(record["client"]["phone"])] = record["client"]["id"]
+                self._ids = itertools.count(record["id"] + 1)
 
     def _log(self, **event: Any) -> None:
         if self.journal is not None:
@@ -123,8 +134,15 @@ class World:
 
     def add_record(self, *, phone: str, at: datetime, staff_id: int = 10, service_id: int = 1) -> int:
         record_id = next(self._ids)
-        self.records[record_id] = _record(record_id, phone=phone, at=at, staff_id=staff_id, service_id=service_id)
+        client = self._client(phone)
+        self.records[record_id] = _record(
+            record_id, client=client, phone=phone, at=at, staff_id=staff_id, service_id=service_id
+        )
         return record_id
+
+    def _client(self, phone: str) -> int:
+        """The client id of a phone, added with the first booking, as YClients does."""
+        return self.clients.setdefault(_digits(phone), 500 + len(self.clients) + 1)
 
     # --- routes ------------------------------------------------------------------------------------------
 
@@ -132,19 +150,33 @@ class World:
         r = self.router
         r.post(f"{LLM_URL}/chat/completions").mock(side_effect=self._llm)
         r.post(url__regex=rf"{WHATSAPP_URL}/\d+/messages").mock(side_effect=self._whatsapp)
+        public, private = self._public, self._private
         r.get(url__regex=rf"{YCLIENTS_URL}/book_services/\d+").mock(
-            side_effect=lambda _: _ok({"services": SERVICES, "category": []})
+            side_effect=public(lambda _: _ok({"services": SERVICES, "category": []}))
         )
         r.get(url__regex=rf"{YCLIENTS_URL}/book_staff/\d+").mock(
-            side_effect=lambda _: _ok([{**s, "bookable": True} for s in STAFF])
+            side_effect=public(lambda _: _ok([{**s, "bookable": True} for s in STAFF]))
         )
-        r.get(url__regex=rf"{YCLIENTS_URL}/book_dates/\d+").mock(side_effect=self._dates)
-        r.get(url__regex=rf"{YCLIENTS_URL}/book_times/\d+/(?P<staff>\d+)/(?P<day>[\d-]+)").mock(side_effect=self._times)
-        r.post(url__regex=rf"{YCLIENTS_URL}/book_check/\d+").mock(side_effect=self._check)
-        r.post(url__regex=rf"{YCLIENTS_URL}/book_record/\d+").mock(side_effect=self._book)
-        r.get(url__regex=rf"{YCLIENTS_URL}/records/\d+").mock(side_effect=self._records)
-        r.delete(url__regex=rf"{YCLIENTS_URL}/record/\d+/(?P<record>\d+)").mock(side_effect=self._delete)
-        r.put(url__regex=rf"{YCLIENTS_URL}/record/\d+/(?P<record>\d+)").mock(side_effect=self._put)
+        r.get(url__regex=rf"{YCLIENTS_URL}/book_dates/\d+").mock(side_effect=public(self._dates))
+        r.get(url__regex=rf"{YCLIENTS_URL}/book_times/\d+/(?P<staff>\d+)/(?P<day>[\d-]+)").mock(
+            side_effect=public(self._times)
+        )
+        r.post(url__regex=rf"{YCLIENTS_URL}/book_check/\d+").mock(side_effect=public(self._check))
+        r.post(url__regex=rf"{YCLIENTS_URL}/book_record/\d+").mock(side_effect=public(self._book))
+        r.post(url__regex=rf"{YCLIENTS_URL}/company/\d+/clients/search").mock(side_effect=private(self._search_clients))
+        r.get(url__regex=rf"{YCLIENTS_URL}/records/\d+").mock(side_effect=private(self._records))
+        r.delete(url__regex=rf"{YCLIENTS_URL}/record/\d+/(?P<record>\d+)").mock(side_effect=private(self._delete))
+        r.put(url__regex=rf"{YCLIENTS_URL}/record/\d+/(?P<record>\d+)").mock(side_effect=private(self._put))
+
+    @staticmethod
+    def _public(handler: Callable[..., httpx.Response]) -> Callable[..., httpx.Response]:
+        """The public booking API: the partner token, a user token optional (and then right)."""
+        return _gated(handler, allowed={f"Bearer {PARTNER_TOKEN}", f"Bearer {PARTNER_TOKEN}, User {USER_TOKEN}"})
+
+    @staticmethod
+    def _private(handler: Callable[..., httpx.Response]) -> Callable[..., httpx.Response]:
+        """Records and clients: the partner and the user token."""
+        return _gated(handler, allowed={f"Bearer {PARTNER_TOKEN}, User {USER_TOKEN}"})
 
     async def _llm(self, request: httpx.Request) -> httpx.Response:
         body = orjson.loads(request.content)
@@ -185,9 +217,11 @@ class World:
         return [s for s in slots if s not in taken and s not in self.busy]
 
     def _dates(self, request: httpx.Request) -> httpx.Response:
-        start = date.fromisoformat(request.url.params["date_from"])
-        end = date.fromisoformat(request.url.params["date_to"])
-        days = [(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
+        """Every day of the month of `date` (Blueprint: a day "в рамках месяца"); without it, this month."""
+        given = request.url.params.get("date")
+        start = (date.fromisoformat(given) if given else date.today()).replace(day=1)
+        end = (start + timedelta(days=32)).replace(day=1)
+        days = [(start + timedelta(days=i)).isoformat() for i in range((end - start).days)]
         return _ok({"booking_dates": days, "working_dates": days})
 
     def _times(self, request: httpx.Request, staff: str, day: str) -> httpx.Response:
@@ -212,24 +246,55 @@ class World:
     def _book(self, request: httpx.Request) -> httpx.Response:
         self.book_posts += 1
         body = orjson.loads(request.content)
+        phone = str(body.get("phone", ""))
+        if len(_digits(phone)) not in PHONE_DIGITS or not re.fullmatch(r"\+?[\d\s()-]+", phone.strip()):
+            return _error(431, "Номер телефона пользователя в неправильном формате")
+        if not str(body.get("fullname", "")).strip():
+            return _error(435, "Не указано имя клиента")
         staff_id, at = self._appointment(request)
         if at not in self._free(staff_id, at.date()):
             return _error(433, "Выбранное время уже занято")
         record_id = next(self._ids)
         self.records[record_id] = _record(
             record_id,
-            phone=body["phone"].lstrip("+"),
+            client=self._client(phone),
+            phone=_digits(phone),
             at=at,
             staff_id=staff_id,
             service_id=body["appointments"][0]["services"][0],
-            api_id=body.get("api_id", ""),
+            api_id=str(body.get("api_id", "")),
+            name=str(body["fullname"]),
         )
         self._log(kind="record", record=self.records[record_id])
         return httpx.Response(201, json={"success": True, "data": [{"id": 1, "record_id": record_id}], "meta": []})
 
+    def _search_clients(self, request: httpx.Request) -> httpx.Response:
+        """The client search with `quick_search` (a part of the phone); other filters are not served here."""
+        body = orjson.loads(request.content or b"{}")
+        filters = body.get("filters") or []
+        if any(f.get("type") != "quick_search" for f in filters):
+            return _error(None, "Недопустимое значение фильтра", status=400)
+        wanted = [_digits(str(f.get("state", {}).get("value", ""))) for f in filters]
+        found = [(p, i) for p, i in sorted(self.clients.items(), key=lambda c: c[1]) if all(w in p for w in wanted)]
+        page, size = int(body.get("page", 1)), min(int(body.get("page_size", 25)), 200)
+        shown = found[(page - 1) * size : page * size]
+        rows = [{"id": i, "name": "Клиент", "phone": "+" + p} for p, i in shown]
+        fields = body.get("fields") or ["id"]
+        return _ok([{k: v for k, v in row.items() if k in fields} for row in rows], meta={"total_count": len(found)})
+
     def _records(self, request: httpx.Request) -> httpx.Response:
-        phone = request.url.params["client_phone"].lstrip("+")
-        return _ok([r for r in self.records.values() if r["client"]["phone"].lstrip("+") == phone])
+        """GET records with the Blueprint's client_id, start_date, end_date, page and count; others ignored."""
+        params = request.url.params
+        client_id = int(params.get("client_id", 0))
+        start = date.fromisoformat(params["start_date"]) if "start_date" in params else date.min
+        end = date.fromisoformat(params["end_date"]) if "end_date" in params else date.max
+        found = [
+            r
+            for r in sorted(self.records.values(), key=lambda r: (r["datetime"], r["id"]))
+            if client_id in (0, r["client"]["id"]) and start <= datetime.fromisoformat(r["datetime"]).date() <= end
+        ]
+        page, count = int(params.get("page", 1)), int(params.get("count", 300))
+        return _ok(found[(page - 1) * count : page * count], meta={"page": page, "total_count": len(found)})
 
     def _delete(self, request: httpx.Request, record: str) -> httpx.Response:
         self.records.pop(int(record), None)
@@ -237,14 +302,41 @@ class World:
 
     def _put(self, request: httpx.Request, record: str) -> httpx.Response:
         body = orjson.loads(request.content)
+        missing = [field for field in PUT_REQUIRED if field not in body]
+        missing += [f"services.{s.get('id')}.cost" for s in body.get("services") or [] if "cost" not in s]
+        if missing:
+            return _error(None, "Не указаны обязательные поля: " + ", ".join(missing))
+        if int(record) not in self.records:
+            return _error(None, "Запись не найдена", status=404)
         current = self.records[int(record)]
         current["datetime"] = datetime.fromisoformat(body["datetime"]).isoformat()
         current["staff_id"] = int(body.get("staff_id", current["staff_id"]))
         return _ok(current)
 
 
+def _gated(handler: Callable[..., httpx.Response], *, allowed: set[str]) -> Callable[..., httpx.Response]:
+    def gated(request: httpx.Request, **path: str) -> httpx.Response:
+        if request.headers.get("authorization", "") not in allowed:
+            return _error(None, "Партнёрский или пользовательский токен неверен", status=401)
+        return handler(request, **path)
+
+    return gated
+
+
+def _digits(phone: str) -> str:
+    return "".join(char for char in phone if char.isdigit())
+
+
 def _record(
-    record_id: int, *, phone: str, at: datetime, staff_id: int, service_id: int, api_id: str = ""
+    record_id: int,
+    *,
+    client: int,
+    phone: str,
+    at: datetime,
+    staff_id: int,
+    service_id: int,
+    api_id: str = "",
+    name: str = "Клиент",
 ) -> dict[str, Any]:
     service = next(s for s in SERVICES if s["id"] == service_id)
     staff = next(s for s in STAFF if s["id"] == staff_id)
@@ -255,22 +347,19 @@ def _record(
         "services": [{"id": service_id, "title": service["title"], "cost": service["price_min"]}],
         "datetime": at.isoformat(),
         "seance_length": service["seance_length"],
-        "client": {"phone": "+" + phone, "name": "Клиент"},
+        "client": {"id": client, "phone": "+" + _digits(phone), "name": name},
         "api_id": api_id,
         "deleted": False,
     }
 
 
-def _ok(data: Any) -> httpx.Response:
-    return httpx.Response(200, json={"success": True, "data": data, "meta": []})
+def _ok(data: Any, *, meta: Any = None) -> httpx.Response:
+    return httpx.Response(200, json={"success": True, "data": data, "meta": meta if meta is not None else []})
 
 
-def _error(code: int, message: str) -> httpx.Response:
-    return httpx.Response(
-        422,
-        json={
-            "success": False,
-            "data": None,
-            "meta": {"message": message, "errors": [{"code": code, "message": message}]},
-        },
-    )
+def _error(code: int | None, message: str, *, status: int = 422) -> httpx.Response:
+    """An error in the Blueprint's envelope; the code, whose place the Blueprint leaves open, as a top-level field."""
+    body: dict[str, Any] = {"success": False, "data": None, "meta": {"message": message}}
+    if code is not None:
+        body["code"] = code
+    return httpx.Response(status, json=body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Protocol
@@ -35,6 +36,17 @@ class Slot:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordService:
+    """One service of a record with its price as the CRM keeps it (roubles), sent back unchanged on a move."""
+
+    id: int
+    title: str = ""
+    cost: float = 0.0  # the final price
+    first_cost: float = 0.0  # the price before the discount
+    discount: float = 0.0  # percent
+
+
+@dataclass(frozen=True, slots=True)
 class Record:
     """A booking of one client."""
 
@@ -50,6 +62,23 @@ class Record:
     duration_min: int = 0
     api_id: str = ""
     cancelled: bool = False
+    client_id: int = 0  # the CRM's id of the client, 0 when unknown
+    services: tuple[RecordService, ...] = ()  # with prices; empty when the CRM did not say
+
+    def made_for(self, key: str) -> bool:
+        """Whether this record was booked under our idempotency key `key` (as the CRM keeps it)."""
+        return bool(self.api_id) and self.api_id == wire_api_id(key)
+
+
+# api_id: 15 digits, below 2**53, so it survives as a JSON number anywhere; no leading zero.
+API_ID_LOW = 10**14
+API_ID_SPAN = 9 * 10**14
+
+
+def wire_api_id(key: str) -> str:
+    """The `api_id` a CRM stores for our idempotency key: 15 digits, a number and a string alike."""
+    digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+    return str(API_ID_LOW + digest % API_ID_SPAN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +123,31 @@ class NotFound(BookingError):
 
 
 class InvalidRequest(BookingError):
-    """The CRM refused the request as invalid (4xx other than the above)."""
+    """The CRM refused a request that is not a booking as invalid (a 4xx without a known code)."""
+
+
+class BookingRefused(BookingError):
+    """The CRM refused a booking, or a change of one, for a reason the client can be told (a 4xx on a booking)."""
+
+
+class InvalidPhone(BookingRefused):
+    """YClients 431: the client's phone number is not in a format the CRM accepts."""
+
+
+class PhoneNotConfirmed(BookingRefused):
+    """YClients 432: the salon wants the phone confirmed by an SMS code, and the code is missing or wrong."""
+
+
+class ClientBlocked(BookingRefused):
+    """YClients 434 (HTTP 403): the salon does not take online bookings from this phone."""
+
+
+class NameRequired(BookingRefused):
+    """YClients 435: the client's name is missing."""
 
 
 class Unauthorized(BookingError):
-    """The partner or user token was refused (401/403): an operator must act."""
+    """The partner or user token was refused (HTTP 401): an operator must act."""
 
 
 class RateLimited(BookingError):
@@ -132,7 +181,9 @@ class BookingBackend(Protocol):
 
     async def create(self, company_id: int, booking: NewBooking) -> Record: ...
 
-    async def records(self, company_id: int, *, phone: str) -> list[Record]: ...
+    async def records(self, company_id: int, *, phone: str) -> list[Record]:
+        """The client's records from yesterday on (at least; deleted ones may be left out), by time."""
+        ...
 
     async def reschedule(self, company_id: int, record: Record, *, at: datetime, master_id: int) -> Record: ...
 

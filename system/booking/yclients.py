@@ -1,4 +1,10 @@
-"""YClients as a BookingBackend: one place unwraps answers and maps errors, and a booking is never posted twice."""
+"""YClients as a BookingBackend: one place unwraps answers and maps errors, and a booking is never posted twice.
+
+Written from the YClients API Blueprint: a client's records are found through the client search
+(`POST company/{id}/clients/search`, filter `quick_search`) and then `GET records/{id}?client_id=`, page by page;
+phones go out as the Blueprint's examples write them (`79161502239`); `api_id` is a digits-only key, which fits both
+the Blueprint's "number" and its "string".
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,8 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import replace
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import httpx
@@ -16,17 +23,24 @@ from system.booking.base import (
     AppointmentsOverlap,
     BackendUnavailable,
     BookingError,
+    BookingRefused,
+    ClientBlocked,
+    InvalidPhone,
     InvalidRequest,
     Master,
     MasterUnavailable,
+    NameRequired,
     NewBooking,
     NotFound,
+    PhoneNotConfirmed,
     RateLimited,
     Record,
+    RecordService,
     Service,
     Slot,
     SlotTaken,
     Unauthorized,
+    wire_api_id,
 )
 from system.booking.ratelimit import LimitExhausted, RequestLimiter
 from system.clock import Clock
@@ -40,6 +54,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 V = TypeVar("V")
 Params = dict[str, str | int | list[int]]
+Json = Any
 log = structlog.get_logger(__name__)
 
 ACCEPT = "application/vnd.yclients.v2+json"
@@ -50,13 +65,29 @@ LOOKUP_RETRY = RetryPolicy(retries=4, base_s=1.0, max_s=8.0)
 # A longer Retry-After is not waited out here: the caller gets RateLimited and decides.
 MAX_RETRY_AFTER_S = 30.0
 IDEMPOTENT_METHODS = frozenset({"GET", "PUT", "DELETE"})
-# Booking error codes in `meta.errors` (documented with HTTP 422); 438: the service is no longer bookable.
+# The Blueprint's booking error codes (book_check, book_record). They come with HTTP 422, except 434 (HTTP 403);
+# where the code sits in the body is not documented, so it is looked for anywhere in it (`_crm_errors`).
 CRM_ERRORS: dict[int, type[BookingError]] = {
+    431: InvalidPhone,
+    432: PhoneNotConfirmed,
     433: SlotTaken,
+    434: ClientBlocked,
+    435: NameRequired,
     436: MasterUnavailable,
     437: AppointmentsOverlap,
-    438: NotFound,
+    438: NotFound,  # the service is gone ("Компания уже удалила выбранные услуги")
 }
+# How deep and how wide an error body is searched for codes: bounded, an error body is small.
+ERROR_SEARCH_DEPTH = 4
+ERROR_SEARCH_ITEMS = 50
+# The client search answers at most 200 rows a page (Blueprint: page_size "Максимум 200").
+CLIENT_PAGE_SIZE = 50
+CLIENT_PAGES_MAX = 4
+# `records` pages (Blueprint default count 300); a client with more records from yesterday on is cut off.
+RECORDS_PAGE_SIZE = 100
+RECORDS_PAGES_MAX = 10
+# book_dates answers one month per `date`; a longer range is asked month by month, this many at most.
+DATE_MONTHS_MAX = 13
 # Failures where the request never left this process: a booking POST that failed so is known not to exist.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
@@ -136,6 +167,7 @@ class YClientsBackend:
         cache_ttl_s: float = 300,
         timeout_s: float = 15,
         retry: RetryPolicy | None = None,
+        send_sms: bool = False,
     ) -> None:
         self._http = http
         self._base_url = base_url.rstrip("/")
@@ -147,6 +179,9 @@ class YClientsBackend:
         ttl_ms = round(cache_ttl_s * 1000)
         self._services: _TtlCache[list[Service]] = _TtlCache(ttl_ms=ttl_ms, max_entries=CACHE_MAX_ENTRIES)
         self._masters: _TtlCache[list[Master]] = _TtlCache(ttl_ms=ttl_ms, max_entries=CACHE_MAX_ENTRIES)
+        # Only found clients are cached: a client the CRM does not know yet appears with their first booking.
+        self._clients: _TtlCache[tuple[int, ...]] = _TtlCache(ttl_ms=ttl_ms, max_entries=CACHE_MAX_ENTRIES)
+        self._send_sms = send_sms
         self._fetching: dict[tuple[Any, ...], asyncio.Lock] = {}
         auth = f"Bearer {partner_token}" + (f", User {user_token}" if user_token else "")
         self._headers = {"Accept": ACCEPT, "Content-Type": "application/json", "Authorization": auth}
@@ -169,6 +204,7 @@ class YClientsBackend:
             rpm=settings.yclients_rpm,
             cache_ttl_s=settings.yclients_cache_ttl_s,
             timeout_s=settings.yclients_timeout_s,
+            send_sms=settings.yclients_send_sms,
         )
 
     async def services(self, company_id: int) -> list[Service]:
@@ -203,12 +239,15 @@ class YClientsBackend:
     async def dates(
         self, company_id: int, *, service_ids: tuple[int, ...], master_id: int | None, start: date, end: date
     ) -> list[date]:
-        params = _service_params(service_ids)
-        if master_id:
-            params["staff_id"] = master_id
-        params |= {"date_from": start.isoformat(), "date_to": end.isoformat()}
-        data = await self._request("GET", f"book_dates/{company_id}", params=params)
-        return _parsed("dates", lambda: _parse_dates(data, start=start, end=end))
+        """Bookable days within [start, end]; the Blueprint's `date` selects a month, so each month is asked once."""
+        found: set[date] = set()
+        for day in _months(start, end):
+            params = _service_params(service_ids) | {"date": day.isoformat()}
+            if master_id:
+                params["staff_id"] = master_id
+            data = await self._request("GET", f"book_dates/{company_id}", params=params)
+            found.update(_parsed("dates", partial(_parse_dates, data, start=start, end=end)))
+        return sorted(found)
 
     async def times(
         self, company_id: int, *, master_id: int | None, day: date, service_ids: tuple[int, ...]
@@ -222,34 +261,55 @@ class YClientsBackend:
         """Raise SlotTaken, MasterUnavailable, ... when the booking would be refused; None when bookable."""
         # book_check only validates, so retrying it is as safe as a GET.
         body = {"appointments": [_appointment(booking)]}
-        await self._request("POST", f"book_check/{company_id}", body=body, idempotent=True)
+        await self._request("POST", f"book_check/{company_id}", body=body, idempotent=True, booking=True)
 
     async def create(self, company_id: int, booking: NewBooking) -> Record:
         """Book once; if the answer is lost, find the record instead of posting again (OutcomeUnknown if absent)."""
         try:
-            data = await self._request("POST", f"book_record/{company_id}", body=_booking_body(booking))
+            data = await self._request("POST", f"book_record/{company_id}", body=_booking_body(booking), booking=True)
         except _MaybeDelivered as exc:
             log.warning("booking answer lost, looking the record up", company_id=company_id, error=exc.message)
             return await self._find_created(company_id, booking)
         return _parsed("book_record", lambda: _created_record(data, company_id=company_id, booking=booking))
 
     async def records(self, company_id: int, *, phone: str) -> list[Record]:
-        """The client's records, cancelled ones included (`cancelled=True`)."""
+        """The client's records from yesterday on (YClients leaves deleted ones out), by time."""
         return await self._records(company_id, phone=phone, retry=True)
 
     async def reschedule(self, company_id: int, record: Record, *, at: datetime, master_id: int) -> Record:
+        """PUT the record with every field the Blueprint marks required; prices and length are kept as they were."""
+        services = record.services or await self._priced_services(company_id, record.service_ids)
+        length_s = record.duration_min * 60 or await self._length_s(company_id, record.service_ids)
         body: dict[str, Any] = {
             "staff_id": master_id,
-            "services": [{"id": service_id} for service_id in record.service_ids],
-            "client": {"phone": "+" + record.phone, "name": record.client_name},
+            "services": [
+                {"id": s.id, "first_cost": s.first_cost, "discount": s.discount, "cost": s.cost} for s in services
+            ],
+            "client": {"phone": record.phone, "name": record.client_name},
             "datetime": at.isoformat(),
+            "seance_length": length_s,
             "save_if_busy": False,
+            "send_sms": self._send_sms,
         }
-        if record.duration_min:  # 0 means unknown: let the CRM keep its own length
-            body["seance_length"] = record.duration_min * 60
-        data = await self._request("PUT", f"record/{company_id}/{record.id}", body=body)
+        data = await self._request("PUT", f"record/{company_id}/{record.id}", body=body, booking=True)
         moved = _parsed("record", lambda: _parse_record(data, company_id=company_id))
         return moved if moved.phone else replace(moved, phone=record.phone)
+
+    async def _priced_services(self, company_id: int, service_ids: tuple[int, ...]) -> tuple[RecordService, ...]:
+        """The services at their catalogue price (the lower bound), for a record whose prices were not read."""
+        catalogue = {service.id: service for service in await self.services(company_id)}
+        priced = []
+        for service_id in service_ids:
+            price = catalogue[service_id].price_min if service_id in catalogue else 0.0
+            priced.append(RecordService(id=service_id, cost=price, first_cost=price))
+        return tuple(priced)
+
+    async def _length_s(self, company_id: int, service_ids: tuple[int, ...]) -> int:
+        catalogue = {service.id: service for service in await self.services(company_id)}
+        length_min = sum(catalogue[s].duration_min for s in service_ids if s in catalogue)
+        if length_min <= 0:
+            raise InvalidRequest("the record's length is unknown: its services are not in the catalogue")
+        return length_min * 60
 
     async def cancel(self, company_id: int, record_id: int) -> None:
         """Delete the record: a cancellation by the client, never a no-show."""
@@ -259,7 +319,7 @@ class YClientsBackend:
         async def delete() -> None:
             nonlocal maybe_deleted
             try:
-                await self._attempt("DELETE", path)
+                await self._attempt("DELETE", path, booking=True)
             except _MaybeDelivered:
                 maybe_deleted = True
                 raise
@@ -274,11 +334,57 @@ class YClientsBackend:
             canonical = normalize_phone(phone)
         except PhoneError as exc:
             raise InvalidRequest(f"not a phone number: {exc}") from exc
-        params: Params = {"client_phone": "+" + canonical}
-        data = await self._request("GET", f"records/{company_id}", params=params, idempotent=retry)
-        found = _parsed("records", lambda: [_parse_record(item, company_id=company_id) for item in data])
-        # The CRM's filter is not trusted: another client's records must never reach this conversation.
-        return [record for record in found if record.phone == canonical]
+        found: dict[int, Record] = {}
+        for client_id in await self._client_ids(company_id, canonical, retry=retry):
+            for record in await self._client_records(company_id, client_id, retry=retry):
+                found[record.id] = record
+        # Filters are not trusted (an ignored one answers with everyone's records): another client's records must
+        # never reach this conversation.
+        mine = [record for record in found.values() if record.phone == canonical]
+        return sorted(mine, key=lambda r: (r.at, r.id))
+
+    async def _client_ids(self, company_id: int, phone: str, *, retry: bool) -> tuple[int, ...]:
+        """The CRM's ids of the clients with this phone (usually one), found by the client search."""
+        key = (company_id, phone)
+        cached = self._clients.get(key, now_ms=self._clock.now_ms())
+        if cached is not None:
+            return cached
+        ids: list[int] = []
+        for page in range(1, CLIENT_PAGES_MAX + 1):
+            body = {
+                "page": page,
+                "page_size": CLIENT_PAGE_SIZE,
+                "fields": ["id", "name", "phone"],
+                "filters": [{"type": "quick_search", "state": {"value": phone}}],
+            }
+            data = await self._request("POST", f"company/{company_id}/clients/search", body=body, idempotent=retry)
+            rows = _parsed("clients/search", partial(_parse_clients, data))
+            # quick_search matches parts of phones and names too: only this very phone is this client.
+            ids.extend(client_id for client_id, client_phone in rows if client_phone == phone)
+            if len(rows) < CLIENT_PAGE_SIZE:
+                break
+        else:
+            log.warning("client search cut off", company_id=company_id, phone=mask_phone(phone), pages=CLIENT_PAGES_MAX)
+        found = tuple(dict.fromkeys(ids))
+        if found:
+            self._clients.put(key, found, now_ms=self._clock.now_ms())
+        return found
+
+    async def _client_records(self, company_id: int, client_id: int, *, retry: bool) -> list[Record]:
+        # Yesterday in UTC is on or before yesterday in any salon's zone: every caller wants records from today on.
+        today_utc = datetime.fromtimestamp(self._clock.now_ms() / 1000, tz=UTC).date()
+        since = (today_utc - timedelta(days=1)).isoformat()
+        records: list[Record] = []
+        for page in range(1, RECORDS_PAGES_MAX + 1):
+            params: Params = {"client_id": client_id, "start_date": since, "page": page, "count": RECORDS_PAGE_SIZE}
+            data = await self._request("GET", f"records/{company_id}", params=params, idempotent=retry)
+            items = _parsed("records", partial(_parse_records, data, company_id=company_id))
+            records.extend(r for r in items if r.client_id in (0, client_id))
+            if len(items) < RECORDS_PAGE_SIZE:
+                break
+        else:
+            log.warning("client records cut off", company_id=company_id, client_id=client_id, pages=RECORDS_PAGES_MAX)
+        return records
 
     async def _find_created(self, company_id: int, booking: NewBooking) -> Record:
         async def find() -> Record:
@@ -306,11 +412,15 @@ class YClientsBackend:
         params: Params | None = None,
         body: dict[str, Any] | None = None,
         idempotent: bool | None = None,
+        booking: bool = False,
     ) -> Any:
-        """The `data` of the answer; retried only when the request is idempotent."""
+        """The `data` of the answer; retried only when the request is idempotent.
+
+        `booking`: a request that makes or changes a booking, whose refusal (a 4xx) the client is told about.
+        """
 
         async def call() -> Any:
-            return await self._attempt(method, path, params=params, body=body)
+            return await self._attempt(method, path, params=params, body=body, booking=booking)
 
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
@@ -324,7 +434,13 @@ class YClientsBackend:
         )
 
     async def _attempt(
-        self, method: str, path: str, *, params: Params | None = None, body: dict[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Params | None = None,
+        body: dict[str, Any] | None = None,
+        booking: bool = False,
     ) -> Any:
         await self._limiter.acquire()
         try:
@@ -338,7 +454,7 @@ class YClientsBackend:
             )
         except httpx.HTTPError as exc:
             raise _transport_error(exc) from exc
-        return _unwrap(response, now_ms=self._clock.now_ms())
+        return _unwrap(response, now_ms=self._clock.now_ms(), booking=booking)
 
 
 def _retry_delay(exc: BaseException) -> float | None:
@@ -363,7 +479,7 @@ def _transport_error(exc: httpx.HTTPError) -> BackendUnavailable:
     return _MaybeDelivered(f"YClients did not answer ({what})")
 
 
-def _unwrap(response: httpx.Response, *, now_ms: int) -> Any:
+def _unwrap(response: httpx.Response, *, now_ms: int, booking: bool = False) -> Any:
     """The `data` of a `{"success", "data", "meta"}` envelope, or the typed error the answer means."""
     body = _json_or_none(response)
     failed = isinstance(body, dict) and body.get("success") is False
@@ -371,49 +487,72 @@ def _unwrap(response: httpx.Response, *, now_ms: int) -> Any:
         if body is None and response.content.strip():
             raise UnexpectedResponse("YClients answered with a body that is not JSON")
         return body.get("data") if isinstance(body, dict) else body
-    raise _error(response, body, now_ms=now_ms)
+    raise _error(response, body, now_ms=now_ms, booking=booking)
 
 
-def _error(response: httpx.Response, body: Any, *, now_ms: int) -> BookingError:
+def _error(response: httpx.Response, body: Any, *, now_ms: int, booking: bool = False) -> BookingError:
+    """The typed error: by a known code wherever the body has it, then by HTTP status.
+
+    Only 401 means the tokens were refused; 434 comes with 403 and is a refused client, and any other 4xx on a
+    booking is a refusal of that booking, not an operator's problem.
+    """
     status = response.status_code
     errors = _crm_errors(body)
     for code, message in errors:
         if code in CRM_ERRORS:
-            return CRM_ERRORS[code](message, code=code)
+            return CRM_ERRORS[code](message or _error_message(body, []) or f"YClients error {code}", code=code)
     message = _error_message(body, errors) or f"YClients refused the request (HTTP {status})"
+    first_code = errors[0][0] if errors else None
     if status == httpx.codes.TOO_MANY_REQUESTS:
         return CrmRateLimited(
             message, retry_after_s=parse_retry_after(response.headers.get("Retry-After"), now_ms=now_ms)
         )
-    if status in (httpx.codes.UNAUTHORIZED, httpx.codes.FORBIDDEN):
-        return Unauthorized(message)
-    if status == httpx.codes.NOT_FOUND:
-        return NotFound(message)
     if status >= httpx.codes.INTERNAL_SERVER_ERROR:
         return _MaybeDelivered(message)
-    return InvalidRequest(message, code=errors[0][0] if errors else None)
+    if status == httpx.codes.UNAUTHORIZED:
+        return Unauthorized(message, code=first_code)
+    if status == httpx.codes.NOT_FOUND:
+        return NotFound(message, code=first_code)
+    if booking:
+        return BookingRefused(message, code=first_code)
+    return InvalidRequest(message, code=first_code)
 
 
 def _error_message(body: Any, errors: list[tuple[int, str]]) -> str:
     # The specific error says more than the envelope's generic "An error has occurred".
     if errors and errors[0][1]:
         return errors[0][1]
-    meta = body.get("meta") if isinstance(body, dict) else None
-    return str(meta.get("message") or "") if isinstance(meta, dict) else ""
-
-
-def _crm_errors(body: Any) -> list[tuple[int, str]]:
-    """(code, message) pairs from `meta.errors` and `errors`, each a list of objects or one object."""
     if not isinstance(body, dict):
-        return []
+        return ""
     meta = body.get("meta")
-    candidates = [meta.get("errors") if isinstance(meta, dict) else None, body.get("errors")]
+    if isinstance(meta, dict) and meta.get("message"):
+        return str(meta["message"])
+    return str(body.get("message") or "")
+
+
+def _crm_errors(body: Json) -> list[tuple[int, str]]:
+    """(code, message) of every object with a numeric `code`, anywhere in the body, in document order.
+
+    The Blueprint names the codes but not where they sit (`meta.errors[]`, `errors`, a top-level `code`...).
+    """
     found: list[tuple[int, str]] = []
-    for errors in candidates:
-        items = errors if isinstance(errors, list) else [errors]
-        for item in items:
-            if isinstance(item, dict) and isinstance(item.get("code"), int | str) and str(item["code"]).isdigit():
-                found.append((int(item["code"]), str(item.get("message") or "")))
+
+    def walk(node: Json, depth: int) -> None:
+        if depth > ERROR_SEARCH_DEPTH:
+            return
+        if isinstance(node, dict):
+            code = node.get("code")
+            if (isinstance(code, int) and not isinstance(code, bool)) or (isinstance(code, str) and code.isdigit()):
+                found.append((int(code), str(node.get("message") or "")))
+            children = list(node.values())
+        elif isinstance(node, list):
+            children = list(node)
+        else:
+            return
+        for child in children[:ERROR_SEARCH_ITEMS]:
+            walk(child, depth + 1)
+
+    walk(body, 0)
     return found
 
 
@@ -437,6 +576,16 @@ def _service_params(service_ids: tuple[int, ...]) -> Params:
     return {"service_ids[]": list(service_ids)} if service_ids else {}
 
 
+def _months(start: date, end: date) -> list[date]:
+    """One day in each month of [start, end]: `start`, then the first of each later month (bounded)."""
+    days: list[date] = []
+    day = start
+    while day <= end and len(days) < DATE_MONTHS_MAX:
+        days.append(day)
+        day = (day.replace(day=1) + timedelta(days=32)).replace(day=1)
+    return days
+
+
 def _appointment(booking: NewBooking) -> dict[str, Any]:
     return {
         "id": 1,
@@ -451,10 +600,10 @@ def _booking_body(booking: NewBooking) -> dict[str, Any]:
     return {
         "email": "",
         **booking.extra,
-        "phone": "+" + booking.phone,
+        "phone": booking.phone,  # as the Blueprint's examples: 79161502239
         "fullname": booking.client_name,
         "comment": booking.comment,
-        "api_id": booking.api_id,
+        "api_id": wire_api_id(booking.api_id),
         "appointments": [_appointment(booking)],
     }
 
@@ -464,7 +613,7 @@ def _is_created(record: Record, booking: NewBooking) -> bool:
     return (
         not record.cancelled
         and record.at == booking.at  # aware datetimes: the same instant whatever the offset
-        and (not record.api_id or record.api_id == booking.api_id)
+        and (not record.api_id or record.api_id == wire_api_id(booking.api_id))
         and (not booking.master_id or record.master_id == booking.master_id)
     )
 
@@ -522,6 +671,15 @@ def _parse_slots(data: Any, *, master_id: int) -> list[Slot]:
     ]
 
 
+def _parse_clients(data: Any) -> list[tuple[int, str]]:
+    """(id, canonical phone) of each row of a client search ("" when the phone is missing or unreadable)."""
+    return [(int(row["id"]), _canonical_or_empty(row.get("phone"))) for row in data]
+
+
+def _parse_records(data: Any, *, company_id: int) -> list[Record]:
+    return [_parse_record(item, company_id=company_id) for item in data]
+
+
 def _parse_record(item: Any, *, company_id: int) -> Record:
     client = item.get("client") or {}
     staff = item.get("staff") or {}
@@ -539,6 +697,19 @@ def _parse_record(item: Any, *, company_id: int) -> Record:
         duration_min=int(item.get("seance_length") or 0) // 60,
         api_id=str(item.get("api_id") or ""),
         cancelled=bool(item.get("deleted")),
+        client_id=int(client.get("id") or 0),
+        services=tuple(_record_service(service) for service in services),
+    )
+
+
+def _record_service(item: Any) -> RecordService:
+    cost = float(item.get("cost") or 0)
+    return RecordService(
+        id=int(item["id"]),
+        title=str(item.get("title") or ""),
+        cost=cost,
+        first_cost=float(item.get("first_cost") or cost),
+        discount=float(item.get("discount") or 0),
     )
 
 
@@ -552,5 +723,5 @@ def _created_record(data: Any, *, company_id: int, booking: NewBooking) -> Recor
         at=booking.at,
         service_ids=booking.service_ids,
         client_name=booking.client_name,
-        api_id=booking.api_id,
+        api_id=wire_api_id(booking.api_id),
     )
