@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import random
+import socket
+import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,7 @@ from simulator.clock import VirtualClock
 from simulator.delivery import META_PATH, BusinessNumber, WebhookDelivery, meta_webhook
 from simulator.fakeredis_time import fakeredis_on
 from simulator.judge import Booked, snapshot
+from simulator.redis_target import Target, claim, mark
 from simulator.salon import BARBERSHOP_FIXTURE, Salon
 from simulator.simulation import APP_SECRET, HOSTS, TOKENS, TZ, ReplyBox, SimOptions, Transcript, _settings
 from system.api import create_app
@@ -47,6 +49,7 @@ START = datetime(2025, 11, 25, 13, 0, tzinfo=TZ)  # a Tuesday afternoon in Mosco
 SECOND_COMPANY_ID = 962303  # the second salon of a two-salon setup: the same fixture under another company id
 SECOND_PHONE_NUMBER_ID = "106540352242923"
 STATS_ROUTE = "/webhook/whatsapp/batched/stats"
+OWN_REDIS_START_S = 10.0  # a scenario's own redis-server listens within this (AOF replay included)
 T = TypeVar("T")
 ASGIApp = Callable[..., Awaitable[None]]
 
@@ -61,6 +64,53 @@ class Setup:
     two_salons: bool = False
     env: dict[str, str] = field(default_factory=dict)
     realtime: bool = False  # the wall clock instead of the virtual one (and "now" instead of `start`)
+    redis: RedisTarget | None = None  # a real Redis (the suite's --redis-url); None: fakeredis
+    # A redis-server of the scenario's own that its steps may stop and start (`redis` then points at it).
+    own_server: OwnRedisServer | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """The QA suite's real Redis database (`--redis-url` / AIADMIN_FEATURES_REDIS_URL), never REDIS_URL."""
+
+    target: Target
+    flush: bool = False  # flush it even when it holds keys no test tool wrote
+
+
+class OwnRedisServer:
+    """A redis-server of one scenario's own (a free port, a temporary directory): a real Redis the scenario may
+    switch off and on, as the suite's shared server never may be. The append-only file is fsynced on every write,
+    so a stop (a kill, not a shutdown) loses nothing it acknowledged."""
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self._argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(directory)]
+        self._argv += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+        self.url = f"redis://127.0.0.1:{self.port}/1"
+        self._log = (directory / "redis.log").open("ab")
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(self._argv, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + OWN_REDIS_START_S
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"redis-server did not listen on port {self.port} within {OWN_REDIS_START_S} s")
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait(timeout=10)
+            self._proc = None
+
+    def close(self) -> None:
+        self.stop()
+        self._log.close()
 
 
 class ByCompany:
@@ -130,8 +180,9 @@ class Runner:
         self._astack = contextlib.AsyncExitStack()
         self._ids = itertools.count(1)
         self._sent: dict[str, tuple[str, str, int]] = {}
-        # With a real Redis (REDIS_URL) the loop also waits on sockets: time may only jump once they have gone quiet.
-        self.redis_url = os.environ.get("REDIS_URL") or None
+        # With a real Redis the loop also waits on sockets: time may only jump once they have gone quiet.
+        self._redis_target = setup.redis.target if setup.redis else None
+        self.redis_url = self._redis_target.url if self._redis_target else None
         self.clock: Clock
         if setup.realtime:
             self.clock = WallClock()
@@ -159,9 +210,16 @@ class Runner:
             self._numbers[SECOND_COMPANY_ID] = BusinessNumber(phone_number_id=SECOND_PHONE_NUMBER_ID)
             self._env[TENANTS_ENV] = str(self._tenants_file())
         self.redis_server: fakeredis.FakeServer | None = None
-        if self.redis_url:
-            self.redis: Redis = Redis.from_url(self.redis_url)
-            self._run(self.redis.flushdb())
+        self.own_server = setup.own_server
+        if self._redis_target and setup.redis:
+            self.redis: Redis = Redis.from_url(self._redis_target.url)
+            try:
+                self._run(claim(self.redis, self._redis_target, flush=setup.redis.flush))
+            except BaseException:
+                self._run(self.redis.aclose())
+                self._loop.close()
+                self._stack.close()
+                raise
         else:
             if isinstance(self.clock, VirtualClock):
                 self._stack.enter_context(fakeredis_on(self.clock))
@@ -259,8 +317,9 @@ class Runner:
     def close(self) -> None:
         try:
             self._run(self._stop())
-            if self.redis_url:
+            if self._redis_target:
                 self._run(self.redis.flushdb())
+                self._run(mark(self.redis, self._redis_target))
             self._run(self.redis.aclose())
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
         finally:
@@ -282,6 +341,22 @@ class Runner:
             await asyncio.gather(*turns, task, return_exceptions=True)
 
         self._run(kill())
+
+    def redis_off(self) -> None:
+        """Redis stops answering: fakeredis disconnects, a server of the scenario's own is killed."""
+        if self.own_server is not None:
+            self.own_server.stop()
+        else:
+            assert self.redis_server is not None, "a shared real Redis is never switched off"
+            self.redis_server.connected = False
+
+    def redis_on(self) -> None:
+        """Redis answers again, with what it had acknowledged (the own server replays its append-only file)."""
+        if self.own_server is not None:
+            self.own_server.start()
+        else:
+            assert self.redis_server is not None, "a shared real Redis is never switched off"
+            self.redis_server.connected = True
 
     def start_worker(self, consumer: str) -> None:
         """Another worker process starts and joins the consumer group as `consumer`."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from loadtests._abort import AbortRule
 from loadtests._ledger import Fragment, MergeCheck, Outcome, Reconciliation, Turn
 from loadtests._profiles import Profile
 from loadtests._script import Conversation
@@ -61,6 +62,7 @@ class LoadOptions:
     out_dir: Path = Path("out/load")
     seed: int = 0
     duration_scale: float = 1.0
+    abort: AbortRule = field(default_factory=AbortRule)
 
     def webhook(self) -> Webhook:
         company = self.company_id if self.format == "gateway" else None
@@ -75,6 +77,9 @@ class LoadOptions:
             "settle_s": self.settle_s,
             "company_id": self.company_id,
             "seed": self.seed,
+            "abort_no_answer_s": self.abort.no_answer_s,
+            "abort_failure_ratio": self.abort.failure_ratio,
+            "abort_min_requests": self.abort.min_requests,
         }
 
 
@@ -98,6 +103,7 @@ class LoadRun:
     stats_before: dict[str, Any] | None = None
     queue_wait_before: Buckets = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    aborted: str = ""  # why the guard stopped the run early; empty when it ran to its end
     accept: Reservoir = field(init=False)
 
     def __post_init__(self) -> None:
@@ -196,6 +202,7 @@ class LoadRun:
             "queue_lag_ms": queue_lag_block(queue_wait),
             "dead_letters": counter_delta(stats_after, self.stats_before, "dead_letters"),
             "errors": [*self.errors, *merge.problems, *reconciliation.problems()[:20]],
+            "aborted": self.aborted or None,
             # extras
             "profile_definition": o.profile.describe(),
             "clients": self.phones.given,

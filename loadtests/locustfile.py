@@ -1,11 +1,15 @@
 # mypy: disable-error-code="untyped-decorator,no-untyped-call"
 # (Locust's event hooks and response methods carry no annotations.)
-"""Salon clients on WhatsApp against a running system: `locust -f loadtests/ --headless --profile steady --host …`.
+"""Salon clients on WhatsApp against a running system: `locust -f loadtests/ --headless --aiadmin-profile steady …`.
 
 Each Locust user is a stream of clients: a client gets a phone of its own, writes its booking in bursts of
 fragments (the webhook in Meta's signed format, or the gateway's), waits for the bot's reply at the fake
 WhatsApp (`GET /_sim/messages`), thinks, answers, until booked; then the next client comes. The load shape is
-Locust's `--profile` (steady, burst, spike, soak), stretched by `--duration-scale`.
+`--aiadmin-profile` (steady, burst, spike, soak), stretched by `--duration-scale`; Locust's own `-u`, `-r` and
+`-t` override its users, spawn rate and length (printed at start).
+
+A guard stops the run early with exit code 1 when the system has not answered its liveness probe for
+`--abort-no-answer-s`, or more than `--abort-failure-ratio` of the requests failed.
 
 Locust's own statistics show the webhook requests ("POST webhook") and the end-to-end latency of each turn,
 from the client's last fragment to the reply arriving at the fake WhatsApp ("E2E reply"; a turn without a
@@ -37,11 +41,12 @@ try:
 except ImportError:  # `locust -f` from outside the repository: its root is not on the path (the cwd is)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from loadtests._abort import AbortRule
 from loadtests._drain import check_merges, collect_replies
 from loadtests._ledger import Outcome, Reply, Turn, reconcile
 from loadtests._load import LoadOptions, LoadRun, wall_ms
 from loadtests._probes import FakeWhatsAppInbox, ProbeError, SystemProbe, stored_history
-from loadtests._profiles import profile_named
+from loadtests._profiles import DEFAULT_PROFILE, PROFILES, profile_named
 from loadtests._script import MAX_TURNS, tagged
 from loadtests._summary import histogram_count, subtract_buckets
 from loadtests._webhook import FORMATS, message_id
@@ -49,15 +54,52 @@ from loadtests._webhook import FORMATS, message_id
 log = logging.getLogger("loadtests")
 POLL_MS = 10_000  # one long poll of the fake WhatsApp; a client waits in several up to its reply timeout
 INBOX_CONNECTIONS = 10_000  # one long poll per client at a time: more than any profile's users
+GUARD_INTERVAL_S = 1.0  # how often the guard probes the system and reads Locust's totals
+GUARD_PROBE_TIMEOUT_S = 5.0  # one liveness probe; a slower answer counts as none
 _RUNS: weakref.WeakKeyDictionary[Environment, LoadRun] = weakref.WeakKeyDictionary()
 # One HTTP client per process for the fake WhatsApp: building one costs ~50 ms of CPU (its TLS context), which
 # would stall every greenlet of the process while a spike starts its users.
 _INBOX_HTTP: weakref.WeakKeyDictionary[Environment, httpx.Client] = weakref.WeakKeyDictionary()
+_GUARDS: weakref.WeakKeyDictionary[Environment, gevent.Greenlet] = weakref.WeakKeyDictionary()
 
 
 @events.init_command_line_parser.add_listener
 def _options(parser: LocustArgumentParser) -> None:
     env = os.environ.get
+    # Locust prints `--help` before it imports any locustfile (locustio/locust#2917), so these options cannot show
+    # there; this flag prints the same help after the import, with them.
+    parser.add_argument(
+        "--aiadmin-help",
+        action="help",
+        include_in_web_ui=False,
+        help="Show this help with the AI Admin load tests' options (Locust's --help omits every locustfile's options)",
+    )
+    # Not `--profile`: Locust has its own (a label grouping test runs).
+    parser.add_argument(
+        "--aiadmin-profile",
+        choices=tuple(PROFILES),
+        default=DEFAULT_PROFILE,
+        help="The load profile (default %(default)s); Locust's -u, -r, -t override its users, spawn rate and length",
+    )
+    parser.add_argument(
+        "--abort-no-answer-s",
+        type=float,
+        default=15.0,
+        help="Stop early (exit code 1) when the host has not answered GET /health for this long; 0: never "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--abort-failure-ratio",
+        type=float,
+        default=0.5,
+        help="Stop early (exit code 1) when more than this share of requests failed (default %(default)s); 1: never",
+    )
+    parser.add_argument(
+        "--abort-min-requests",
+        type=int,
+        default=20,
+        help="Requests made before the failure ratio is judged (default %(default)s)",
+    )
     parser.add_argument(
         "--duration-scale", type=float, default=1.0, help="Multiply every stage of the profile by this (0.2 = short)"
     )
@@ -108,9 +150,14 @@ def _load_options(environment: Environment) -> LoadOptions:
     if o is None:
         raise SystemExit("loadtests need Locust's command line options")
     try:
-        profile = profile_named(o.profile, scale=o.duration_scale)
+        profile = profile_named(o.aiadmin_profile, scale=o.duration_scale).overridden(
+            users=o.num_users, spawn_rate=o.spawn_rate, run_time_s=o.run_time
+        )
+        abort = AbortRule(
+            no_answer_s=o.abort_no_answer_s, failure_ratio=o.abort_failure_ratio, min_requests=o.abort_min_requests
+        )
     except ValueError as exc:
-        raise SystemExit(f"--profile: {exc}") from exc
+        raise SystemExit(f"loadtests: {exc}") from exc
     metrics = tuple(u.strip() for u in o.metrics_url.split(",") if u.strip())
     return LoadOptions(
         profile=profile,
@@ -130,6 +177,7 @@ def _load_options(environment: Environment) -> LoadOptions:
         out_dir=Path(o.out_dir),
         seed=o.load_seed,
         duration_scale=o.duration_scale,
+        abort=abort,
     )
 
 
@@ -140,12 +188,25 @@ def _init(environment: Environment, **_: Any) -> None:
     if not options.host:
         raise SystemExit("--host is required: the system's base URL, e.g. http://127.0.0.1:8080")
     _RUNS[environment] = LoadRun.create(options)
+    o = environment.parsed_options
+    given = (("-u", o.num_users), ("-r", o.spawn_rate), ("-t", o.run_time)) if o is not None else ()
+    overrides = [f"{flag} {value}" for flag, value in given if value]
+    stages = ", ".join(f"{s.users} users at {s.spawn_rate:g}/s until {s.until_s:g} s" for s in options.profile.stages)
+    log.info(
+        "load shape: profile %s (%s)%s; early stop: no answer for %g s or over %.0f%% failures",
+        options.profile.name,
+        stages,
+        f", Locust's {' '.join(overrides)} override it" if overrides else "",
+        options.abort.no_answer_s,
+        options.abort.failure_ratio * 100,
+    )
     limits = httpx.Limits(max_connections=INBOX_CONNECTIONS, max_keepalive_connections=INBOX_CONNECTIONS)
     _INBOX_HTTP[environment] = httpx.Client(limits=limits)
 
 
 @events.quitting.add_listener
 def _quitting(environment: Environment, **_: Any) -> None:
+    _stop_guard(environment)
     http = _INBOX_HTTP.pop(environment, None)
     if http is not None:
         http.close()
@@ -156,7 +217,9 @@ def _run(environment: Environment) -> LoadRun:
 
 
 class ProfileShape(LoadTestShape):
-    """The stages of Locust's `--profile` (steady, burst, spike, soak; default steady) times `--duration-scale`."""
+    """The stages of `--aiadmin-profile` times `--duration-scale`, with Locust's `-u`, `-r`, `-t` over them."""
+
+    use_common_options = True  # -u/-r/-t reach the shape (applied in `_load_options`), not ignored with a warning
 
     def tick(self) -> tuple[int, float] | None:
         if self.runner is None:
@@ -282,12 +345,44 @@ def _report(
     )
 
 
+def _guard(environment: Environment, load: LoadRun) -> None:
+    """Quit the run with exit code 1 when the system stops answering or too many requests fail (`AbortRule`)."""
+    rule, http, url = load.options.abort, _INBOX_HTTP[environment], f"{load.options.host}/health"
+    last_answer_s = time.monotonic()
+    while (runner := environment.runner) is not None:
+        try:
+            http.get(url, timeout=GUARD_PROBE_TIMEOUT_S)
+            last_answer_s = time.monotonic()  # any HTTP answer: the process is there (failures are judged below)
+        except httpx.HTTPError:
+            pass
+        total = runner.stats.total
+        requests, failures = total.num_requests, total.num_failures
+        reason = rule.reason(now_s=time.monotonic(), last_answer_s=last_answer_s, requests=requests, failures=failures)
+        if reason is not None:
+            log.error("stopping the run early (exit code 1): %s", reason)
+            load.aborted = reason
+            environment.process_exit_code = 1
+            gevent.spawn(runner.quit)  # not from this greenlet: the stop hooks kill it
+            return
+        gevent.sleep(GUARD_INTERVAL_S)
+
+
+def _stop_guard(environment: Environment) -> None:
+    guard = _GUARDS.pop(environment, None)
+    if guard is not None and guard is not gevent.getcurrent():
+        guard.kill(block=False)
+
+
 @events.test_start.add_listener
 def _test_start(environment: Environment, **_: Any) -> None:
+    if not isinstance(environment.runner, WorkerRunner) and environment in _RUNS:
+        _stop_guard(environment)
+        _GUARDS[environment] = gevent.spawn(_guard, environment, _run(environment))
     if isinstance(environment.runner, MasterRunner):
         return
     load = _run(environment)
     load.start(now_ms=wall_ms())
+    load.stopped_ms = 0
     o = load.options
     http = _INBOX_HTTP[environment]
     try:
@@ -308,9 +403,12 @@ def _test_start(environment: Environment, **_: Any) -> None:
 
 @events.test_stop.add_listener
 def _test_stop(environment: Environment, **_: Any) -> None:
+    _stop_guard(environment)
     if isinstance(environment.runner, MasterRunner) or environment not in _RUNS:
         return
     load = _run(environment)
+    if load.stopped_ms:  # Locust stops twice when the guard quits while the shape is ending: one summary
+        return
     load.stopped_ms = wall_ms()
     summary = _finish(environment, load)
     suffix = f"-worker-{os.getpid()}" if isinstance(environment.runner, WorkerRunner) else ""

@@ -8,6 +8,7 @@ and to JSON.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -19,10 +20,11 @@ from rich.console import Console
 
 from reports.ingest_bench import render_ingest, run_ingest
 from reports.ingest_sections import BenchConfig
-from reports.procs import BenchError, check_redis_url
+from reports.procs import BenchError, claim_redis
 from reports.stage_bench import StagesConfig, render_stages, run_stages
 from reports.summary import write_report
 from reports.worker_bench import WORKER_DEFAULT_DB, WorkerBenchConfig, render_worker, run_worker_bench
+from simulator.redis_target import Target, TargetUnreachable, mark_url
 from system.logs import configure_logging
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Benchmarks on a real Redis.")
@@ -36,11 +38,19 @@ STAGES_OUT = Path("out/bench-stages.json")
 
 # The options every benchmark shares.
 RedisUrl = Annotated[
-    str, typer.Option("--redis-url", envvar="REDIS_URL", help="Redis to benchmark on; its database is FLUSHED.")
+    str,
+    typer.Option(
+        "--redis-url",
+        envvar="AIADMIN_BENCH_REDIS_URL",
+        help="Redis to benchmark on; FLUSHED, when empty or written by an aiadmin test tool (else see --flush).",
+    ),
 ]
 Repeats = Annotated[int, typer.Option(min=1, max=20, help="Runs of each section; medians are reported.")]
 DurationS = Annotated[float, typer.Option("--duration-s", min=0.5, max=120, help="Each HTTP phase.")]
-Force = Annotated[bool, typer.Option("--force", help="Allow db 0 and a non-local Redis.")]
+Force = Annotated[bool, typer.Option("--force", help="Allow db 0 and a non-loopback Redis.")]
+Flush = Annotated[
+    bool, typer.Option("--flush", help="Flush --redis-url even when it holds keys no aiadmin tool wrote.")
+]
 
 Report = dict[str, Any]
 Bench = Callable[[Console, Path], Coroutine[Any, Any, Report]]
@@ -62,9 +72,10 @@ def ingest(
     quick: Annotated[bool, typer.Option("--quick", help="Smoke test: 1 repeat, 1 s phases, 200 batches.")] = False,
     out: Annotated[Path, typer.Option(help="Where the JSON figures go.")] = DEFAULT_OUT,
     force: Force = False,
+    flush: Flush = False,
 ) -> None:
     """The ingest path: accept latency, throughput, append, flush lateness, claim (real Redis)."""
-    _check_url("ingest", redis_url, force=force, default_db=14)
+    target = _claim("ingest", redis_url, force=force, flush=flush)
     cfg = BenchConfig.build(
         redis_url=redis_url,
         repeats=repeats,
@@ -73,7 +84,7 @@ def ingest(
         connections=connections,
         quick=quick,
     )
-    _run("ingest", lambda console, log_dir: run_ingest(cfg, console, log_dir), render_ingest, out=out)
+    _run("ingest", lambda console, log_dir: run_ingest(cfg, console, log_dir), render_ingest, out=out, target=target)
 
 
 @app.command()
@@ -88,11 +99,18 @@ def worker(
     ] = False,
     out: Annotated[Path, typer.Option(help="Where the JSON figures go.")] = WORKER_OUT,
     force: Force = False,
+    flush: Flush = False,
 ) -> None:
     """One worker process against stand-ins for the LLM, YClients and WhatsApp: messages/s and RSS."""
-    _check_url("worker", redis_url, force=force, default_db=WORKER_DEFAULT_DB)
+    target = _claim("worker", redis_url, force=force, flush=flush)
     cfg = WorkerBenchConfig.build(redis_url=redis_url, repeats=repeats, slow_repeats=slow_repeats, quick=quick)
-    _run("worker", lambda console, log_dir: run_worker_bench(cfg, console, log_dir), render_worker, out=out)
+    _run(
+        "worker",
+        lambda console, log_dir: run_worker_bench(cfg, console, log_dir),
+        render_worker,
+        out=out,
+        target=target,
+    )
 
 
 @app.command()
@@ -103,22 +121,24 @@ def stages(
     quick: Annotated[bool, typer.Option("--quick", help="Smoke test: one short repeat of everything.")] = False,
     out: Annotated[Path, typer.Option(help="Where the JSON figures go (the monthly report reads it).")] = STAGES_OUT,
     force: Force = False,
+    flush: Flush = False,
 ) -> None:
     """Every stage of the reference report's performance section: ingest, worker and turn stages."""
-    _check_url("stages", redis_url, force=force, default_db=14)
+    target = _claim("stages", redis_url, force=force, flush=flush)
     cfg = StagesConfig.build(redis_url=redis_url, repeats=repeats, duration_s=duration_s, quick=quick)
-    _run("stages", lambda console, log_dir: run_stages(cfg, console, log_dir), render_stages, out=out)
+    _run("stages", lambda console, log_dir: run_stages(cfg, console, log_dir), render_stages, out=out, target=target)
 
 
-def _check_url(command: str, redis_url: str, *, force: bool, default_db: int) -> None:
+def _claim(command: str, redis_url: str, *, force: bool, flush: bool) -> Target:
+    """Refuse db 0, a remote host or a database holding someone else's keys (exit 2); else flush and mark it."""
     try:
-        check_redis_url(redis_url, force=force, default_db=default_db)
+        return claim_redis(redis_url, force=force, flush=flush, who=f"aiadmin bench {command}")
     except BenchError as exc:
-        typer.echo(f"aiadmin bench {command}: {exc}", err=True)
+        typer.echo(str(exc), err=True)  # it names the command already
         raise typer.Exit(2) from exc
 
 
-def _run(command: str, bench: Bench, render: Render, *, out: Path) -> None:
+def _run(command: str, bench: Bench, render: Render, *, out: Path, target: Target) -> None:
     """Run a benchmark on uvloop, write its JSON, print its table; exit 1 on any correctness problem."""
     # A wide table when piped to a file or a CI log; the terminal's own width otherwise.
     console = Console(width=None if sys.stdout.isatty() else 160)
@@ -132,6 +152,11 @@ def _run(command: str, bench: Bench, render: Render, *, out: Path) -> None:
     except BenchError as exc:
         typer.echo(f"aiadmin bench {command}: {exc}", err=True)
         raise typer.Exit(1) from exc
+    finally:
+        # The benchmarks flush the database between sections, which takes the marker away: put it back, so that
+        # the next run knows the database for ours.
+        with contextlib.suppress(TargetUnreachable):
+            mark_url(target)
     write_report(out, report)
     render(console, report, out)
     if report["problems"]:

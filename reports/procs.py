@@ -1,7 +1,7 @@
 """The processes under test: their environment, start and stop, memory and CPU, and readiness waits.
 
 Every benchmark runs the components as separate OS processes, as in production, on a Redis database it
-flushes; the guards against flushing the wrong database live here too.
+flushes; it claims that database first through `simulator.redis_target` (loopback, not db 0, ours or empty).
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.connection import parse_url
 
+from simulator.redis_target import Target, TargetRefused, TargetUnreachable, check_target, claim_url
 from system.keys import Keys
 from system.runtime import connect_redis
 from system.settings import ENV_PREFIX, Settings
 
 LOCALHOST = "127.0.0.1"
-LOCAL_REDIS_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 KEY_PREFIX = "bench"
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 5.0
@@ -36,19 +35,22 @@ class BenchError(Exception):
     """The benchmark cannot run or a process under test misbehaved; the message says which."""
 
 
-def check_redis_url(url: str, *, force: bool, default_db: int = 14, who: str = "the benchmark") -> int:
-    """The database number of `url`; refuses db 0 and remote servers, which `who` would flush."""
+def check_redis_url(url: str, *, force: bool, who: str = "aiadmin bench") -> Target:
+    """The benchmark's Redis database; BenchError for db 0 or a remote host unless forced (it is flushed)."""
     try:
-        parts = parse_url(url)  # type: ignore[no-untyped-call]
-    except ValueError as exc:
-        raise BenchError(f"--redis-url {url!r}: {exc}") from exc
-    db = int(parts.get("db", 0) or 0)
-    host = str(parts.get("host", LOCALHOST))
-    if not force and db == 0:
-        raise BenchError(f"{who} flushes its database: refusing db 0 without --force (default db {default_db})")
-    if not force and "path" not in parts and host not in LOCAL_REDIS_HOSTS:
-        raise BenchError(f"{who} flushes its database: refusing remote host {host!r} without --force")
-    return db
+        return check_target(url, owner=who, force=force)
+    except TargetRefused as exc:
+        raise BenchError(str(exc)) from exc
+
+
+def claim_redis(url: str, *, force: bool, flush: bool, who: str = "aiadmin bench") -> Target:
+    """Check `url`, then flush its database and mark it as ours; BenchError when it holds someone else's keys."""
+    target = check_redis_url(url, force=force, who=who)
+    try:
+        claim_url(target, flush=flush)
+    except (TargetRefused, TargetUnreachable) as exc:
+        raise BenchError(str(exc)) from exc
+    return target
 
 
 def without_password(url: str) -> str:
@@ -60,6 +62,7 @@ def settings_env(redis_url: str, **extra: str) -> dict[str, str]:
     """The settings of every component under test: rate limits out of the way, quiet logs."""
     env = {
         "REDIS_URL": redis_url,
+        "AIADMIN_ENV": "development",  # the processes under test run without webhook secrets or stats token
         "AIADMIN_REDIS_PREFIX": KEY_PREFIX,
         "AIADMIN_RATE_LIMIT_GLOBAL_PER_S": "0",
         "AIADMIN_RATE_LIMIT_SENDER_BURST": "1000000",

@@ -48,6 +48,7 @@ class Written:
     notes: tuple[InputNote, ...]
     verdict: str
     problems: int
+    severities: frozenset[str] = frozenset()  # of the problems: "error", "goal", "input"
 
 
 class MissingInputs(Exception):
@@ -103,6 +104,7 @@ def generate(options: ReportOptions, *, now: datetime, version: str) -> Written:
         notes=inputs.notes,
         verdict=figures.verdict,
         problems=len(current),
+        severities=frozenset(p.severity for p in current),
     )
 
 
@@ -138,6 +140,10 @@ def report(
     strict: Annotated[
         bool, typer.Option("--strict", help="A missing or unreadable input is an error (exit 2).")
     ] = False,
+    allow_missed: Annotated[
+        bool,
+        typer.Option("--allow-missed", help="Exit 0 when the only problems are figures over their goals."),
+    ] = False,
     features_root: Annotated[
         Path, typer.Option("--features-root", help="Where the feature paths of the cucumber JSON resolve.")
     ] = Path("."),
@@ -166,6 +172,20 @@ def report(
         f"report written: {written.markdown} (figures {written.figures}, {len(written.images)} images); "
         f"verdict {written.verdict}, {written.problems} problems"
     )
+    if fails(written, allow_missed=allow_missed):
+        # The report is written either way; the exit code is what tells the chain (and the workflow) something failed.
+        kinds = ", ".join(sorted(written.severities)) or "no data"
+        typer.echo(
+            f"aiadmin report: verdict {written.verdict} ({kinds}): exit 1; the problems are in the report", err=True
+        )
+        raise typer.Exit(1)
+
+
+def fails(written: Written, *, allow_missed: bool = False) -> bool:
+    """Anything short of `ready` fails the run; `allow_missed` forgives figures over their goals, and only those."""
+    if written.verdict == "ready":
+        return False
+    return not (allow_missed and written.severities == frozenset({"goal"}))
 
 
 app = typer.Typer(add_completion=False, help="The monthly test report.")

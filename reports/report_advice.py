@@ -231,7 +231,7 @@ def _skipped_scenarios(figures: ReportFigures, _: Sequence[Check], __: Sequence[
         return []
     names = ", ".join(f"«{s.title}»" for s in skipped)
     realtime = (
-        " Сценарии @realtime идут на настоящих часах и Redis: `REDIS_URL=… pytest features -m realtime`."
+        " Сценарии @realtime идут на настоящих часах и Redis: `pytest features -m realtime --redis-url redis://127.0.0.1:6379/12`."
         if any("realtime" in s.tags for s in skipped)
         else ""
     )

@@ -36,13 +36,36 @@ class Check:
     met: bool | None  # None: not measured, or no verdict possible
     # How much of the goal the figure uses: value / limit for "≤", limit / value for "≥"; over 1 is missed.
     used: float | None = None
+    runs: tuple[float, ...] = ()  # each repeat's value, when there were repeats: the spread is shown
 
     @property
     def shown(self) -> str:
         if self.value is None:
             return "не измерено"
         shown_unit = unit(self.unit)
-        return f"{number(self.value)}{shown_unit}" if shown_unit == "%" else f"{number(self.value)} {shown_unit}"
+        text = f"{number(self.value)}{shown_unit}" if shown_unit == "%" else f"{number(self.value)} {shown_unit}"
+        if len(self.runs) > 1:
+            text += f" (повторы: {' / '.join(number(v) for v in self.runs)}; разброс {number(self.spread)})"
+        return text
+
+    @property
+    def spread(self) -> float | None:
+        """The noise across repeats: the largest minus the smallest; None without repeats."""
+        return max(self.runs) - min(self.runs) if len(self.runs) > 1 else None
+
+
+def beyond_noise(value: float, runs: Sequence[float], goal: Goal) -> bool:
+    """Whether a figure misses its goal for real: in at least two thirds of its repeats (2 of 3), or the reported
+    value by more than the spread across repeats. Without repeats there is no noise to measure: any miss counts."""
+
+    def misses(v: float) -> bool:
+        return v > goal.limit if goal.op == "le" else v < goal.limit
+
+    if len(runs) < 2:
+        return misses(value)
+    missed_runs = sum(misses(v) for v in runs)
+    by = value - goal.limit if goal.op == "le" else goal.limit - value
+    return 3 * missed_runs >= 2 * len(runs) or by > max(runs) - min(runs)
 
 
 GOAL_TEXT = re.compile(
@@ -124,9 +147,15 @@ def stage_check(stage: Stage, *, timeout_ms: float | None = None) -> Check | Non
         else:
             value, label = value - timeout_ms, f"{stage.name}, опоздание {percentile}"
     share = None
+    runs = stage.runs_p50_ms if percentile == "p50" else stage.runs_p99_ms
+    met = None
     if goal is not None:
         limit = goal.limit * 1000 if goal.unit.lower() in SECONDS else goal.limit
         share = used(value, Goal(goal.op, limit, "ms", percentile))
+        if goal.of == "lateness" and timeout_ms is not None:
+            runs = tuple(r - timeout_ms for r in runs)
+        if value is not None and len(runs) > 1:
+            met = not beyond_noise(value, runs, Goal(goal.op, limit, "ms"))
     return Check(
         key=f"stage:{stage.key}",
         source="stages",
@@ -134,8 +163,9 @@ def stage_check(stage: Stage, *, timeout_ms: float | None = None) -> Check | Non
         value=value,
         unit="ms",
         goal=ru_units(stage.goal) if stage.goal else "—",
-        met=_verdict(value, stage.met, share),
+        met=met if met is not None else _verdict(value, stage.met, share),
         used=share,
+        runs=runs,
     )
 
 
@@ -144,6 +174,9 @@ def rate_check(rate: Rate) -> Check | None:
         return None
     goal = parse_goal(rate.goal)
     share = used(rate.value, goal) if goal else None
+    met = _verdict(rate.value, rate.met, share)
+    if goal is not None and rate.value is not None and len(rate.runs) > 1:
+        met = not beyond_noise(rate.value, rate.runs, goal)  # the repeats outrank the benchmark's own verdict
     return Check(
         key=f"throughput:{rate.key}",
         source="stages",
@@ -151,8 +184,9 @@ def rate_check(rate: Rate) -> Check | None:
         value=rate.value,
         unit=rate.unit,
         goal=ru_units(rate.goal) if rate.goal else "—",
-        met=_verdict(rate.value, rate.met, share),
+        met=met,
         used=share,
+        runs=rate.runs,
     )
 
 

@@ -14,7 +14,7 @@ from reports.report_format import (
     counted,
     dotted,
     enumerate_lines,
-    next_month,
+    next_scheduled_run,
     number,
     plural,
     ru_date,
@@ -260,7 +260,7 @@ def sources(page: Page) -> list[str]:
         "---",
         "",
         f"*Отчёт сформирован: {dotted(day)} ({figures.generated_at})*",
-        f"*Следующее плановое тестирование: {dotted(next_month(day))}*",
+        f"*Следующее плановое тестирование: {dotted(next_scheduled_run(day))}*",
     ]
     return lines
 

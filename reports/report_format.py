@@ -54,6 +54,16 @@ def next_month(day: date) -> date:
     return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
 
 
+# The day of the month `.github/workflows/monthly-report.yml` runs on (cron "0 3 1 * *"; a test keeps them equal).
+SCHEDULED_DAY = 1
+
+
+def next_scheduled_run(day: date) -> date:
+    """The workflow's next run after a report of `day`: the scheduled day of the following month."""
+    year, month = (day.year + 1, 1) if day.month == 12 else (day.year, day.month + 1)
+    return date(year, month, SCHEDULED_DAY)
+
+
 def number(value: float | None, *, digits: int | None = None) -> str:
     """A figure with precision that suits its size: 0.63, 48.2, 9 001.1, 6 387 (a whole number stays whole)."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):

@@ -36,6 +36,9 @@ class Stage(_Input):
     note: str | None = None
     # The `timeout` stage may say which batch timeout it ran with (its delays are that timeout + lateness).
     timeout_ms: float | None = None
+    # Each repeat's own p50 / p99, when the benchmark keeps them: the goal is judged across them (noise).
+    runs_p50_ms: tuple[float, ...] = ()
+    runs_p99_ms: tuple[float, ...] = ()
 
 
 class Rate(_Input):
@@ -47,6 +50,7 @@ class Rate(_Input):
     goal: str | None = None
     met: bool | None = None
     note: str | None = None
+    runs: tuple[float, ...] = ()  # each repeat's own value, when the benchmark keeps them
 
 
 class BenchProcess(_Input):
@@ -71,6 +75,56 @@ class StageBench(_Input):
     processes: tuple[BenchProcess, ...]
     config: dict[str, JsonValue] = {}
     problems: tuple[str, ...] = ()
+    benchmarks: dict[str, JsonValue] = {}  # the raw benchmarks, each section with its `runs` (one per repeat)
+
+
+# Where `aiadmin bench stages` keeps each repeat of the figures that have goals: (benchmark, section) and the
+# field(s) of each run. The figure itself is the median; the runs give the noise a goal is judged against.
+STAGE_RUNS = {
+    "api_accept": ("ingest", "accept_latency", "latency_ms_p50", "latency_ms_p99"),
+    "timeout": ("ingest", "flush_lateness", "delay_ms_p50", "delay_ms_p99"),
+}
+RATE_RUNS = {
+    "api": ("ingest", "throughput", "api_rps"),
+    "api_vs_empty": ("ingest", "throughput", "ratio_pct"),
+    "worker": ("worker", "llm_5s", "messages_per_s"),
+}
+
+
+def with_repeats(bench: StageBench) -> StageBench:
+    """The benchmark with each goal-bearing figure's per-repeat values taken from its raw sections."""
+    stages = []
+    for stage in bench.stages:
+        where = STAGE_RUNS.get(stage.key)
+        if where and not stage.runs_p99_ms:
+            runs = _section_runs(bench, where[0], where[1])
+            stage = stage.model_copy(
+                update={"runs_p50_ms": _field(runs, where[2]), "runs_p99_ms": _field(runs, where[3])}
+            )
+        stages.append(stage)
+    rates = []
+    for rate in bench.throughput:
+        found = RATE_RUNS.get(rate.key)
+        if found and not rate.runs:
+            rate = rate.model_copy(update={"runs": _field(_section_runs(bench, found[0], found[1]), found[2])})
+        rates.append(rate)
+    return bench.model_copy(update={"stages": tuple(stages), "throughput": tuple(rates)})
+
+
+def _section_runs(bench: StageBench, benchmark: str, section: str) -> list[JsonValue]:
+    raw = bench.benchmarks.get(benchmark)
+    sections = raw.get("sections") if isinstance(raw, dict) else None
+    part = sections.get(section) if isinstance(sections, dict) else None
+    runs = part.get("runs") if isinstance(part, dict) else None
+    return runs if isinstance(runs, list) else []
+
+
+def _field(runs: list[JsonValue], name: str) -> tuple[float, ...]:
+    """`name` of every run, or nothing when a run lacks it (a partial series would fake the spread)."""
+    values = [run.get(name) if isinstance(run, dict) else None for run in runs]
+    if not values or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return ()
+    return tuple(float(v) for v in values)  # type: ignore[arg-type]
 
 
 class Percentiles(_Input):
@@ -160,7 +214,7 @@ class Inputs:
 def load_inputs(paths: InputPaths) -> Inputs:
     notes: list[InputNote] = []
     features = _read("cucumber", paths.cucumber, notes, lambda b: parse_cucumber(b, features_root=paths.features_root))
-    stages = _read("stages", paths.stages, notes, StageBench.model_validate_json)
+    stages = _read("stages", paths.stages, notes, lambda b: with_repeats(StageBench.model_validate_json(b)))
     return Inputs(
         paths=paths, features=features, stages=stages, load=_load_runs(paths.load_dir, notes), notes=tuple(notes)
     )

@@ -33,7 +33,7 @@ from reports.procs import (
     wait_http_ready,
     wait_until,
 )
-from reports.standins import LLM_PREFIX, WHATSAPP_PREFIX, YCLIENTS_PREFIX
+from reports.standins import LLM_PREFIX, YCLIENTS_PREFIX
 from reports.summary import section
 from system.batcher import CLAIM_CHUNK
 from system.batching import AppendOutcome, BatchStore
@@ -90,7 +90,7 @@ def worker_env(redis_url: str, standins: Process) -> dict[str, str]:
         yclients_partner_token="bench",
         yclients_rps="1000",
         yclients_rpm="100000",
-        whatsapp_api_url=base + WHATSAPP_PREFIX,
+        whatsapp_api_url=base,  # the settings' default Graph API version is appended; the stand-in takes any
         whatsapp_token="bench",
         whatsapp_phone_number_id=PHONE_NUMBER_ID,
     )

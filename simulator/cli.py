@@ -18,7 +18,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from simulator.personas import PERSONAS
-from simulator.simulation import DEFAULT_START, TOKENS, SimOptions, SimResult, simulate, system_env_for_fakes
+from simulator.redis_target import TargetRefused, TargetUnreachable, claim_url
+from simulator.simulation import (
+    DEFAULT_START,
+    TOKENS,
+    SimOptions,
+    SimResult,
+    sim_target,
+    simulate,
+    system_env_for_fakes,
+)
 from system.clock import WallClock
 from system.logs import configure_logging
 
@@ -35,8 +44,16 @@ def simulate_command(
     start: Annotated[str, typer.Option(help="Simulated start, ISO with offset.")] = DEFAULT_START.isoformat(),
     mode: Annotated[str, typer.Option(help="Webhook format: meta (signed Cloud API) or gateway.")] = "meta",
     redis_url: Annotated[
-        str | None, typer.Option(envvar="REDIS_URL", help="A real Redis (flushed!) instead of fakeredis.")
+        str | None,
+        typer.Option(
+            envvar="AIADMIN_SIM_REDIS_URL",
+            help="A real Redis database instead of fakeredis (flushed only if empty or an aiadmin test tool wrote it).",
+        ),
     ] = None,
+    redis_flush: Annotated[
+        bool, typer.Option("--flush", help="Flush --redis-url even when it holds keys no aiadmin test tool wrote.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Allow database 0 or a non-loopback --redis-url.")] = False,
     realtime: Annotated[bool, typer.Option(help="Run on the wall clock (users arrive within --window-s).")] = False,
     window_s: Annotated[float | None, typer.Option(help="Arrival window of a day's users, seconds.")] = None,
     llm_latency_s: Annotated[str, typer.Option(help="Fake LLM latency min,mode,max seconds.")] = "5,8,15",
@@ -60,12 +77,16 @@ def simulate_command(
         personas=names,
         start=datetime.fromisoformat(start),
         redis_url=redis_url,
+        redis_flush=redis_flush,
+        redis_force=force,
         mode=mode,
         realtime=realtime,
         window_s=window_s,
         llm_latency_s=(low, likely, high),
         system_url=system_url,
     )
+    if redis_url:
+        _check_redis(opts)
     if system_url:
         env = " ".join(f"{k}={v}" for k, v in system_env_for_fakes().items())
         Console(stderr=True).print(f"the system at {system_url} must run with: {env}")
@@ -74,20 +95,29 @@ def simulate_command(
         TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     ) as bar:
         task = bar.add_task("users", total=users)
-        result = asyncio.run(simulate(opts, progress=lambda done, _: bar.update(task, completed=done)))
+        try:
+            result = asyncio.run(simulate(opts, progress=lambda done, _: bar.update(task, completed=done)))
+        except (TargetRefused, TargetUnreachable) as exc:
+            typer.echo(str(exc), err=True)  # it names the command
+            raise typer.Exit(2) from exc
     summary = summarize(result, opts)
     write(out, result, summary)
     print_summary(Console(), summary, out)
-    if (
-        summary["world"]["double_bookings"]
-        or summary["world"]["foreign_touched"]
-        or summary["world"]["turns_answered_twice"]
-    ):
+    if summary["failed"]:
         raise typer.Exit(1)
 
 
+def _check_redis(opts: SimOptions) -> None:
+    """Refuse db 0, a remote host or a database holding someone else's keys before anything starts (exit 2)."""
+    try:
+        claim_url(sim_target(opts), flush=opts.redis_flush)
+    except (TargetRefused, TargetUnreachable) as exc:
+        typer.echo(str(exc), err=True)  # it names the command
+        raise typer.Exit(2) from exc
+
+
 def summarize(result: SimResult, opts: SimOptions) -> dict[str, Any]:
-    from simulator.judge import success_rates
+    from simulator.judge import run_failures, success_rates
 
     latencies = sorted(result.reply_latency_ms)
     stats = result.stats
@@ -118,6 +148,8 @@ def summarize(result: SimResult, opts: SimOptions) -> dict[str, Any]:
         "virtual_s": round(result.virtual_s, 1),
         "wall_s": round(result.wall_s, 2),
         "failures": [_verdict(v) for v in result.verdicts if not v.success],
+        # Why the run failed, empty when it passed: the exit code and the PASS/FAIL line come from this.
+        "failed": run_failures(rates, world=result.world, dead_letters=stats["dead_letters"]),
     }
 
 
@@ -159,8 +191,10 @@ def print_summary(console: Console, s: dict[str, Any], out: Path) -> None:
     table.add_column("users", justify="right")
     table.add_column("succeeded", justify="right")
     table.add_column("rate", justify="right")
+    table.add_column("needed", justify="right")
     for name, r in s["personas"].items():
-        table.add_row(name, str(r["users"]), str(r["succeeded"]), f"{100 * r['rate']:.1f}%")
+        needed = f"{100 * PERSONAS[name].min_rate:.0f}%" if name in PERSONAS else "—"
+        table.add_row(name, str(r["users"]), str(r["succeeded"]), f"{100 * r['rate']:.1f}%", needed)
     console.print(table)
     w, lat = s["world"], s["latency_ms"]
     console.print(
@@ -180,6 +214,12 @@ def print_summary(console: Console, s: dict[str, Any], out: Path) -> None:
         f"delivery statuses recorded: {s['delivery_statuses']}; {s['virtual_s']} s simulated in {s['wall_s']} s"
     )
     console.print(f"written: {out / 'transcript.jsonl'}, {out / 'summary.json'}")
+    console.print(verdict_line(s["failed"]), markup=False, soft_wrap=True)
+
+
+def verdict_line(failed: list[str]) -> str:
+    """The run's one-line outcome: PASS, or FAIL with every reason."""
+    return "FAIL: " + "; ".join(failed) if failed else "PASS"
 
 
 def _serve(app: Any, port: int, host: str) -> None:

@@ -9,7 +9,11 @@ re-sending it proves nothing, so it is counted as refused at once.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import math
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 import httpx
@@ -18,8 +22,6 @@ import orjson
 from simulator import meta_payloads as meta
 from simulator.whatsapp import BSUID_SHAPE, OutboundMessage, status_error
 from system.clock import Clock
-from system.retry import parse_retry_after
-from system.signatures import sign
 
 Mode = Literal["meta", "gateway"]
 MediaKind = Literal["voice", "image", "sticker", "location"]
@@ -237,7 +239,7 @@ class WebhookDelivery:
                 if not _retryable(status) or retry >= self._retry.retries:
                     self._final(status)
                     return status
-                retry_after_s = parse_retry_after(response.headers.get("Retry-After"), now_ms=self._clock.now_ms())
+                retry_after_s = _retry_after_s(response.headers.get("Retry-After"), now_ms=self._clock.now_ms())
             retry += 1
             self.stats.retried += 1
             await self._clock.sleep(self._retry.delay_s(retry, retry_after_s=retry_after_s))
@@ -248,7 +250,7 @@ class WebhookDelivery:
             headers["user-agent"] = META_USER_AGENT
         if self._secret:
             header = "X-Hub-Signature-256" if self.mode == "meta" else "X-Signature"
-            headers[header] = sign(raw, self._secret)
+            headers[header] = _signature(raw, self._secret)
         return headers
 
     def _final(self, status: int) -> None:
@@ -265,3 +267,22 @@ class WebhookDelivery:
 
 def _retryable(status: int) -> bool:
     return status == httpx.codes.TOO_MANY_REQUESTS or status >= httpx.codes.INTERNAL_SERVER_ERROR
+
+
+def _signature(raw: bytes, secret: str) -> str:
+    """Meta's `X-Hub-Signature-256` (the bridge's `X-Signature` alike): `sha256=` + HMAC-SHA256 of the raw body."""
+    return "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+
+
+def _retry_after_s(value: str | None, *, now_ms: int) -> float | None:
+    """RFC 9110 Retry-After: delay seconds or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        seconds = parsedate_to_datetime(value).timestamp() - now_ms / 1000
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None

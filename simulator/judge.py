@@ -1,19 +1,32 @@
-"""Judges: each user by the world's end state (never by the wording of replies), and the world as a whole."""
+"""Judges: each user by the world's end state (never by the wording of replies), and the world as a whole.
+
+Users with nothing to book (price askers, gibberish, injections, media) are judged by what they must see: a
+real answer (the system's apology for a failed turn is none; a price asker's names the service's price) and
+nothing changed.
+"""
 
 from __future__ import annotations
 
+import functools
 import itertools
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta, tzinfo
 
-from simulator.personas import Goal
-from simulator.salon import Salon
+import orjson
+
+from simulator.personas import PERSONAS, Goal
+from simulator.salon import BARBERSHOP_FIXTURE, Salon
 from simulator.users import User
 from simulator.whatsapp import OutboundMessage
+from system.worker import FALLBACK_REPLY
 
 CHUNK_WINDOW_MS = 60_000  # parts of one long reply arrive within this window of each other
+# What the system sends when a turn failed for good (dead letter): an apology, not an answer.
+FAULT_REPLIES = frozenset({FALLBACK_REPLY})
+_NUMBER = re.compile(r"\d[\d\s\u00a0\u202f]*\d|\d")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +113,29 @@ def judge_user(user: User, *, initial: Sequence[Booked], final: Sequence[Booked]
         case _:
             if _state(mine_after) != _state(mine_before):
                 ok, reason = False, "bookings changed"
+    answers = [r for r in user.replies if r not in FAULT_REPLIES]
     if ok and not user.replies:
         ok, reason = False, "no reply"
+    elif ok and not answers:
+        ok, reason = False, "only the fault apology"
+    elif ok and w.goal is Goal.PRICES and not any(_names_price(r, w.service) for r in answers):
+        ok, reason = False, f"no price of {w.service}"
     return Verdict(user.phone, user.persona.name, ok, reason)
+
+
+def _names_price(reply: str, service: str) -> bool:
+    """The reply carries one of the catalogue prices of `service` (digits grouped by spaces or not)."""
+    prices = _catalogue_prices().get(service, frozenset())
+    return any(int(re.sub(r"\D", "", n)) in prices for n in _NUMBER.findall(reply))
+
+
+@functools.cache
+def _catalogue_prices() -> dict[str, frozenset[int]]:
+    """Service title -> its price_min and price_max, from the salon fixture the simulation runs on."""
+    services = orjson.loads(BARBERSHOP_FIXTURE.read_bytes())["services"]
+    return {
+        str(s["title"]): frozenset({int(s["price_min"]), int(s.get("price_max", s["price_min"]))}) for s in services
+    }
 
 
 def judge_world(
@@ -175,3 +208,21 @@ def success_rates(verdicts: Sequence[Verdict]) -> dict[str, dict[str, float | in
     total: Counter[str] = Counter(v.persona for v in verdicts)
     good: Counter[str] = Counter(v.persona for v in verdicts if v.success)
     return {p: {"users": n, "succeeded": good[p], "rate": round(good[p] / n, 4)} for p, n in sorted(total.items())}
+
+
+def run_failures(rates: dict[str, dict[str, float | int]], *, world: WorldVerdict, dead_letters: int) -> list[str]:
+    """Why a simulated run failed (empty: it passed): a persona under its rate, a dead letter, a broken invariant."""
+    reasons = [
+        f"{name} {100 * r['rate']:.1f}% < {100 * PERSONAS[name].min_rate:.0f}%"
+        for name, r in rates.items()
+        if name in PERSONAS and r["rate"] < PERSONAS[name].min_rate
+    ]
+    counts = (
+        (dead_letters, "dead letters"),
+        (world.unanswered_users, "users never answered"),
+        (world.double_bookings, "double bookings"),
+        (world.foreign_touched, "foreign bookings touched"),
+        (world.turns_answered_twice, "turns answered twice"),
+    )
+    reasons.extend(f"{what} {n}" for n, what in counts if n)
+    return reasons

@@ -26,7 +26,6 @@ from simulator.llm_replies import (
 from simulator.llm_turn import Calls, Decision, Say, Turn, call
 from simulator.nlu import Intent, Morph, ServiceRef, Understanding, understand
 from simulator.nlu_when import TimeWindow, month_number
-from system.tools import SLOTS_SHOWN
 
 CARRY_MESSAGES = 4  # earlier client messages of the same request a booking may take its details from
 Pick = Callable[[str, Sequence[str]], str]
@@ -423,10 +422,10 @@ def _nearest(slots: list[dict[str, Any]], at: time) -> list[dict[str, Any]]:
 
 
 def _beyond_listing(found: dict[str, Any], day: date, at: time) -> bool:
-    """search_slots shows at most SLOTS_SHOWN slots: a later time that day may be free; the booking tool checks."""
+    """The listing says it is cut (`more`): a later time that day may be free; the booking tool checks."""
     slots = found.get("slots") or []
     on_day = [s for s in slots if _same_day(s, day)]
-    return len(slots) >= SLOTS_SHOWN and bool(on_day) and on_day[-1] is slots[-1] and _slot_time(on_day[-1]) < at
+    return bool(found.get("more")) and bool(on_day) and on_day[-1] is slots[-1] and _slot_time(on_day[-1]) < at
 
 
 def _same_day(slot: dict[str, Any], day: date | None) -> bool:

@@ -44,11 +44,21 @@ class Style:
     interrupts: bool = False  # writes again while the bot is thinking
 
 
+# Share of a cooperative persona's users that must reach their goal for a run to pass: the fake LLM's seeded
+# faults and full days cost a booking now and then (two users in nine at most over seeds 1-10 of 100 users).
+COOPERATIVE_MIN_RATE = 0.75
+
+
 @dataclass(frozen=True, slots=True)
 class Persona:
     name: str
     cooperative: bool  # judged by success rate (goal reached), not only by "nothing broke"
     style: Style = field(default_factory=Style)
+
+    @property
+    def min_rate(self) -> float:
+        """The success rate a run needs: a goal may be missed now and then; a polite, harmless answer never."""
+        return COOPERATIVE_MIN_RATE if self.cooperative else 1.0
 
 
 PERSONAS: dict[str, Persona] = {

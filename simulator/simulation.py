@@ -25,6 +25,7 @@ from simulator.delivery import WebhookDelivery
 from simulator.fakeredis_time import fakeredis_on
 from simulator.judge import Verdict, WorldVerdict, judge_user, judge_world, snapshot
 from simulator.personas import PERSONAS, Goal, want_for
+from simulator.redis_target import Target, check_target, claim
 from simulator.salon import BARBERSHOP_FIXTURE, Appointment, Salon
 from simulator.users import User
 from system.api import create_app
@@ -51,7 +52,9 @@ class SimOptions:
     seed: int = 1
     personas: tuple[str, ...] = tuple(PERSONAS)
     start: datetime = DEFAULT_START
-    redis_url: str | None = None
+    redis_url: str | None = None  # a real Redis database instead of fakeredis; claimed (simulator.redis_target)
+    redis_flush: bool = False  # flush `redis_url` even when it holds keys no test tool wrote
+    redis_force: bool = False  # allow database 0 or a non-loopback host
     llm_latency_s: tuple[float, float, float] = (5.0, 8.0, 15.0)  # min, mode, max: the reference's 5-15 s
     mode: str = "meta"  # how users' messages reach the webhook: "meta" (signed) or "gateway"
     realtime: bool = False  # the wall clock instead of the virtual one (users arrive within `window_s`)
@@ -257,13 +260,22 @@ def _achieved(user: User, salon: Salon, start: datetime) -> bool:
             return True
 
 
+def sim_target(opts: SimOptions) -> Target:
+    """The simulation's Redis database; TargetRefused for db 0 or a remote host unless forced."""
+    assert opts.redis_url
+    return check_target(opts.redis_url, owner="aiadmin simulate", force=opts.redis_force)
+
+
 @contextlib.asynccontextmanager
 async def _redis(opts: SimOptions, clock: Clock) -> AsyncIterator[Redis]:
     if opts.redis_url:
+        target = sim_target(opts)
         client: Redis = Redis.from_url(opts.redis_url)
-        await client.flushdb()
-        yield client
-        await client.aclose()
+        try:
+            await claim(client, target, flush=opts.redis_flush)
+            yield client
+        finally:
+            await client.aclose()
         return
     if not isinstance(clock, VirtualClock):
         yield fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(version=(7,)))
@@ -416,8 +428,9 @@ def _stats_auth() -> dict[str, str]:
 
 
 def system_env_for_fakes() -> dict[str, str]:
-    """The settings a separately started system needs to talk to the simulator's fakes."""
+    """The settings a separately started system needs to talk to the simulator's fakes (a development setup)."""
     return {
+        "AIADMIN_ENV": "development",
         "AIADMIN_LLM_BASE_URL": f"http://127.0.0.1:{FAKE_PORTS['llm']}/v1",
         "AIADMIN_LLM_API_KEY": TOKENS["llm"],
         "AIADMIN_YCLIENTS_BASE_URL": f"http://127.0.0.1:{FAKE_PORTS['crm']}/api/v1",

@@ -5,10 +5,10 @@ message or a read receipt with a typing indicator. A message names its recipient
 business-scoped user id (BSUID, `US.13491208655302741918`) in `recipient`; `to` wins when both are given, and
 the answer's contact carries `wa_id` for a phone, `user_id` for a BSUID. Errors come as Meta's JSON `{"error":
 {"message", "type", "code", "error_subcode"?, "error_data"?, "fbtrace_id"}}`. HTTP statuses follow Meta's
-error-code table: 401 for 190, 400 for parameter errors and for the throughput and per-recipient limits
-(130429, 131056), 403 for policy blocks, 500 for 131000 and 131057, 503 for 131016. Some providers in front of
-Meta answer throttling with 429; the system's sender reads `error.code` first, so either status classifies the
-same.
+error-code table: 401 for 190 (a wrong token; no token at all is the Graph API's 2500, HTTP 400), 400 for
+parameter errors and for the throughput and per-recipient limits (130429, 131056), 403 for policy blocks, 500
+for 131000 and 131057, 503 for 131016. Some providers in front of Meta answer throttling with 429; the system's
+sender reads `error.code` first, so either status classifies the same.
 
 Meta reports some failures only later: a message to a client whose 24-hour window is closed, or who cannot
 receive it, is accepted (200 and a `wamid`) and then fails in a `failed` status webhook with `errors[]`
@@ -54,6 +54,7 @@ _ERROR_CODES_HREF = "/documentation/business-messaging/whatsapp/support/error-co
 _ERRORS: dict[int, tuple[int, str, str]] = {
     100: (400, "OAuthException", "(#100) Invalid parameter"),
     190: (401, "OAuthException", "Invalid OAuth access token - Cannot parse access token"),
+    2500: (400, "OAuthException", "An active access token must be used to query information about the current user."),
     130429: (400, "OAuthException", "(#130429) Rate limit hit"),
     131056: (400, "OAuthException", "(#131056) (Business Account, Consumer Account) pair rate limit hit"),
     131047: (400, "OAuthException", "(#131047) Re-engagement message"),
@@ -317,8 +318,8 @@ class FakeCloudApi:
     def _authenticate(self, authorization: str | None) -> None:
         scheme, _, given = (authorization or "").partition(" ")
         if not given.strip() or scheme.lower() != "bearer":
-            # Meta says 2500 for a missing token; 190 keeps one code for "no usable token" (both are HTTP 401 here).
-            raise MetaError(190, "An active access token must be used to query information about the current user.")
+            # The Graph API answers a request without a token with 2500 and HTTP 400, not with 190.
+            raise MetaError(2500)
         if not hmac.compare_digest(given.strip().encode(), self._token.encode()):
             raise MetaError(190)
 

@@ -75,6 +75,16 @@ def _drop_texts_above_debug(_: object, method: str, event: MutableMapping[str, A
     return event
 
 
+class _Stderr:
+    """Whatever `sys.stderr` is at each write: a test runner that swaps it (and closes its own) breaks nothing."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(
     *, level: str = "INFO", json: bool = True, stream: TextIO | None = None, cache: bool = True
 ) -> None:
@@ -92,6 +102,6 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=stream if stream is not None else sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream if stream is not None else _Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=cache,
     )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import urlsplit
 
 import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -16,7 +18,7 @@ from system.ingest import Ingestor
 from system.keys import Keys
 from system.metrics import Metrics
 from system.queue import JobQueue, QueueConfig
-from system.settings import Settings
+from system.settings import Settings, SettingsError
 from system.stats import StatsReader
 
 if TYPE_CHECKING:
@@ -25,9 +27,24 @@ if TYPE_CHECKING:
     from system.worker import Worker
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 REDIS_MAX_CONNECTIONS = 256
 REDIS_POOL_WAIT_S = 10.0
+
+
+class RedisUnavailable(Exception):
+    """REDIS_URL names a server that does not answer (or refuses us); the message names the variable."""
+
+
+def redacted_redis_url(url: str) -> str:
+    """`url` without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return parts._replace(netloc=user + netloc).geturl()
 
 
 def connect_redis(settings: Settings) -> Redis:
@@ -44,8 +61,13 @@ def connect_redis(settings: Settings) -> Redis:
             health_check_interval=30,
         )
         return Redis.from_pool(pool)  # closing the client closes its pool
-    import fakeredis  # the embedded default only; production never loads it
-
+    try:
+        import fakeredis  # the embedded default only; production never loads it
+    except ImportError as exc:
+        raise SettingsError(
+            "REDIS_URL is unset and the embedded Redis needs the `sim` extra: pip install 'ai-admin[sim]', "
+            "or set REDIS_URL"
+        ) from exc
     return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(version=(7,)))
 
 
@@ -94,8 +116,23 @@ class Runtime:
         )
 
     async def start(self) -> None:
-        await self.queue.ensure_groups()
-        await self.store.load_scripts()
+        """Make the queue's consumer groups and load the batch scripts; RedisUnavailable when Redis fails."""
+        try:
+            await self.queue.ensure_groups()
+            await self.store.load_scripts()
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+
+    async def ping(self) -> None:
+        """RedisUnavailable unless Redis answers."""
+        try:
+            await self.redis.ping()
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: BaseException) -> RedisUnavailable:
+        where = redacted_redis_url(self.settings.redis_url) if self.settings.redis_url else "the embedded Redis"
+        return RedisUnavailable(f"REDIS_URL: cannot use {where}: {type(exc).__name__}: {exc}")
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -130,17 +167,32 @@ def build_worker(rt: Runtime, *, http: httpx.AsyncClient, consumer: str, concurr
     from system.worker import Worker
 
     s = rt.settings
+    problems: list[str] = []  # every client's refusal at once, not the first only
+    llm = _refusal_to(problems, lambda: LLMClient.from_settings(s, http=http, clock=rt.clock, rng=rt.rng))
+    backend = _refusal_to(problems, lambda: YClientsBackend.from_settings(s, http=http, clock=rt.clock, rng=rt.rng))
+    sender = _refusal_to(problems, lambda: build_sender(s, http=http, clock=rt.clock, rng=rt.rng))
+    if llm is None or backend is None or sender is None:
+        raise SettingsError("\n".join(problems))
     return Worker(
         rt.redis,
         settings=s,
         queue=rt.queue,
         context=ContextStore(rt.redis),
         turns=TurnStore(rt.redis, keys=rt.keys),
-        llm=LLMClient.from_settings(s, http=http, clock=rt.clock, rng=rt.rng),
-        backend=YClientsBackend.from_settings(s, http=http, clock=rt.clock, rng=rt.rng),
-        sender=build_sender(s, http=http, clock=rt.clock, rng=rt.rng),
+        llm=llm,
+        backend=backend,
+        sender=sender,
         clock=rt.clock,
         metrics=rt.metrics,
         consumer=consumer,
         concurrency=concurrency or s.worker_concurrency,
     )
+
+
+def _refusal_to(problems: list[str], make: Callable[[], T]) -> T | None:
+    """`make()`, or None with its settings error appended to `problems`."""
+    try:
+        return make()
+    except (ValueError, SettingsError) as exc:
+        problems.append(str(exc))
+        return None

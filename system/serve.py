@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import gc
 import resource
+import socket
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, Protocol
 
@@ -47,6 +48,14 @@ class _Server(uvicorn.Server):
     def _stop(self) -> None:
         self.force_exit = self.should_exit  # a second signal stops at once
         self.should_exit = True
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        # One line with where it listens: the bound address, so the real port when 0 was asked for.
+        bound = [sock.getsockname() for server in self.servers for sock in server.sockets] if self.started else []
+        if bound:
+            host, port = bound[0][:2]
+            log.info("api_listening", host=host, port=port, sockets=len(bound))
 
 
 # Objects allocated between young collections. Python's default (700) runs one every few requests

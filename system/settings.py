@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
@@ -30,6 +32,24 @@ from system.phones import PhoneError, normalize_phone
 ENV_PREFIX = "AIADMIN_"
 TENANTS_ENV = "AIADMIN_TENANTS"
 DEFAULT_TIMEZONE = "Europe/Moscow"
+REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
+# AIADMIN_* variables read by the tooling, not by the system: never reported as misspelled settings.
+TOOL_VARIABLES = frozenset(
+    {
+        "AIADMIN_TEST_REDIS_URL",
+        "AIADMIN_TEST_REDIS_FLUSH",
+        "AIADMIN_TEST_REDIS_FORCE",
+        "AIADMIN_FEATURES_REDIS_URL",
+        "AIADMIN_FEATURES_REDIS_FLUSH",
+        "AIADMIN_FEATURES_REDIS_FORCE",
+        "AIADMIN_SIM_REDIS_URL",
+        "AIADMIN_BENCH_REDIS_URL",
+        "AIADMIN_LOAD_REDIS_URL",
+        "AIADMIN_LOAD_PORT_BASE",
+        "AIADMIN_REALTIME",
+    }
+)
+Environment = Literal["production", "development"]
 _PYDANTIC_VALUE_ERROR = "Value error, "
 
 
@@ -78,6 +98,17 @@ class Settings(BaseSettings):
         validation_alias="REDIS_URL",
         description="Redis URL (REDIS_URL, no prefix); unset runs on an embedded fakeredis.",
     )
+    env: Environment | None = Field(
+        default=None,
+        description=(
+            "production refuses to start insecure or in-memory; development warns. Unset: production for "
+            "api, batcher and worker, development for run, simulate and the fakes."
+        ),
+    )
+    host: str = Field(
+        default="127.0.0.1", min_length=1, description="Interface the API listens on (the --host flag wins)."
+    )
+    port: int = Field(default=8080, ge=0, le=65535, description="Port the API listens on (the --port flag wins).")
     batch_timeout_ms: int = Field(
         default=9000, gt=0, description="Quiet time after a client's last message before the batch is sent."
     )
@@ -317,6 +348,15 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_shape(cls, value: str | None) -> str | None:
+        if value is not None:
+            problem = _redis_url_problem(value.strip())
+            if problem:
+                raise ValueError(problem)
+        return value
+
     @field_validator("default_region", mode="before")
     @classmethod
     def _known_region(cls, value: Any) -> Any:
@@ -342,15 +382,18 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        problems = []  # all of them at once: an operator fixes the environment in one go
         if not self.visibility_timeout_s * 2 < self.batch_ttl_s:
-            raise ValueError(
+            problems.append(
                 "AIADMIN_VISIBILITY_TIMEOUT_S * 2 must be less than AIADMIN_BATCH_TTL_S "
                 f"(got {self.visibility_timeout_s} and {self.batch_ttl_s}): a batch must outlive a redelivery"
             )
         if self.retry_backoff_max_s < self.retry_backoff_base_s:
-            raise ValueError("AIADMIN_RETRY_BACKOFF_MAX_S must not be less than AIADMIN_RETRY_BACKOFF_BASE_S")
+            problems.append("AIADMIN_RETRY_BACKOFF_MAX_S must not be less than AIADMIN_RETRY_BACKOFF_BASE_S")
         if self.heartbeat_stale_s <= self.heartbeat_interval_s:
-            raise ValueError("AIADMIN_HEARTBEAT_STALE_S must be greater than AIADMIN_HEARTBEAT_INTERVAL_S")
+            problems.append("AIADMIN_HEARTBEAT_STALE_S must be greater than AIADMIN_HEARTBEAT_INTERVAL_S")
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     @model_validator(mode="after")
@@ -394,6 +437,25 @@ class Settings(BaseSettings):
         private attribute goes through `__getattr__`, a visible share of the API's CPU.
         """
         return MappingProxyType({t.company_id: t for t in self._tenants})
+
+
+def _redis_url_problem(url: str) -> str | None:
+    """Why redis-py could not use `url` (checked here, as redis-py checks some parts only when connecting)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number in 0..65535
+    except ValueError as exc:
+        return f"not a valid URL ({exc}); expected e.g. redis://host:6379/0"
+    if parts.scheme not in REDIS_URL_SCHEMES:
+        return f"expected a redis://, rediss:// or unix:// URL, e.g. redis://host:6379/0 (got scheme {parts.scheme!r})"
+    if parts.scheme == "unix":
+        return None if parts.path else "a unix:// URL needs a socket path, e.g. unix:///run/redis.sock"
+    if not parts.hostname:
+        return "the URL names no host; expected e.g. redis://host:6379/0"
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        return f"the database must be a number (got {db!r}); expected e.g. redis://host:6379/0"
+    return None
 
 
 def _allowlisted(item: str, region: str) -> str:
@@ -505,3 +567,62 @@ def env_names() -> dict[str, str]:
 
 def _clean(message: str) -> str:
     return message.removeprefix(_PYDANTIC_VALUE_ERROR)
+
+
+def environment_of(settings: Settings, *, default: Environment) -> Environment:
+    """AIADMIN_ENV, or the command's default when it is unset."""
+    return settings.env or default
+
+
+def insecure_settings(settings: Settings, *, serves_http: bool, sends_replies: bool) -> list[str]:
+    """What production refuses to start with and development warns about: one line each, naming the variable.
+
+    `serves_http`: the process serves the webhook and stats routes; `sends_replies`: it runs the worker.
+    Only `load_settings`' caller decides to enforce these (the CLI's start-up): tools build settings freely.
+    """
+    problems = []
+    if settings.redis_url is None:
+        problems.append(
+            "REDIS_URL is unset: batches, the queue and dead letters would live in this process's memory, "
+            "lost on restart and invisible to `aiadmin dlq`"
+        )
+    if serves_http:
+        if settings.webhook_secret is None:
+            problems.append(
+                "AIADMIN_WEBHOOK_SECRET is unset: the gateway route /webhook/whatsapp/batched would accept "
+                "unsigned requests"
+            )
+        if settings.whatsapp_app_secret is None:
+            problems.append(
+                "AIADMIN_WHATSAPP_APP_SECRET is unset: the Meta route /webhook/whatsapp would accept unsigned requests"
+            )
+        if settings.stats_token is None:
+            problems.append("AIADMIN_STATS_TOKEN is unset: the stats route would be open to anyone")
+    if (
+        sends_replies
+        and settings.whatsapp_transport == "cloud"
+        and settings.whatsapp_phone_number_id is None
+        and settings.tenants_file is None
+    ):
+        # The tenants-file case is refused in every environment by the Cloud API sender itself; this is the
+        # default salon, whose gateway-route messages name no number to answer from.
+        problems.append(
+            "AIADMIN_WHATSAPP_PHONE_NUMBER_ID is unset with AIADMIN_WHATSAPP_TRANSPORT=cloud: the default salon has "
+            "no sending number, so replies to gateway-route messages would all become dead letters"
+        )
+    return problems
+
+
+def misspelled_variables(environ: Mapping[str, str]) -> dict[str, str | None]:
+    """AIADMIN_* variables that set nothing → the closest setting's variable (None when none is close)."""
+    settings_vars = set(env_names().values())
+    # Compared without the prefix, which every name shares: AIADMIN_REDIS_URL is close to REDIS_URL.
+    by_stem = {v.removeprefix(ENV_PREFIX): v for v in sorted(settings_vars)}
+    found: dict[str, str | None] = {}
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in settings_vars or upper in TOOL_VARIABLES:
+            continue
+        close = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), list(by_stem), n=1, cutoff=0.6)
+        found[name] = by_stem[close[0]] if close else None
+    return found

@@ -217,11 +217,14 @@ class BookingTools:
             offered_slots=tuple(s.at.isoformat() for s in shown),
         )
         names = await self._master_names(state)
-        return {
+        result: dict[str, Any] = {
             "service": service.title,
             "slots": [_slot_doc(s, names) for s in shown],
             "note": "свободного времени нет" if not shown else "",
         }
+        if len(slots) >= SLOTS_SHOWN:
+            result["more"] = True  # the listing is cut: a later time may be free too (create_booking checks it)
+        return result
 
     async def create_booking(self, args: CreateBookingArgs, state: TurnState) -> dict[str, Any]:
         service = await self._service(state, args.service)

@@ -100,21 +100,36 @@ class Worker:
         self._wake.set()
 
     async def run(self) -> None:
+        """Run until `stop()`; a Redis outage, even at start, is waited out with backoff."""
         listener = ChannelListener(self._redis, [s.jobs_channel for s in self._queue.keys.all_shards], event=self._wake)
-        await self._queue.ensure_groups()
-        await listener.start()
+        await listener.start()  # returns at once while Redis is down; it subscribes once Redis answers
         log.info("worker_started", consumer=self._consumer, concurrency=self._concurrency)
         failures = 0
+        outage_started_ms = 0
+        groups_ready = False
         try:
             while not self._stopping:
                 try:
+                    if not groups_ready:  # at start, when Redis may not be up yet
+                        await self._queue.ensure_groups()
+                        groups_ready = True
                     await self._poll()
-                    failures = 0
-                except RedisError as exc:
+                except (RedisError, OSError) as exc:
                     # An outage or a lost consumer group must not end the worker while the API goes on
                     # accepting: it waits, backing off, and carries on when Redis is back.
                     failures += 1
+                    if failures == 1:
+                        outage_started_ms = self._clock.now_ms()
                     await self._recover(exc, failures)
+                    continue
+                if failures:
+                    log.info(
+                        "worker_redis_recovered",
+                        consumer=self._consumer,
+                        failed_polls=failures,
+                        outage_ms=self._clock.now_ms() - outage_started_ms,
+                    )
+                    failures = 0
         finally:
             await listener.stop()
             await self._drain()
@@ -139,9 +154,10 @@ class Worker:
                 return  # there may be more waiting
         await wait_event(self._clock, self._wake, timeout_s=await self._idle_s(now_ms))
 
-    async def _recover(self, exc: RedisError, failures: int) -> None:
+    async def _recover(self, exc: RedisError | OSError, failures: int) -> None:
         delay_s = min(REDIS_RETRY_MAX_S, REDIS_RETRY_BASE_S * 2 ** min(failures - 1, 10))
-        log.error("worker_redis_error", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay_s)
+        if failures == 1:  # once per outage; `worker_redis_recovered` closes it
+            log.error("worker_redis_error", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay_s)
         await self._clock.sleep(delay_s)
         if "NOGROUP" in str(exc):  # the queue's stream or group was deleted (a flush): make them again
             try:

@@ -3,27 +3,89 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import fakeredis
 import pytest
+import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from structlog._config import BoundLoggerLazyProxy
 
 from simulator.clock import VirtualClock
+from simulator.redis_target import Target, TargetRefused, TargetUnreachable, check_target, claim, mark
 from system.models import InboundMessage, MessageKind
 from system.runtime import Runtime
 from system.settings import Settings, load_settings
 
+# The tests' own Redis database (never REDIS_URL, the production variable); flushed by every test that uses it.
 REAL_REDIS_URL = os.environ.get("AIADMIN_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# A database holding keys no test tool wrote is flushed only when asked; db 0 or a remote host only when forced.
+REDIS_FLUSH = os.environ.get("AIADMIN_TEST_REDIS_FLUSH", "") == "1"
+REDIS_FORCE = os.environ.get("AIADMIN_TEST_REDIS_FORCE", "") == "1"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 START_MS = 1_764_064_800_000  # 2025-11-25 10:00 UTC (13:00 in Moscow)
 
 
-async def real_redis_or_skip() -> Redis:
-    """A client of the test database on the real server; in CI a missing server fails the run."""
-    client: Redis = Redis.from_url(REAL_REDIS_URL)
+def target_of_tests(url: str = REAL_REDIS_URL, *, force: bool = REDIS_FORCE) -> Target:
+    """The tests' database as the guard sees it; TargetRefused for db 0 or a remote host unless forced."""
+    return check_target(
+        url,
+        owner="pytest (AIADMIN_TEST_REDIS_URL)",
+        force=force,
+        flush_option="AIADMIN_TEST_REDIS_FLUSH=1",
+        force_option="AIADMIN_TEST_REDIS_FORCE=1",
+    )
+
+
+@dataclass
+class ClaimedDatabase:
+    """The session's claim on the tests' database: checked and flushed once, then each test flushes it."""
+
+    target: Target | None
+    refused: str = ""
+    claimed: bool = False
+
+
+def forget_cached_loggers() -> None:
+    """Module loggers cache their first configuration (`cache_logger_on_first_use`): make them read it again."""
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith(("system", "simulator", "reports", "loadtests")):
+            continue
+        for value in list(vars(module).values()):
+            if isinstance(value, BoundLoggerLazyProxy):
+                vars(value).pop("bind", None)
+
+
+@pytest.fixture(autouse=True)
+def logging_left_as_found() -> Iterator[None]:
+    """A test that configures logging (a CLI run in-process) leaves no cached loggers behind for the next."""
+    yield
+    if structlog.is_configured():
+        structlog.reset_defaults()
+        forget_cached_loggers()
+
+
+@pytest.fixture(scope="session")
+def claimed_database() -> ClaimedDatabase:
+    try:
+        return ClaimedDatabase(target_of_tests())
+    except TargetRefused as exc:
+        return ClaimedDatabase(None, refused=str(exc))
+
+
+async def real_redis_or_skip(db: ClaimedDatabase) -> Redis:
+    """A client of the test database on the real server; in CI a missing server fails the run.
+
+    The first use in a session claims the database (`simulator.redis_target`): one holding keys no test tool
+    wrote fails the test instead of being flushed.
+    """
+    if db.target is None:
+        pytest.fail(db.refused)
+    client: Redis = Redis.from_url(db.target.url)
     try:
         await client.ping()
     except (RedisConnectionError, OSError) as exc:
@@ -31,7 +93,21 @@ async def real_redis_or_skip() -> Redis:
         if IN_CI:
             pytest.fail(f"CI=true but Redis at {REAL_REDIS_URL} does not answer: {exc}")
         pytest.skip(f"no Redis at {REAL_REDIS_URL}")
+    if not db.claimed:
+        try:
+            await claim(client, db.target, flush=REDIS_FLUSH)
+        except (TargetRefused, TargetUnreachable) as exc:
+            await client.aclose()
+            pytest.fail(str(exc))
+        db.claimed = True
     return client
+
+
+async def flush_and_mark(client: Redis, db: ClaimedDatabase) -> None:
+    """Empty the test database, keeping the marker that makes it ours for the next run."""
+    assert db.target is not None
+    await client.flushdb()
+    await mark(client, db.target)
 
 
 @pytest.fixture(params=["fakeredis", pytest.param("redis", marks=pytest.mark.redis)])
@@ -39,20 +115,24 @@ async def redis(request: pytest.FixtureRequest) -> AsyncIterator[Redis]:
     """The contract suite's Redis: every Redis-backed store runs on both."""
     if request.param == "fakeredis":
         client: Redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(version=(7,)))
-    else:
-        client = await real_redis_or_skip()
-    await client.flushdb()
+        await client.flushdb()
+        yield client
+        await client.aclose()
+        return
+    db: ClaimedDatabase = request.getfixturevalue("claimed_database")
+    client = await real_redis_or_skip(db)
+    await flush_and_mark(client, db)
     yield client
-    await client.flushdb()
+    await flush_and_mark(client, db)
     await client.aclose()
 
 
 @pytest.fixture
-async def real_redis() -> AsyncIterator[Redis]:
-    client = await real_redis_or_skip()
-    await client.flushdb()
+async def real_redis(claimed_database: ClaimedDatabase) -> AsyncIterator[Redis]:
+    client = await real_redis_or_skip(claimed_database)
+    await flush_and_mark(client, claimed_database)
     yield client
-    await client.flushdb()
+    await flush_and_mark(client, claimed_database)
     await client.aclose()
 
 

@@ -20,9 +20,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from reports.loadgen import GatewayRequests, Target, closed_loop, merged, open_loop, parse_response, russian_mobiles
 
-from .conftest import IN_CI
+from .conftest import IN_CI, REAL_REDIS_URL, REDIS_FLUSH, REDIS_FORCE
 
-BENCH_REDIS_URL = os.environ.get("AIADMIN_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+# The benchmark's database: the tests' own (AIADMIN_TEST_REDIS_URL) unless AIADMIN_BENCH_REDIS_URL names another.
+BENCH_REDIS_URL = os.environ.get("AIADMIN_BENCH_REDIS_URL") or REAL_REDIS_URL
 SECTIONS = ("accept_latency", "throughput", "append", "flush_lateness", "claim")
 WORKER_CASES = ("llm_0ms", "llm_5s")
 MUST_BE_ZERO = {
@@ -129,7 +130,22 @@ def quick_stages() -> tuple[int, dict[str, Any]]:
     out = Path(tempfile.mkdtemp(prefix="stages-bench-")) / "bench-stages.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIADMIN_")}
     run = subprocess.run(
-        [sys.executable, "-m", "system", "bench", "stages", "--quick", "--redis-url", redis_url, "--out", str(out)],
+        [
+            *(
+                sys.executable,
+                "-m",
+                "system",
+                "bench",
+                "stages",
+                "--quick",
+                "--redis-url",
+                redis_url,
+                "--out",
+                str(out),
+            ),
+            *(["--flush"] if REDIS_FLUSH else []),
+            *(["--force"] if REDIS_FORCE else []),
+        ],
         env=env,
         capture_output=True,
         timeout=200,

@@ -1,4 +1,9 @@
-"""The fake WhatsApp Cloud API against the system's own sender, and webhook delivery against the system's API."""
+"""The fake WhatsApp Cloud API against the system's own sender, and webhook delivery against the system's API.
+
+What Meta documents for the sending side (the success body, `to` and `recipient`, the bearer check, the error
+object, the text limit, any version) is held by `tests/contracts/test_whatsapp_contract.py`, for every stand-in;
+this file keeps what only the fake has: its records, injected faults, the inspection route, webhook delivery.
+"""
 
 from __future__ import annotations
 
@@ -196,17 +201,13 @@ async def test_random_faults_are_drawn_from_the_seed(make_graph: Callable[..., G
 # --- the fake's answers on the wire -----------------------------------------------------------------------
 
 
-async def test_success_answer_has_metas_shape(make_graph: Callable[..., Graph]) -> None:
+async def test_the_answers_wamid_is_recorded_and_a_receipt_without_typing_too(make_graph: Callable[..., Graph]) -> None:
     graph = make_graph()
     r = await post(graph, send_body(to="+" + PHONE))
-    assert r.status_code == 200
-    out = r.json()
-    assert out["messaging_product"] == "whatsapp"
-    assert out["contacts"] == [{"input": "+" + PHONE, "wa_id": PHONE}]
-    assert out["messages"][0]["id"] == graph.outbox.messages[0].wamid
+    assert r.json()["messages"][0]["id"] == graph.outbox.messages[0].wamid
+    assert graph.outbox.messages[0].to == PHONE
     receipt = {"messaging_product": "whatsapp", "status": "read", "message_id": "wamid.x"}
-    r = await post(graph, receipt)
-    assert (r.status_code, r.json()) == (200, {"success": True})
+    assert (await post(graph, receipt)).status_code == 200
     assert graph.outbox.receipts[0].typing is False
 
 
@@ -215,8 +216,6 @@ async def test_success_answer_has_metas_shape(make_graph: Callable[..., Graph]) 
     [
         (send_body(messaging_product=None), "messaging_product"),
         (send_body(to="not-a-phone"), "to"),
-        (send_body(to=None), "to"),
-        (send_body(text={"body": "   "}), "text['body']"),
         (send_body(text={"body": "я" * 4097}), "text['body']"),
         (send_body(type="image"), "type"),
         ({"messaging_product": "whatsapp", "status": "read"}, "message_id"),
@@ -233,13 +232,6 @@ async def test_invalid_payload_is_code_100_naming_the_parameter(
     assert error["code"] == 100 and error["type"] == "OAuthException" and error["fbtrace_id"]
     assert named in error["message"]
     assert graph.outbox.count == 0
-
-
-async def test_missing_token_is_401_code_190(make_graph: Callable[..., Graph]) -> None:
-    graph = make_graph()
-    r = await post(graph, send_body(), token=None)
-    assert r.status_code == 401
-    assert r.json()["error"]["code"] == 190
 
 
 async def test_fail_next_names_any_code_and_read_receipts_separately(make_graph: Callable[..., Graph]) -> None:
@@ -435,22 +427,6 @@ async def test_no_answer_at_all_is_webhook_unreachable(driven_clock: VirtualCloc
 BSUID = "US.13491208655302741918"
 
 
-async def test_a_bsuid_in_recipient_is_accepted_and_answered_with_user_id(make_graph: Callable[..., Graph]) -> None:
-    graph = make_graph()
-    r = await post(graph, send_body(to=None, recipient=BSUID))
-    assert r.status_code == 200
-    out = r.json()
-    assert out["contacts"] == [{"input": BSUID, "user_id": BSUID}]
-    assert [(m.wamid, m.to) for m in graph.outbox.messages] == [(out["messages"][0]["id"], BSUID)]
-
-
-async def test_to_wins_over_recipient_as_meta_documents(make_graph: Callable[..., Graph]) -> None:
-    graph = make_graph()
-    r = await post(graph, send_body(recipient=BSUID))
-    assert r.json()["contacts"] == [{"input": PHONE, "wa_id": PHONE}]
-    assert graph.outbox.messages[0].to == PHONE
-
-
 @pytest.mark.parametrize(
     ("body", "named"),
     [
@@ -458,7 +434,6 @@ async def test_to_wins_over_recipient_as_meta_documents(make_graph: Callable[...
         (send_body(to=None, recipient="13491208655302741918"), "recipient"),
         (send_body(to=None, recipient="us.1349120865"), "recipient"),
         (send_body(to=None, recipient=["US.1349"]), "recipient"),
-        (send_body(to=BSUID), "to"),  # a BSUID is not a phone number
     ],
 )
 async def test_a_body_without_a_usable_recipient_is_code_100(
@@ -489,12 +464,6 @@ async def test_the_systems_sender_refuses_an_empty_sending_number_before_the_fak
     with pytest.raises(SendRejected):
         await graph.sender(driven_clock).send_text(phone_number_id="", to=PHONE, text="привет")
     assert graph.outbox.count == 0 and list(graph.outbox.refusals) == []
-
-
-@pytest.mark.parametrize("version", ["v21.0", "v23.0", "v26.0", "v9.1"])
-async def test_the_fake_serves_any_graph_api_version(make_graph: Callable[..., Graph], version: str) -> None:
-    graph = make_graph()
-    assert (await post(graph, send_body(), path=f"/{version}/{PNID}/messages")).status_code == 200
 
 
 @pytest.mark.parametrize("version", ["v26", "26.0", "latest", "v260.0"])

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import os
 import random
+import socket
 import subprocess
 import sys
 import time
@@ -30,7 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from loadtests._drain import check_merges, collect_replies
 from loadtests._ledger import Fragment, HistoryItem, MergeCheck, Reply, Turn, check_merge, reconcile
 from loadtests._load import LoadOptions, LoadRun, wall_ms
-from loadtests._profiles import PROFILES, Profile, Stage, Typing, profile_named
+from loadtests._profiles import PROFILES, SPIKE_SPAWN_RATE, Profile, Stage, Typing, profile_named
 from loadtests._script import Conversation, split_words, tag, tagged, tags_in
 from loadtests._summary import (
     Reservoir,
@@ -48,16 +49,18 @@ from loadtests._webhook import Webhook, message_id
 from loadtests.run import _stack as stack
 from loadtests.run.__main__ import locust_command
 from reports.loadgen import PhonePool
+from simulator.redis_target import mark_sync
 from simulator.whatsapp import OutboundMessage, Outbox, create_app
 from system.clock import WallClock
 from system.payloads import parse_gateway, parse_meta
 from system.settings import load_settings
 from system.signatures import verify
 
-from .conftest import IN_CI
+from .conftest import IN_CI, REAL_REDIS_URL, REDIS_FLUSH, REDIS_FORCE
 
 ROOT = Path(__file__).resolve().parents[1]
-LOAD_REDIS_URL = os.environ.get("AIADMIN_LOAD_REDIS_URL", "redis://127.0.0.1:6379/11")
+# The load run's database: the tests' own (AIADMIN_TEST_REDIS_URL) unless AIADMIN_LOAD_REDIS_URL names another.
+LOAD_REDIS_URL = os.environ.get("AIADMIN_LOAD_REDIS_URL") or REAL_REDIS_URL
 PHONE = "79161234567"
 SUMMARY_KEYS = {
     "profile": str,
@@ -257,13 +260,13 @@ def test_conversation_books_with_phrases_the_fake_llm_understands() -> None:
 def test_profile_ticks_through_its_stages_then_stops() -> None:
     spike = profile_named("spike")
     assert spike.tick(0) == (3, 3)
-    assert spike.tick(60) == (12, 9)
+    assert spike.tick(60) == (12, SPIKE_SPAWN_RATE)  # the newcomers come in over seconds, not at once
     assert spike.tick(239.9) == (3, 9)
     assert spike.tick(240) is None
     assert spike.peak_users == 12
     short = profile_named("spike", scale=0.1)
     assert short.duration_s == pytest.approx(24.0)
-    assert short.tick(6.5) == (12, 9)
+    assert short.tick(6.5) == (12, SPIKE_SPAWN_RATE)
 
 
 def test_profiles_are_known_by_name_and_steady_is_the_default() -> None:
@@ -554,17 +557,32 @@ def test_outbox_numbers_messages_past_what_it_keeps() -> None:
 
 
 def test_runner_refuses_to_flush_db_0_or_a_remote_redis() -> None:
-    assert stack.check_redis_url("redis://127.0.0.1:6379/11", force=False) == 11
-    with pytest.raises(stack.StackError, match="db 0"):
+    assert stack.check_redis_url("redis://127.0.0.1:6379/11", force=False).db == 11
+    with pytest.raises(stack.StackError, match=r"refusing database 0 .* without --force"):
         stack.check_redis_url("redis://127.0.0.1:6379/0", force=False)
-    with pytest.raises(stack.StackError, match="remote"):
+    with pytest.raises(stack.StackError, match=r"non-loopback host .cache\.example. without --force"):
         stack.check_redis_url("redis://cache.example:6379/3", force=False)
-    assert stack.check_redis_url("redis://cache.example:6379/0", force=True) == 0
+    assert stack.check_redis_url("redis://cache.example:6379/0", force=True).db == 0
+
+
+def test_runner_ports_are_chosen_free_at_run_time_not_fixed() -> None:
+    ports = stack.Ports.free()
+    chosen = [ports.system, *ports.fakes.values()]
+    assert len(set(chosen)) == 4
+    for port in chosen:  # each is free: a server can bind it now
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+    with socket.socket() as held:  # a port in use is never chosen
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        assert all(taken not in (p.system, *p.fakes.values()) for p in (stack.Ports.free() for _ in range(20)))
+    assert stack.Ports.from_base(18640).fakes == {"whatsapp": 18641, "llm": 18642, "crm": 18643}
 
 
 def test_runner_points_the_system_at_its_fakes_and_masks_secrets() -> None:
     env = stack.system_env(
-        stack.Ports(18640),
+        stack.Ports.from_base(18640),
         redis_url="redis://127.0.0.1:6379/11",
         batch_timeout_ms=1200,
         overrides=stack.parse_overrides(["yclients_rps=50", "AIADMIN_LOG_LEVEL=INFO"]),
@@ -632,6 +650,11 @@ def test_locust_picks_up_only_the_locustfile_and_the_helpers_never_import_locust
 
 @pytest.fixture
 def load_redis() -> Any:
+    """The run's database (the run claims it itself); emptied afterwards and left marked as a test tool's."""
+    try:
+        target = stack.check_redis_url(LOAD_REDIS_URL, force=REDIS_FORCE)
+    except stack.StackError as exc:
+        pytest.fail(f"AIADMIN_LOAD_REDIS_URL: {exc} (AIADMIN_TEST_REDIS_FORCE=1 allows it)")
     client: Redis = Redis.from_url(LOAD_REDIS_URL)
     try:
         client.ping()
@@ -642,6 +665,7 @@ def load_redis() -> Any:
         pytest.skip(f"no Redis at {LOAD_REDIS_URL}")
     yield client
     client.flushdb()
+    mark_sync(client, target)
     client.close()
 
 
@@ -662,8 +686,8 @@ def test_short_steady_run_answers_every_turn_once_with_exact_merges(load_redis: 
             LOAD_REDIS_URL,
             "--out-dir",
             str(tmp_path),
-            "--port-base",
-            "18660",
+            *(["--flush"] if REDIS_FLUSH else []),
+            *(["--force"] if REDIS_FORCE else []),
             "--batch-timeout-ms",
             "1000",
             "--llm-latency-s",

@@ -4,37 +4,27 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 from collections.abc import Iterator
 
 import pytest
 import structlog
-from structlog._config import BoundLoggerLazyProxy
 
 from simulator.personas import PERSONAS
 from simulator.simulation import SimOptions, simulate
 from system.logs import configure_logging, mask_phone_runs
 
-
-def _forget_cached_loggers() -> None:
-    """Module loggers cache their first configuration (`cache_logger_on_first_use`): make them read it again."""
-    for name, module in list(sys.modules.items()):
-        if module is None or not name.startswith(("system", "simulator")):
-            continue
-        for value in list(vars(module).values()):
-            if isinstance(value, BoundLoggerLazyProxy):
-                vars(value).pop("bind", None)
+from .conftest import forget_cached_loggers
 
 
 @pytest.fixture
 def info_log() -> Iterator[io.StringIO]:
     """Every log line of the process, JSON at INFO, as production configures it, into a buffer."""
     buffer = io.StringIO()
-    _forget_cached_loggers()
+    forget_cached_loggers()
     configure_logging(level="INFO", json=True, stream=buffer, cache=False)
     yield buffer
     structlog.reset_defaults()
-    _forget_cached_loggers()
+    forget_cached_loggers()
 
 
 async def test_no_log_line_of_a_simulated_day_carries_a_client_phone(info_log: io.StringIO) -> None:

@@ -33,6 +33,7 @@ def race_env() -> dict[str, str]:
     return {
         **os.environ,
         "REDIS_URL": REAL_REDIS_URL,
+        "AIADMIN_ENV": "development",
         "AIADMIN_REDIS_PREFIX": "race",
         "AIADMIN_REDIS_SHARDS": "2",
         "AIADMIN_BATCH_TIMEOUT_MS": "15",

@@ -166,6 +166,7 @@ def system_env(redis_url: str, ports: dict[str, int]) -> dict[str, str]:
     return {
         **base,
         "REDIS_URL": redis_url,
+        "AIADMIN_ENV": "development",
         "AIADMIN_LOG_LEVEL": "INFO",
         "AIADMIN_LOG_JSON": "true",
         "AIADMIN_BATCH_TIMEOUT_MS": "300",

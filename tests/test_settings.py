@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from system.settings import Settings, SettingsError, Tenant, env_names, load_settings
+from system.settings import (
+    Settings,
+    SettingsError,
+    Tenant,
+    env_names,
+    environment_of,
+    insecure_settings,
+    load_settings,
+    misspelled_variables,
+)
 
 TENANTS_TOML = """
 [[tenant]]
@@ -217,3 +227,116 @@ def test_bad_tenants_file_names_the_variable_and_the_entry(
     message = settings_error({"AIADMIN_TENANTS": tenants_file(toml)})
     assert message.startswith("AIADMIN_TENANTS")
     assert words in message
+
+
+# --- issue 12: production vs development, host and port, Redis URL shape, misspellings ----------------------
+
+
+def test_environment_host_and_port_are_read() -> None:
+    s = load_settings({"AIADMIN_ENV": "production", "AIADMIN_HOST": "0.0.0.0", "AIADMIN_PORT": "9000"})
+    assert (s.env, s.host, s.port) == ("production", "0.0.0.0", 9000)
+    defaults = load_settings({})
+    assert (defaults.env, defaults.host, defaults.port) == (None, "127.0.0.1", 8080)
+
+
+def test_an_unset_environment_takes_the_commands_default() -> None:
+    assert environment_of(load_settings({}), default="production") == "production"
+    assert environment_of(load_settings({"AIADMIN_ENV": "development"}), default="production") == "development"
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"AIADMIN_ENV": "prod"}, "AIADMIN_ENV: Input should be 'production' or 'development'"),
+        ({"AIADMIN_PORT": "65536"}, "AIADMIN_PORT"),
+        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL: expected a redis://, rediss:// or unix:// URL"),
+        ({"REDIS_URL": "http://cache:6379/0"}, "REDIS_URL: expected a redis://"),
+        ({"REDIS_URL": "redis://cache:99999/0"}, "REDIS_URL: not a valid URL"),
+        ({"REDIS_URL": "redis://cache:6379/zero"}, "REDIS_URL: the database must be a number"),
+        ({"REDIS_URL": "redis://:6379/0"}, "REDIS_URL: the URL names no host"),
+    ],
+)
+def test_a_bad_environment_port_or_redis_url_names_the_variable(env: dict[str, str], words: str) -> None:
+    assert words in settings_error(env)
+
+
+@pytest.mark.parametrize("url", ["redis://cache:6379/0", "rediss://user:pw@cache:6380", "unix:///run/redis.sock"])
+def test_usable_redis_urls_are_accepted(url: str) -> None:
+    assert load_settings({"REDIS_URL": url}).redis_url == url
+
+
+def test_every_inconsistent_pair_is_reported_at_once() -> None:
+    message = settings_error(
+        {
+            "AIADMIN_VISIBILITY_TIMEOUT_S": "400",
+            "AIADMIN_RETRY_BACKOFF_BASE_S": "10",
+            "AIADMIN_RETRY_BACKOFF_MAX_S": "5",
+            "AIADMIN_HEARTBEAT_STALE_S": "1",
+        }
+    )
+    for variable in ("AIADMIN_BATCH_TTL_S", "AIADMIN_RETRY_BACKOFF_MAX_S", "AIADMIN_HEARTBEAT_STALE_S"):
+        assert variable in message
+
+
+def test_load_settings_never_enforces_production_by_itself() -> None:
+    # The simulator, the QA harness, the load runner and the benchmarks build settings without secrets.
+    s = load_settings({"AIADMIN_ENV": "production"})
+    assert s.webhook_secret is None and s.redis_url is None
+
+
+def test_insecure_settings_name_each_unset_secret_and_the_missing_redis() -> None:
+    problems = insecure_settings(load_settings({}), serves_http=True, sends_replies=True)
+    assert [p.split(" ", 1)[0] for p in problems] == [
+        "REDIS_URL",
+        "AIADMIN_WEBHOOK_SECRET",
+        "AIADMIN_WHATSAPP_APP_SECRET",
+        "AIADMIN_STATS_TOKEN",
+        "AIADMIN_WHATSAPP_PHONE_NUMBER_ID",
+    ]
+
+
+def test_a_secured_deployment_has_no_insecure_settings() -> None:
+    s = load_settings(
+        {
+            "REDIS_URL": "redis://cache:6379/0",
+            "AIADMIN_WEBHOOK_SECRET": "a",
+            "AIADMIN_WHATSAPP_APP_SECRET": "b",
+            "AIADMIN_STATS_TOKEN": "c",
+            "AIADMIN_WHATSAPP_PHONE_NUMBER_ID": "106540352242922",
+        }
+    )
+    assert insecure_settings(s, serves_http=True, sends_replies=True) == []
+
+
+def test_only_the_routes_and_the_sender_a_process_runs_are_checked() -> None:
+    s = load_settings({"REDIS_URL": "redis://cache:6379/0"})
+    assert insecure_settings(s, serves_http=False, sends_replies=False) == []
+    gateway = load_settings({"REDIS_URL": "redis://cache:6379/0", "AIADMIN_WHATSAPP_TRANSPORT": "gateway"})
+    assert insecure_settings(gateway, serves_http=False, sends_replies=True) == []
+
+
+def test_a_misspelled_variable_names_the_closest_setting() -> None:
+    found = misspelled_variables(
+        {
+            "AIADMIN_REDIS_URL": "redis://cache",
+            "AIADMIN_STATS_TOKN": "t",
+            "AIADMIN_BATCH_TIMEOUT": "100",
+            "AIADMIN_QQQQQQ": "1",
+            "AIADMIN_LOG_LEVEL": "INFO",
+            "aiadmin_port": "80",  # the settings read names case-insensitively
+            "AIADMIN_TEST_REDIS_URL": "redis://127.0.0.1/15",  # the tests' own variable
+            "PATH": "/usr/bin",
+        }
+    )
+    assert found == {
+        "AIADMIN_BATCH_TIMEOUT": "AIADMIN_BATCH_TIMEOUT_MS",
+        "AIADMIN_QQQQQQ": None,
+        "AIADMIN_REDIS_URL": "REDIS_URL",
+        "AIADMIN_STATS_TOKN": "AIADMIN_STATS_TOKEN",
+    }
+
+
+def test_no_variable_the_readme_names_is_taken_for_a_misspelling() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    named = {name: "1" for name in re.findall(r"AIADMIN_[A-Z0-9_]*[A-Z0-9]", readme)}
+    assert misspelled_variables(named) == {}

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import hashlib
+import random
+from dataclasses import replace
+from datetime import UTC, date
+from pathlib import Path
 
 import orjson
 import pytest
+import typer
+from click.testing import Result
 from redis.asyncio import Redis
+from typer.testing import CliRunner
 
-from simulator.personas import PERSONAS
+from simulator.cli import simulate_command
+from simulator.judge import WorldVerdict, judge_user, run_failures
+from simulator.personas import PERSONAS, want_for
 from simulator.simulation import SimOptions, SimResult, simulate
+from simulator.users import User
+from system.worker import CONFUSED_REPLY, FALLBACK_REPLY
 
 from .conftest import REAL_REDIS_URL
 
@@ -51,3 +62,97 @@ async def test_a_small_salon_day_on_real_redis(real_redis: Redis) -> None:
     )
     assert result.stats["dead_letters"] == 0
     assert result.stats["flush_lateness_ms"]["p99"] <= 20
+
+
+def simulate_cli(tmp_path: Path, *args: str) -> Result:
+    app = typer.Typer()
+    app.command()(simulate_command)
+    # No Redis URL in the environment: the run stays on fakeredis whatever the shell exports.
+    env = {"REDIS_URL": None, "AIADMIN_SIM_REDIS_URL": None}
+    return CliRunner().invoke(app, ["--out", str(tmp_path), *args], env=env)
+
+
+def test_simulate_exits_1_when_every_model_call_times_out(tmp_path: Path) -> None:
+    result = simulate_cli(tmp_path, "--users", str(len(PERSONAS)), "--llm-latency-s", "100,100,100")
+
+    assert result.exit_code == 1, result.output
+    verdict = [line for line in result.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
+    assert len(verdict) == 1
+    assert verdict[0].startswith("FAIL: ")
+    assert "dead letters" in verdict[0]
+    # Every persona fails, the ones with nothing to book too: an apology for a failed turn is no answer.
+    assert all(f"{name} 0.0%" in verdict[0] for name in PERSONAS)
+    summary = orjson.loads((tmp_path / "summary.json").read_bytes())
+    assert summary["failed"] and summary["dead_letters"] > 0
+
+
+def test_simulate_prints_pass_and_exits_0_when_every_persona_reaches_its_rate(tmp_path: Path) -> None:
+    result = simulate_cli(tmp_path, "--users", str(len(PERSONAS)), "--seed", "7")
+
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.stdout.splitlines() if line.startswith(("PASS", "FAIL"))] == ["PASS"]
+
+
+def run_user(persona: str, replies: list[str], *, service: str = "Мужская стрижка") -> User:
+    p = PERSONAS[persona]
+    want = want_for(p, random.Random(1))
+    if want.service:
+        want = replace(want, service=service)
+    return User(
+        phone="79150000001",
+        persona=p,
+        want=want,
+        today=date(2026, 1, 12),
+        rng=random.Random(1),
+        start_ms=0,
+        achieved=lambda _: False,
+        replies=replies,
+    )
+
+
+@pytest.mark.parametrize("persona", ["gibberish", "injector", "media_sender", "price_asker"])
+def test_a_persona_with_nothing_to_book_fails_on_the_fault_apology_alone(persona: str) -> None:
+    verdict = judge_user(run_user(persona, [FALLBACK_REPLY]), initial=[], final=[], tz=UTC)
+
+    assert (verdict.success, verdict.reason) == (False, "only the fault apology")
+
+
+@pytest.mark.parametrize("persona", ["gibberish", "injector", "media_sender"])
+def test_a_non_cooperative_persona_passes_on_a_polite_reply_with_nothing_changed(persona: str) -> None:
+    verdict = judge_user(run_user(persona, [FALLBACK_REPLY, CONFUSED_REPLY]), initial=[], final=[], tz=UTC)
+
+    assert verdict.success, verdict.reason
+
+
+def test_a_price_asker_needs_the_price_of_the_service_asked_about() -> None:
+    # Мужская стрижка costs 1500-1800 in the fixture; Стрижка машинкой 800.
+    vague = judge_user(run_user("price_asker", ["Уточню и вернусь 🙂"]), initial=[], final=[], tz=UTC)
+    wrong = judge_user(run_user("price_asker", ["Стрижка машинкой — 800 ₽"]), initial=[], final=[], tz=UTC)
+    priced = judge_user(
+        run_user("price_asker", ["Мужская стрижка — от 1 500 ₽, 60 мин."]), initial=[], final=[], tz=UTC
+    )
+
+    assert (vague.success, vague.reason) == (False, "no price of Мужская стрижка")
+    assert not wrong.success
+    assert priced.success, priced.reason
+
+
+def test_run_failures_names_every_reason_and_nothing_on_a_clean_run() -> None:
+    clean = WorldVerdict(double_bookings=0, foreign_touched=0, turns_answered_twice=0, unanswered_users=0)
+    rates: dict[str, dict[str, float | int]] = {
+        "rapid_booker": {"users": 4, "succeeded": 3, "rate": 0.75},
+        "gibberish": {"users": 4, "succeeded": 4, "rate": 1.0},
+    }
+    assert run_failures(rates, world=clean, dead_letters=0) == []
+
+    below = {**rates, "rapid_booker": {"users": 4, "succeeded": 2, "rate": 0.5}, "injector": {"rate": 0.75}}
+    broken = WorldVerdict(double_bookings=1, foreign_touched=2, turns_answered_twice=3, unanswered_users=4)
+    assert run_failures(below, world=broken, dead_letters=5) == [
+        "rapid_booker 50.0% < 75%",
+        "injector 75.0% < 100%",
+        "dead letters 5",
+        "users never answered 4",
+        "double bookings 1",
+        "foreign bookings touched 2",
+        "turns answered twice 3",
+    ]

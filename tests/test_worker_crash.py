@@ -32,7 +32,12 @@ VISIBILITY_S = 0.3
 
 def crash_env() -> dict[str, str]:
     env = {f"AIADMIN_{k.upper()}": v for k, v in world_env().items()}
-    return {**env, "REDIS_URL": REAL_REDIS_URL, "AIADMIN_VISIBILITY_TIMEOUT_S": str(VISIBILITY_S)}
+    return {
+        **env,
+        "REDIS_URL": REAL_REDIS_URL,
+        "AIADMIN_ENV": "development",
+        "AIADMIN_VISIBILITY_TIMEOUT_S": str(VISIBILITY_S),
+    }
 
 
 async def run_until_killed(

@@ -1,9 +1,12 @@
 """The outside world of worker tests over respx: a scripted LLM, a small YClients salon, WhatsApp Cloud API.
 
-Each speaks its vendor's wire format, so the worker's real httpx clients are what is tested. The YClients part
-follows the API Blueprint and passes the same contract suite as the simulator's fake CRM
-(`tests/contracts/test_yclients_contract.py`): documented routes and parameters only, an undocumented query
-parameter ignored.
+Each speaks its vendor's wire format, so the worker's real httpx clients are what is tested, and each passes its
+vendor's contract suite under `tests/contracts/`. The YClients part follows the API Blueprint: documented routes
+and parameters only, an undocumented query parameter ignored. The WhatsApp part is the simulator's fake Cloud API
+(any `vNN.N` version, Meta's bearer check and error objects) with this world's bookkeeping and scripted errors.
+The LLM part answers what the test scripted, checked against the request as OpenAI documents: the bearer key,
+and `tool_choice` (a script that calls a tool where `none` was asked is answered in words; one that does not call
+where `required` or a named function was asked calls the forced function with no arguments).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import os
+import random
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -23,12 +27,18 @@ import httpx
 import orjson
 import respx
 
+from simulator.clock import VirtualClock
+from simulator.whatsapp import FakeCloudApi, MetaError, Outbox, WhatsAppFaults
+
 LLM_URL = "http://llm.test/v1"
+LLM_API_KEY = "sk-test"
 YCLIENTS_URL = "http://yclients.test/api/v1"
-WHATSAPP_URL = "http://graph.test/v21.0"
+WHATSAPP_URL = "http://graph.test"  # without the version: the settings' version is appended, and any is served
+WHATSAPP_TOKEN = "wa-token"
 PHONE_NUMBER_ID = "106540352242922"
 PARTNER_TOKEN = "partner"
 USER_TOKEN = "user"
+FALLBACK_TEXT = "Чем могу помочь?"  # what the LLM says when the test scripted nothing
 TZ = ZoneInfo("Europe/Moscow")
 
 SERVICES = [
@@ -51,13 +61,13 @@ def world_env() -> dict[str, str]:
     """Settings that point the worker's clients at this world."""
     return {
         "llm_base_url": LLM_URL,
-        "llm_api_key": "sk-test",
+        "llm_api_key": LLM_API_KEY,
         "llm_max_retries": "1",
         "yclients_base_url": YCLIENTS_URL,
         "yclients_partner_token": PARTNER_TOKEN,
         "yclients_user_token": USER_TOKEN,
         "whatsapp_api_url": WHATSAPP_URL,
-        "whatsapp_token": "wa-token",
+        "whatsapp_token": WHATSAPP_TOKEN,
         "whatsapp_phone_number_id": PHONE_NUMBER_ID,
         "whatsapp_max_retries": "2",
         "whatsapp_recipient_gap_ms": "0",
@@ -83,6 +93,7 @@ def _completion(message: dict[str, Any], finish: str) -> dict[str, Any]:
     return {
         "id": "chatcmpl-1",
         "object": "chat.completion",
+        "created": 1764064800,  # a fixed Unix time: scripted answers are compared whole
         "model": "deepseek-chat",
         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110},
@@ -100,7 +111,14 @@ class World:
         self.llm_requests: list[dict[str, Any]] = []
         self.sent: list[tuple[str, str]] = []  # (to, text)
         self.read_receipts: list[str] = []
-        self.whatsapp_errors: deque[tuple[int, int]] = deque()  # (http status, Meta error code)
+        self.whatsapp_errors: deque[tuple[int, int]] = deque()  # (http status, Meta error code) of the next sends
+        self.whatsapp = FakeCloudApi(
+            token=WHATSAPP_TOKEN,
+            clock=VirtualClock(start_ms=0),  # the world keeps no time: what was sent is read from `sent`
+            rng=random.Random(0),
+            faults=WhatsAppFaults(),
+            outbox=Outbox(max_kept=1000),
+        )
         self.records: dict[int, dict[str, Any]] = {}
         self.clients: dict[str, int] = {}  # phone digits -> client id
         self.busy: set[datetime] = set()  # taken by other clients
@@ -149,7 +167,7 @@ class World:
     def _routes(self) -> None:
         r = self.router
         r.post(f"{LLM_URL}/chat/completions").mock(side_effect=self._llm)
-        r.post(url__regex=rf"{WHATSAPP_URL}/\d+/messages").mock(side_effect=self._whatsapp)
+        r.post(url__regex=rf"{WHATSAPP_URL}/[^/]+/[^/]+/messages").mock(side_effect=self._whatsapp)
         public, private = self._public, self._private
         r.get(url__regex=rf"{YCLIENTS_URL}/book_services/\d+").mock(
             side_effect=public(lambda _: _ok({"services": SERVICES, "category": []}))
@@ -179,37 +197,40 @@ class World:
         return _gated(handler, allowed={f"Bearer {PARTNER_TOKEN}, User {USER_TOKEN}"})
 
     async def _llm(self, request: httpx.Request) -> httpx.Response:
+        refused = _llm_unauthorized(request.headers.get("authorization"))
+        if refused is not None:
+            return refused
         body = orjson.loads(request.content)
         self.llm_requests.append(body)
-        if not self.llm_answers:
-            return httpx.Response(200, json=say("Чем могу помочь?"))
-        answer = self.llm_answers.popleft()
+        answer = self.llm_answers.popleft() if self.llm_answers else say(FALLBACK_TEXT)
         if isinstance(answer, httpx.Response):
             return answer
         if callable(answer):
             result = answer(body)
-            return httpx.Response(200, json=await result if inspect.isawaitable(result) else result)
-        return httpx.Response(200, json=answer)
+            answer = await result if inspect.isawaitable(result) else result
+        return httpx.Response(200, json=_as_chosen(answer, body))
 
     def _whatsapp(self, request: httpx.Request) -> httpx.Response:
+        version, phone_number_id = request.url.path.split("/")[1:3]
         body = orjson.loads(request.content)
-        if body.get("status") == "read":
-            self.read_receipts.append(body["message_id"])
-            return httpx.Response(200, json={"success": True})
-        if self.whatsapp_errors:
+        if self.whatsapp_errors and isinstance(body, dict) and body.get("status") != "read":
             status, code = self.whatsapp_errors.popleft()
-            return httpx.Response(status, json={"error": {"message": "error", "type": "OAuthException", "code": code}})
-        self.sent.append((body["to"], body["text"]["body"]))
-        self._log(kind="sent", to=body["to"], text=body["text"]["body"])
-        wamid = f"wamid.out{next(self._wamids)}"
-        return httpx.Response(
-            200,
-            json={
-                "messaging_product": "whatsapp",
-                "contacts": [{"input": body["to"], "wa_id": body["to"]}],
-                "messages": [{"id": wamid}],
-            },
+            return httpx.Response(status, json=MetaError(code).body(fbtrace_id="AWorldScriptedError"))
+        status, answer = self.whatsapp.handle(
+            version=version,
+            phone_number_id=phone_number_id,
+            authorization=request.headers.get("authorization"),
+            body=request.content,
         )
+        if status == 200 and answer.get("success") is True:
+            self.read_receipts.append(body["message_id"])
+        elif status == 200:
+            # The fake's wamids are opaque; the world's count up, so that a test can name the part it sent.
+            answer["messages"][0]["id"] = f"wamid.out{next(self._wamids)}"
+            to = str(body["to"] if "to" in body else body["recipient"])  # Meta: `to` wins over `recipient`
+            self.sent.append((to, body["text"]["body"]))
+            self._log(kind="sent", to=to, text=body["text"]["body"])
+        return httpx.Response(status, json=answer)
 
     def _free(self, staff_id: int, day: date) -> list[datetime]:
         taken = {datetime.fromisoformat(r["datetime"]) for r in self.records.values() if r["staff_id"] == staff_id}
@@ -312,6 +333,34 @@ class World:
         current["datetime"] = datetime.fromisoformat(body["datetime"]).isoformat()
         current["staff_id"] = int(body.get("staff_id", current["staff_id"]))
         return _ok(current)
+
+
+def _llm_unauthorized(authorization: str | None) -> httpx.Response | None:
+    """None for the right bearer key; otherwise OpenAI's 401 `invalid_api_key` (only the key's start shown)."""
+    scheme, _, given = (authorization or "").partition(" ")
+    given = given.strip()
+    if scheme.lower() == "bearer" and given == LLM_API_KEY:
+        return None
+    message, code = "You didn't provide an API key.", None
+    if scheme.lower() == "bearer" and given:
+        message, code = f"Incorrect API key provided: {given[:3]}****.", "invalid_api_key"
+    error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
+    return httpx.Response(401, json={"error": error})
+
+
+def _as_chosen(answer: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    """The scripted answer kept to the request's `tool_choice`, as OpenAI's reference defines it."""
+    choice = request.get("tool_choice", "auto")
+    calls = answer["choices"][0]["message"].get("tool_calls")
+    if choice == "none" and calls:
+        return say(FALLBACK_TEXT)
+    offered = [t["function"]["name"] for t in request.get("tools") or ()]
+    forced = choice["function"]["name"] if isinstance(choice, dict) else None
+    if forced is None and choice == "required" and not calls and offered:
+        forced = offered[0]
+    if forced is not None and not any(c["function"]["name"] == forced for c in calls or ()):
+        return call(forced)
+    return answer
 
 
 def _gated(handler: Callable[..., httpx.Response], *, allowed: set[str]) -> Callable[..., httpx.Response]:

@@ -59,8 +59,8 @@ def wall_clock(setup: Setup, request: pytest.FixtureRequest) -> None:
     markexpr = str(request.config.getoption("markexpr", "") or "")
     if os.environ.get("AIADMIN_REALTIME") != "1" and ("realtime" not in markexpr or "not realtime" in markexpr):
         pytest.skip("@realtime runs on the wall clock: select it with -m realtime or AIADMIN_REALTIME=1")
-    if not os.environ.get("REDIS_URL"):
-        pytest.skip("@realtime needs a real Redis: set REDIS_URL")
+    if setup.redis is None:
+        pytest.skip("@realtime needs a real Redis: --redis-url or AIADMIN_FEATURES_REDIS_URL")
     setup.realtime = True
 
 

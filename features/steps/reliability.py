@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import pytest
-from harness import Runner, Setup
+from harness import OwnRedisServer, RedisTarget, Runner, Setup
 from pytest_bdd import given, parsers, then, when
 
 from simulator.fake_llm import LlmFaults
+from simulator.redis_target import check_target
 
 
 @given("the language model answers every request with a server error")
@@ -65,21 +68,34 @@ def refused(runner: Runner, count: int, code: int) -> None:
 
 
 @given("Redis can be switched off from the test")
-def redis_switchable(setup: Setup) -> None:
-    if os.environ.get("REDIS_URL"):
-        pytest.skip("REDIS_URL is set: a real Redis server cannot be switched off from the test")
+def redis_switchable(setup: Setup, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    if setup.redis is not None:
+        # The suite's shared server is never switched off: on a real Redis the scenario starts one of its own.
+        own_redis_server(setup, request, tmp_path)
+
+
+def own_redis_server(setup: Setup, request: pytest.FixtureRequest, directory: Path) -> None:
+    """Point the scenario at a redis-server of its own, stopped (killed) when the scenario ends."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but there is no redis-server binary for a scenario's own Redis")
+        pytest.skip("no redis-server binary for a scenario's own Redis")
+    server = OwnRedisServer(binary, directory)
+    request.addfinalizer(server.close)  # after the runner's close, which was set up later
+    server.start()
+    setup.redis = RedisTarget(check_target(server.url, owner="pytest features", force=False), flush=True)
+    setup.own_server = server
 
 
 @when("Redis becomes unreachable")
 def redis_down(runner: Runner) -> None:
-    assert runner.redis_server is not None
-    runner.redis_server.connected = False
+    runner.redis_off()
 
 
 @when("Redis is reachable again")
 def redis_up(runner: Runner) -> None:
-    assert runner.redis_server is not None
-    runner.redis_server.connected = True
+    runner.redis_on()
 
 
 @then(parsers.parse("a webhook from the client {phone} is answered 503 with a Retry-After"))
@@ -91,8 +107,10 @@ def answered_503(runner: Runner, phone: str) -> None:
 
 @given(parsers.parse("a job whose worker went silent is taken over after {seconds:d} seconds"))
 def visibility_timeout(setup: Setup, seconds: int) -> None:
-    if os.environ.get("REDIS_URL"):
-        pytest.skip("REDIS_URL is set: a real Redis measures a job's idleness on its own wall clock, not the test's")
+    if setup.redis is not None:
+        # A real Redis measures a job's idleness on its own wall clock, which a virtual clock cannot move: the
+        # scenario runs on the wall clock and waits the reclaim out (about two minutes).
+        setup.realtime = True
     setup.env["AIADMIN_VISIBILITY_TIMEOUT_S"] = str(seconds)
     setup.env["AIADMIN_WORKER_IDLE_POLL_S"] = str(seconds // 3)  # the survivors look for abandoned jobs this often
 

@@ -1,9 +1,11 @@
 """`python -m loadtests.run --profile steady [--duration-scale 0.2] [--redis-url …] [--out-dir out/load]`.
 
-Flushes the Redis database, starts the fake WhatsApp, LLM and CRM and `aiadmin run` against them, waits for
-`/ready`, runs `locust -f loadtests/ --headless --profile …` (CSVs and an HTML report beside the JSON), stops
-everything, adds each process's RSS and CPU to `<out-dir>/<profile>.json` and exits 1 when a turn was lost or
-answered twice or a merged message was wrong (2 when the run could not start).
+Claims the Redis database (`simulator.redis_target`: loopback, not db 0, empty or written by an aiadmin test
+tool, unless `--force` / `--flush`) and flushes it, starts the fake WhatsApp, LLM and CRM (free ports unless
+`--port-base`) and `aiadmin run` against them, waits for `/ready`, runs `locust -f loadtests/ --headless
+--aiadmin-profile …` (CSVs and an HTML report beside the JSON), stops everything, adds each process's RSS and
+CPU to `<out-dir>/<profile>.json` and exits 1 when Locust stopped the run early, a turn was lost or answered
+twice or a merged message was wrong (2 when the run could not start).
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from redis import Redis
-from redis.exceptions import RedisError
 
 from loadtests._profiles import PROFILES, profile_named
 from loadtests.run._stack import (
@@ -30,6 +30,7 @@ from loadtests.run._stack import (
     StackError,
     aiadmin,
     check_redis_url,
+    claim_redis,
     parse_overrides,
     process_env,
     public_settings,
@@ -41,6 +42,7 @@ from loadtests.run._stack import (
     tee,
     wait_http,
 )
+from simulator.redis_target import Target
 
 LOCUST_MARGIN_S = 180.0  # start-up, the drain after the last stage and the checks, beyond the profile's length
 
@@ -52,7 +54,11 @@ def main(
     profile: Annotated[str, typer.Option(help=f"One of: {', '.join(PROFILES)}.")] = "steady",
     duration_scale: Annotated[float, typer.Option(min=0.001, help="Stretch every stage (0.2 = a fifth).")] = 1.0,
     redis_url: Annotated[
-        str, typer.Option(help="Redis for the system; FLUSHED first.")
+        str,
+        typer.Option(
+            envvar="AIADMIN_LOAD_REDIS_URL",
+            help="Redis for the system; FLUSHED first, when empty or written by an aiadmin test tool (else --flush).",
+        ),
     ] = f"redis://{LOCALHOST}:6379/{DEFAULT_DB}",
     out_dir: Annotated[Path, typer.Option(help="Where <profile>.json, CSVs, the HTML report and logs go.")] = Path(
         "out/load"
@@ -60,7 +66,15 @@ def main(
     webhook_format: Annotated[str, typer.Option("--format", help="meta (signed Cloud API) or gateway.")] = "meta",
     batch_timeout_ms: Annotated[int, typer.Option(min=100, help="AIADMIN_BATCH_TIMEOUT_MS of the system.")] = 1500,
     llm_latency_s: Annotated[str, typer.Option(help="The fake LLM's latency: min,mode,max seconds.")] = "0.5,1,2",
-    port_base: Annotated[int, typer.Option(help="The system's port; the fakes take the next three.")] = 18600,
+    port_base: Annotated[
+        int,
+        typer.Option(
+            envvar="AIADMIN_LOAD_PORT_BASE",
+            min=0,
+            max=65532,
+            help="The system's port, the fakes on the next three; 0: four free ports chosen at run time.",
+        ),
+    ] = 0,
     reply_timeout_s: Annotated[float, typer.Option(min=1, help="A turn without a reply by then is lost.")] = 60.0,
     settle_s: Annotated[float, typer.Option(min=0, help="After the last reply, wait this long for doubles.")] = 5.0,
     seed: Annotated[int, typer.Option(help="Seed of phones and typing (0: random).")] = 0,
@@ -69,22 +83,26 @@ def main(
     ] = None,
     locust_arg: Annotated[list[str] | None, typer.Option(help="One more argument for Locust; repeatable.")] = None,
     force: Annotated[bool, typer.Option(help="Allow flushing db 0 or a remote Redis.")] = False,
+    flush: Annotated[
+        bool, typer.Option(help="Flush --redis-url even when it holds keys no aiadmin tool wrote.")
+    ] = False,
 ) -> None:
     """Run one load profile end to end and write its summary."""
     try:
         profile_named(profile)
         if webhook_format not in ("meta", "gateway"):
             raise StackError("--format must be meta or gateway")
-        check_redis_url(redis_url, force=force)
+        target = check_redis_url(redis_url, force=force)
         summary = run(
             profile=profile,
             duration_scale=duration_scale,
-            redis_url=redis_url,
+            redis=target,
+            flush=flush,
             out_dir=out_dir,
             webhook_format=webhook_format,
             batch_timeout_ms=batch_timeout_ms,
             llm_latency_s=llm_latency_s,
-            ports=Ports(port_base),
+            ports=Ports.from_base(port_base) if port_base else Ports.free(),
             reply_timeout_s=reply_timeout_s,
             settle_s=settle_s,
             seed=seed,
@@ -95,6 +113,9 @@ def main(
         typer.echo(f"loadtests.run: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(headline(summary))
+    if summary.get("aborted"):  # Locust stopped the run early: the target did not answer, or failed too often
+        typer.echo(f"loadtests.run: stopped early: {summary['aborted']}", err=True)
+        raise typer.Exit(1)
     if summary["lost_turns"] or summary["double_replies"] or summary["merge"]["mismatched"]:
         raise typer.Exit(1)
 
@@ -103,7 +124,8 @@ def run(
     *,
     profile: str,
     duration_scale: float,
-    redis_url: str,
+    redis: Target,
+    flush: bool,
     out_dir: Path,
     webhook_format: str,
     batch_timeout_ms: int,
@@ -122,7 +144,8 @@ def run(
     log_dir.mkdir(parents=True, exist_ok=True)
     summary_path = out_dir / f"{profile}.json"
     summary_path.unlink(missing_ok=True)  # a stale summary must never pass for this run's
-    flush(redis_url)
+    claim_redis(redis, flush=flush)
+    redis_url = redis.url
     settings = system_env(ports, redis_url=redis_url, batch_timeout_ms=batch_timeout_ms, overrides=overrides)
     env = process_env(settings)
     fakes = ports.fakes
@@ -181,16 +204,6 @@ def run(
     return summary
 
 
-def flush(redis_url: str) -> None:
-    client: Redis = Redis.from_url(redis_url, socket_timeout=5)
-    try:
-        client.flushdb()
-    except (RedisError, OSError) as exc:
-        raise StackError(f"Redis at {redis_url}: {exc}") from exc
-    finally:
-        client.close()
-
-
 def locust_command(
     *,
     profile: str,
@@ -210,7 +223,7 @@ def locust_command(
     seed: int,
     extra: list[str],
 ) -> list[str]:
-    """`locust -f loadtests/ --headless --profile …` with everything the locustfile needs."""
+    """`locust -f loadtests/ --headless --aiadmin-profile …` with everything the locustfile needs."""
     return [
         sys.executable,
         "-m",
@@ -219,7 +232,9 @@ def locust_command(
         str(repo_root() / "loadtests"),
         "--headless",
         "--only-summary",
-        "--profile",
+        "--aiadmin-profile",
+        profile,
+        "--profile",  # Locust's own: labels the run with the profile's name
         profile,
         "--host",
         host,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ import psutil
 
 from reports import procs
 from reports.procs import log_tail
+from simulator.redis_target import Target, TargetRefused, TargetUnreachable, claim_url
 from simulator.simulation import FAKE_PORTS, system_env_for_fakes
 
 LOCALHOST = "127.0.0.1"
@@ -40,24 +42,46 @@ class StackError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Ports:
-    """The system on `base`, then the fake WhatsApp, LLM and CRM on the next three ports."""
+    """The system's port and the fake WhatsApp's, LLM's and CRM's."""
 
-    base: int
+    system: int
+    whatsapp: int
+    llm: int
+    crm: int
 
-    @property
-    def system(self) -> int:
-        return self.base
+    @classmethod
+    def from_base(cls, base: int) -> Ports:
+        """The system on `base`, the fakes on the next three ports."""
+        return cls(system=base, whatsapp=base + 1, llm=base + 2, crm=base + 3)
+
+    @classmethod
+    def free(cls) -> Ports:
+        """Four ports free right now, chosen by the OS (held open together, so that they differ)."""
+        with contextlib.ExitStack() as held:
+            sockets = [held.enter_context(socket.socket()) for _ in range(4)]
+            for sock in sockets:
+                sock.bind((LOCALHOST, 0))
+            system, whatsapp, llm, crm = (int(sock.getsockname()[1]) for sock in sockets)
+        return cls(system=system, whatsapp=whatsapp, llm=llm, crm=crm)
 
     @property
     def fakes(self) -> dict[str, int]:
-        return {"whatsapp": self.base + 1, "llm": self.base + 2, "crm": self.base + 3}
+        return {"whatsapp": self.whatsapp, "llm": self.llm, "crm": self.crm}
 
 
-def check_redis_url(url: str, *, force: bool) -> int:
-    """The database number of `url`; db 0 and remote servers are refused (the run flushes the database)."""
+def check_redis_url(url: str, *, force: bool) -> Target:
+    """The run's Redis database; db 0 and remote servers are refused unless forced (the run flushes it)."""
     try:
-        return procs.check_redis_url(url, force=force, default_db=DEFAULT_DB, who="the run")
+        return procs.check_redis_url(url, force=force, who="the load run")
     except procs.BenchError as exc:
+        raise StackError(str(exc)) from exc
+
+
+def claim_redis(target: Target, *, flush: bool) -> None:
+    """Flush the run's database and mark it as ours; StackError when it holds keys no test tool wrote."""
+    try:
+        claim_url(target, flush=flush)
+    except (TargetRefused, TargetUnreachable) as exc:
         raise StackError(str(exc)) from exc
 
 
@@ -70,6 +94,7 @@ def system_env(
         old, new = f"{LOCALHOST}:{default_port}", f"{LOCALHOST}:{ports.fakes[name]}"
         env = {k: v.replace(old, new) for k, v in env.items()}
     env |= {"REDIS_URL": redis_url, "AIADMIN_BATCH_TIMEOUT_MS": str(batch_timeout_ms), "AIADMIN_LOG_LEVEL": "WARNING"}
+    env.setdefault("AIADMIN_ENV", "development")  # the stack under test runs without secrets unless overridden
     return env | dict(overrides or {})
 
 
