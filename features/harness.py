@@ -16,7 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -36,14 +36,11 @@ from simulator.fakeredis_time import fakeredis_on
 from simulator.judge import Booked, snapshot
 from simulator.redis_target import Target, claim, mark
 from simulator.salon import BARBERSHOP_FIXTURE, Salon
-from simulator.simulation import APP_SECRET, HOSTS, TOKENS, TZ, ReplyBox, SimOptions, Transcript, _settings
-from system.api import create_app
-from system.batcher import BatchProcessor
+from simulator.simulation import TZ, ReplyBox, Transcript
+from simulator.stack import APP_SECRET, TOKENS, ASGIApp, InProcessSystem, fakes_env, virtual_clock
 from system.clock import Clock, WallClock
-from system.runtime import Runtime, build_worker
+from system.ingest.signatures import sign
 from system.settings import TENANTS_ENV, load_settings
-from system.signatures import sign
-from system.worker import Worker
 
 START = datetime(2025, 11, 25, 13, 0, tzinfo=TZ)  # a Tuesday afternoon in Moscow: "завтра" is a Wednesday
 SECOND_COMPANY_ID = 962303  # the second salon of a two-salon setup: the same fixture under another company id
@@ -51,7 +48,6 @@ SECOND_PHONE_NUMBER_ID = "106540352242923"
 STATS_ROUTE = "/webhook/whatsapp/batched/stats"
 OWN_REDIS_START_S = 10.0  # a scenario's own redis-server listens within this (AOF replay included)
 T = TypeVar("T")
-ASGIApp = Callable[..., Awaitable[None]]
 
 
 @dataclass
@@ -116,7 +112,7 @@ class OwnRedisServer:
 class ByCompany:
     """Routes a CRM request to the salon whose company id its path names (the first salon otherwise)."""
 
-    def __init__(self, default: ASGIApp, others: dict[int, ASGIApp]) -> None:
+    def __init__(self, default: ASGIApp, others: Mapping[int, ASGIApp]) -> None:
         self._default = default
         self._others = {str(company): app for company, app in others.items()}
 
@@ -180,7 +176,6 @@ class Runner:
         self._astack = contextlib.AsyncExitStack()
         self._ids = itertools.count(1)
         self._sent: dict[str, tuple[str, str, int]] = {}
-        # With a real Redis the loop also waits on sockets: time may only jump once they have gone quiet.
         self._redis_target = setup.redis.target if setup.redis else None
         self.redis_url = self._redis_target.url if self._redis_target else None
         self.clock: Clock
@@ -188,9 +183,7 @@ class Runner:
             self.clock = WallClock()
             setup = replace(setup, start=datetime.fromtimestamp(self.clock.now_ms() / 1000, tz=TZ))
         else:
-            self.clock = VirtualClock(
-                start_ms=int(setup.start.timestamp() * 1000), io_grace_s=0.002 if self.redis_url else 0.0
-            )
+            self.clock = virtual_clock(start_ms=int(setup.start.timestamp() * 1000), real_redis=bool(self.redis_url))
         self.salon = Salon.from_fixture(BARBERSHOP_FIXTURE, start=setup.start)
         self.salons = {self.salon.company_id: self.salon}
         self._initial = {b.id for b in snapshot(self.salon)}
@@ -200,7 +193,7 @@ class Runner:
         self.llm = LlmRequests(
             fake_llm.create_app(seed=1, clock=self.clock, latency=latency, faults=setup.llm_faults), self.clock
         )
-        self._env = {**_settings(SimOptions()), **setup.env, **env}
+        self._env = {**fakes_env(), **setup.env, **env}
         self._numbers = {self.salon.company_id: BusinessNumber()}
         if setup.two_salons:
             data = json.loads(Path(BARBERSHOP_FIXTURE).read_text(encoding="utf-8"))
@@ -255,45 +248,16 @@ class Runner:
                 faults=self.whatsapp_faults,
             ),
         }
-        rt = Runtime.build(load_settings(self._env), redis=self.redis, clock=self.clock, rng=random.Random(1))
-        await rt.start()
-        mounts = {HOSTS[name]: httpx.ASGITransport(app=app) for name, app in apps.items()}
-        outbound = await self._astack.enter_async_context(httpx.AsyncClient(mounts=mounts))
-        self.http = await self._astack.enter_async_context(
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(rt)), base_url=HOSTS["system"])
+        self.system = InProcessSystem(
+            load_settings(self._env), redis=self.redis, clock=self.clock, rng=random.Random(1), fakes=apps
         )
+        self.http = self.system.inbound
         self.deliveries = {
             company: WebhookDelivery(self.http, clock=self.clock, mode="meta", secret=APP_SECRET, number=number)
             for company, number in self._numbers.items()
         }
         self.delivery = self.deliveries[self.salon.company_id]
-        batcher = BatchProcessor(
-            self.redis,
-            store=rt.store,
-            clock=self.clock,
-            metrics=rt.metrics,
-            processor_id="qa",
-            heartbeat_interval_s=rt.settings.heartbeat_interval_s,
-        )
-        self._rt, self._outbound = rt, outbound
-        self._workers: list[tuple[Worker, asyncio.Task[None]]] = []
-        self._start_worker("qa-worker")
-        batching = asyncio.create_task(batcher.run())
-
-        async def stop() -> None:
-            batcher.stop()
-            for worker, _ in self._workers:
-                worker.stop()
-            services = [batching, *(task for _, task in self._workers)]
-            for task in services:
-                task.cancel()
-            await asyncio.gather(*services, return_exceptions=True)
-
-        self._astack.push_async_callback(stop)
-
-    def _start_worker(self, consumer: str) -> None:
-        worker = build_worker(self._rt, http=self._outbound, consumer=consumer)
-        self._workers.append((worker, asyncio.get_running_loop().create_task(worker.run())))
+        await self._astack.enter_async_context(self.system)
 
     def _run(self, coro: Awaitable[T]) -> T:
         async def settled() -> T:
@@ -329,18 +293,8 @@ class Runner:
     # --- the operator's side ---
 
     def kill_worker(self) -> None:
-        """The worker dies where it stands, as a killed process would: its turns stop mid-way (no ack, no release,
-        no drain) and it reads nothing more; what it held stays pending in Redis until another worker reclaims it."""
-
-        async def kill() -> None:
-            worker, task = self._workers.pop()
-            turns = list(worker._tasks)  # its in-flight turns: a process's death takes them with it
-            for turn in turns:
-                turn.cancel()
-            task.cancel()
-            await asyncio.gather(*turns, task, return_exceptions=True)
-
-        self._run(kill())
+        """The worker dies where it stands, as a killed process would (`InProcessSystem.kill_worker`)."""
+        self._run(self.system.kill_worker())
 
     def redis_off(self) -> None:
         """Redis stops answering: fakeredis disconnects, a server of the scenario's own is killed."""
@@ -362,7 +316,7 @@ class Runner:
         """Another worker process starts and joins the consumer group as `consumer`."""
 
         async def start() -> None:
-            self._start_worker(consumer)
+            self.system.start_worker(consumer)
 
         self._run(start())
 

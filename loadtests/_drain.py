@@ -6,7 +6,7 @@ Blocking waits (`time.sleep`, the probes' HTTP): under Locust gevent has patched
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
 from loadtests._ledger import HistoryItem, MergeCheck, Reply, Turn, check_merge, reconcile
@@ -29,8 +29,17 @@ class HistoryReader(Protocol):
     def __call__(self, redis_url: str, *, company_id: int, phones: Iterable[str]) -> dict[str, list[HistoryItem]]: ...
 
 
-def collect_replies(inbox: Inbox, load: LoadRun) -> list[Reply]:
-    """Every message since the run started: until each turn is answered or past its timeout, then `settle_s` more."""
+def collect_replies(
+    inbox: Inbox,
+    load: LoadRun,
+    *,
+    now_ms: Callable[[], int] = wall_ms,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[Reply]:
+    """Every message since the run started: until each turn is answered or past its timeout, then `settle_s` more.
+
+    `now_ms` and `sleep` are the wall clock under Locust; a test passes its own, which the inbox moves.
+    """
     o = load.options
     timeout_ms = round(o.reply_timeout_s * 1000)
     seen: dict[int, Reply] = {}
@@ -44,18 +53,18 @@ def collect_replies(inbox: Inbox, load: LoadRun) -> list[Reply]:
                 after = max(after, reply.seq)
         except ProbeError as exc:
             load.error(f"collecting replies: {exc}")
-            time.sleep(min(1.0, wait_ms / 1000))
+            sleep(min(1.0, wait_ms / 1000))
 
     pull(0)
     while True:
         verdicts = reconcile(load.turns, seen.values(), reply_timeout_ms=timeout_ms).verdicts
         due_ms = [v.turn.last_sent_ms + timeout_ms for v in verdicts if v.turn.accepted and not v.replies]
-        left_ms = max(due_ms, default=0) - wall_ms()
+        left_ms = max(due_ms, default=0) - now_ms()
         if left_ms <= 0:
             break
         pull(min(left_ms, PULL_MS))
-    settle_until_ms = wall_ms() + round(o.settle_s * 1000)
-    while (left_ms := settle_until_ms - wall_ms()) > 0:
+    settle_until_ms = now_ms() + round(o.settle_s * 1000)
+    while (left_ms := settle_until_ms - now_ms()) > 0:
         pull(min(left_ms, PULL_MS))
     return list(seen.values())
 

@@ -31,7 +31,7 @@ from loadtests._summary import (
     queue_lag_block,
 )
 from loadtests._webhook import Webhook, WebhookFormat
-from reports.loadgen import PhonePool
+from simulator.phones import PhonePool
 
 SALON_TZ = ZoneInfo("Europe/Moscow")  # the fixture barbershop's zone: "завтра" is its tomorrow
 MAX_ERRORS = 50

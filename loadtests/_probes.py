@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 
 from loadtests._ledger import HistoryItem, Reply
 from loadtests._summary import QUEUE_WAIT_METRIC, Buckets, add_buckets, histogram
-from system.keys import Keys
+from system.store.keys import Keys
 
 PAGE = 1000  # the fake's most messages per answer
 MAX_PAGES = 1000  # bounded: a million replies is far beyond any profile

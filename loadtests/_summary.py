@@ -13,20 +13,13 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from system.stats import percentile
+
 E2E_SAMPLES_KEPT = 20_000  # `e2e_ms_samples` in the summary (enough for a histogram)
 ACCEPT_SAMPLES_KEPT = 200_000  # webhook answer times kept for the percentiles of a long soak
 QUEUE_WAIT_METRIC = "aiadmin_queue_wait_seconds"
 
 Buckets = list[tuple[float, float]]  # (upper bound, cumulative count), ascending, +Inf last
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in 0..100) as the system's stats compute it; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return float(ordered[rank - 1])
 
 
 class Reservoir:

@@ -14,7 +14,7 @@ import orjson
 
 from simulator import meta_payloads as meta
 from simulator.delivery import GATEWAY_PATH, META_PATH, META_USER_AGENT, BusinessNumber, meta_webhook
-from system.signatures import sign
+from system.ingest.signatures import sign
 
 WebhookFormat = Literal["meta", "gateway"]
 FORMATS: tuple[WebhookFormat, ...] = ("meta", "gateway")

@@ -1,1 +1,4 @@
-"""Reports about the system: benchmarks and the figures they produce (nothing here is imported by `system`)."""
+"""The monthly test report: its generator (`reports.generator`, `aiadmin report`) and the reports (`monthly/`).
+
+Nothing here is imported by `system`; the benchmarks it reads live with the load tests (`loadtests/bench/`).
+"""

@@ -1,6 +1,6 @@
 """`python -m reports`: the monthly test report, the same command as `aiadmin report`."""
 
-from reports.report import app
+from reports.generator.cli import app
 
 if __name__ == "__main__":
     app(prog_name="python -m reports")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-import statistics
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,6 +29,7 @@ from simulator.simulation import (
 )
 from system.clock import WallClock
 from system.logs import configure_logging
+from system.stats import percentile
 
 BATCH_TIMEOUT_MS = 9000  # the simulation runs the system with its default quiet time
 
@@ -157,24 +157,18 @@ def _stages(latencies: list[int], stats: dict[str, Any]) -> dict[str, Any]:
     """Time per stage: batching (the quiet time plus the flush lateness), then the turn, then the whole reply."""
     lateness = stats["flush_lateness_ms"]
     batching = BATCH_TIMEOUT_MS + (lateness["p50"] or 0)
-    reply_p50 = _pct(latencies, 50)
+    reply_p50 = percentile(latencies, 50)
     return {
         "batching_p50": batching,
         "flush_lateness": lateness,
         "turn_p50": None if reply_p50 is None else reply_p50 - batching,  # queue, LLM and tools, CRM, send
         "reply_p50": reply_p50,
-        "reply_p95": _pct(latencies, 95),
+        "reply_p95": percentile(latencies, 95),
     }
 
 
 def _verdict(v: Any) -> dict[str, Any]:
     return {"phone": v.phone, "persona": v.persona, "reason": v.reason}
-
-
-def _pct(values: list[int], q: float) -> float | None:
-    if not values:
-        return None
-    return float(statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]) if len(values) > 1 else values[0]
 
 
 def write(out: Path, result: SimResult, summary: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from simulator.personas import PERSONAS, Goal
 from simulator.salon import BARBERSHOP_FIXTURE, Salon
 from simulator.users import User
 from simulator.whatsapp import OutboundMessage
-from system.worker import FALLBACK_REPLY
+from system.turn.worker import FALLBACK_REPLY
 
 CHUNK_WINDOW_MS = 60_000  # parts of one long reply arrive within this window of each other
 # What the system sends when a turn failed for good (dead letter): an apology, not an answer.

@@ -9,7 +9,7 @@ import orjson
 
 from simulator.nlu import PromptFacts, parse_prompt
 
-ARG_ERROR = "неверные аргументы"  # system.tools' answer to arguments it cannot read: the call did not happen
+ARG_ERROR = "неверные аргументы"  # system.turn.tools' answer to arguments it cannot read: the call did not happen
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,7 +117,7 @@ _PROMPT_SERVICE = re.compile(r"^- (.+): (\S+) ₽, (\d+) мин \(id (\d+)\)$", 
 
 
 def parse_prompt(text: str) -> PromptFacts:
-    """The facts of `system.prompt.system_prompt`'s text; what is missing stays empty."""
+    """The facts of `system.turn.prompt.system_prompt`'s text; what is missing stays empty."""
     salon = re.search(r"^Салон: (.+)\.$", text, re.M)
     now = datetime(2000, 1, 1)
     if m := _PROMPT_NOW.search(text):

@@ -27,11 +27,16 @@ from simulator.judge import Verdict, WorldVerdict, judge_user, judge_world, snap
 from simulator.personas import PERSONAS, Goal, want_for
 from simulator.redis_target import Target, check_target, claim
 from simulator.salon import BARBERSHOP_FIXTURE, Appointment, Salon
+from simulator.stack import (
+    APP_SECRET,
+    TOKENS,
+    WHATSAPP_PHONE_NUMBER_ID,
+    InProcessSystem,
+    fakes_env,
+    virtual_clock,
+)
 from simulator.users import User
-from system.api import create_app
-from system.batcher import BatchProcessor
 from system.clock import Clock, WallClock, wait_event
-from system.runtime import Runtime, build_worker
 from system.settings import load_settings
 
 TZ = ZoneInfo("Europe/Moscow")
@@ -40,10 +45,7 @@ WORKDAY_S = 8 * 3600
 REALTIME_WINDOW_S = 60.0
 USERS_PER_DAY = 100  # a barbershop of four masters hears from about this many clients a day
 DRAIN_LIMIT_S = 3600.0
-APP_SECRET = "sim-app-secret"
-TOKENS = {"whatsapp": "sim-wa-token", "partner": "sim-partner", "user": "sim-user", "llm": "sim"}
 FAKE_PORTS = {"whatsapp": 8091, "llm": 8092, "crm": 8093}  # as `aiadmin fake` serves them by default
-HOSTS = {"llm": "http://llm.sim", "crm": "http://crm.sim", "whatsapp": "http://wa.sim", "system": "http://system.sim"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,26 +162,7 @@ class SimResult:
 
 
 def _settings(opts: SimOptions) -> dict[str, str]:
-    env = {
-        "AIADMIN_LLM_BASE_URL": f"{HOSTS['llm']}/v1",
-        "AIADMIN_LLM_API_KEY": TOKENS["llm"],
-        "AIADMIN_LLM_MODEL": "fake-admin",
-        "AIADMIN_DEFAULT_SALON_NAME": "Барбершоп «Борода»",
-        "AIADMIN_YCLIENTS_BASE_URL": f"{HOSTS['crm']}/api/v1",
-        "AIADMIN_YCLIENTS_PARTNER_TOKEN": TOKENS["partner"],
-        "AIADMIN_YCLIENTS_USER_TOKEN": TOKENS["user"],
-        "AIADMIN_WHATSAPP_API_URL": HOSTS["whatsapp"],
-        "AIADMIN_WHATSAPP_TOKEN": TOKENS["whatsapp"],
-        "AIADMIN_WHATSAPP_PHONE_NUMBER_ID": "106540352242922",
-        "AIADMIN_WHATSAPP_APP_SECRET": APP_SECRET,
-        "AIADMIN_LOG_LEVEL": "WARNING",
-        "AIADMIN_WORKER_CONCURRENCY": "256",
-        # In virtual time every idle wake-up is work with no wall-clock wait to hide it: the processes are woken by
-        # Pub/Sub anyway, so their safety-net polls can be rare.
-        "AIADMIN_WORKER_IDLE_POLL_S": "300",
-        "AIADMIN_HEARTBEAT_INTERVAL_S": "300",
-        "AIADMIN_HEARTBEAT_STALE_S": "900",
-    }
+    env = fakes_env()
     if opts.redis_url:
         env["REDIS_URL"] = opts.redis_url
     return env
@@ -292,10 +275,7 @@ async def simulate(opts: SimOptions, *, progress: Callable[[int, int], None] | N
         clock = WallClock()
         opts = replace(opts, start=datetime.fromtimestamp(clock.now_ms() / 1000, tz=TZ))
     else:
-        # With a real Redis the loop also waits on sockets: time may only jump once they have gone quiet.
-        # With a real Redis, time may only jump once the loop has been quiet for 10 ms of wall time: at 2 ms a
-        # reply still on its way over a busy machine's loopback let time run past it (1-2 in 4 runs).
-        clock = VirtualClock(start_ms=int(opts.start.timestamp() * 1000), io_grace_s=0.01 if opts.redis_url else 0.0)
+        clock = virtual_clock(start_ms=int(opts.start.timestamp() * 1000), real_redis=bool(opts.redis_url))
     start_ms = int(opts.start.timestamp() * 1000)
     rng = random.Random(opts.seed)
     transcript = Transcript()
@@ -357,32 +337,14 @@ StatsReader = Callable[[], Awaitable[dict[str, Any]]]
 async def _in_process_system(
     opts: SimOptions, clock: Clock, apps: dict[str, Any]
 ) -> AsyncIterator[tuple[httpx.AsyncClient, StatsReader]]:
-    """The whole system in this process: API (through ASGI), batch processor and worker."""
-    mounts = {HOSTS[name]: httpx.ASGITransport(app=app) for name, app in apps.items()}
+    """The whole system in this process (`simulator.stack`)."""
     async with _redis(opts, clock) as redis:
-        rt = Runtime.build(load_settings(_settings(opts)), redis=redis, clock=clock, rng=random.Random(opts.seed))
-        await rt.start()
-        async with (
-            httpx.AsyncClient(mounts=mounts) as outbound,
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(rt)), base_url=HOSTS["system"]) as inbound,
-        ):
-            batcher = BatchProcessor(
-                redis,
-                store=rt.store,
-                clock=clock,
-                metrics=rt.metrics,
-                processor_id="sim",
-                heartbeat_interval_s=rt.settings.heartbeat_interval_s,
-            )
-            worker = build_worker(rt, http=outbound, consumer="sim-worker")
-            services = [asyncio.create_task(batcher.run()), asyncio.create_task(worker.run())]
-            try:
-                yield inbound, rt.stats.collect
-            finally:
-                batcher.stop()
-                worker.stop()
-                await asyncio.gather(*services, return_exceptions=True)
-        await rt.redis.aclose()
+        settings = load_settings(_settings(opts))
+        async with InProcessSystem(
+            settings, redis=redis, clock=clock, rng=random.Random(opts.seed), fakes=apps
+        ) as system:
+            yield system.inbound, system.stats
+        await redis.aclose()
 
 
 class _QuietServer(uvicorn.Server):
@@ -438,7 +400,7 @@ def system_env_for_fakes() -> dict[str, str]:
         "AIADMIN_YCLIENTS_USER_TOKEN": TOKENS["user"],
         "AIADMIN_WHATSAPP_API_URL": f"http://127.0.0.1:{FAKE_PORTS['whatsapp']}",
         "AIADMIN_WHATSAPP_TOKEN": TOKENS["whatsapp"],
-        "AIADMIN_WHATSAPP_PHONE_NUMBER_ID": "106540352242922",
+        "AIADMIN_WHATSAPP_PHONE_NUMBER_ID": WHATSAPP_PHONE_NUMBER_ID,
         "AIADMIN_WHATSAPP_APP_SECRET": APP_SECRET,
     }
 

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from simulator.personas import GIBBERISH, INJECTIONS, Goal, Persona, Want
 from system.clock import Clock
-from system.dates import WEEKDAYS
+from system.turn.dates import WEEKDAYS
 
 MAX_TURNS = 4
 REPLY_TIMEOUT_S = 300.0

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import structlog
 import typer
 
-from system.batcher import BatchProcessor
+from system.errors import SettingsError
+from system.ingest.batch_processor import BatchProcessor
+from system.lifecycle import Service, run_until_stopped
 from system.logs import configure_logging
 from system.runtime import RedisUnavailable, Runtime, build_worker
-from system.services import Service, run_until_stopped
 from system.settings import (
     Environment,
     Settings,
-    SettingsError,
     environment_of,
     insecure_settings,
     load_settings,
@@ -31,7 +31,7 @@ from system.settings import (
 if TYPE_CHECKING:
     import httpx
 
-    from system.worker import Worker
+    from system.turn.worker import Worker
 
 log = structlog.get_logger(__name__)
 
@@ -196,7 +196,7 @@ def api(
         rt = runtime_or_exit(settings)
         try:
             await start_or_exit(rt)
-            from system.serve import serve_http
+            from system.http_server import serve_http
 
             await serve_http(rt, host=host or settings.host, port=settings.port if port is None else port)
         finally:
@@ -235,7 +235,7 @@ def worker(
         # No `rt.start()`: the worker makes its consumer groups itself and, when Redis is not up yet, waits
         # for it with backoff (as the batcher does), instead of dying at start.
         try:
-            from system.http import outbound_client  # only worker processes load the HTTP client stack
+            from system.outbound_http import outbound_client  # only worker processes load the HTTP client stack
 
             async with outbound_client(concurrency=concurrency or settings.worker_concurrency) as http:
                 service = new_worker(rt, http, concurrency, role=WORKER)
@@ -258,13 +258,13 @@ def run(
     async def main() -> None:
         rt = runtime_or_exit(settings)  # exit 2 naming the `sim` extra when the embedded Redis is not installed
         try:
-            from system.http import outbound_client
+            from system.outbound_http import outbound_client
 
             async with outbound_client(concurrency=concurrency or settings.worker_concurrency) as http:
                 worker = new_worker(rt, http, concurrency, role=RUN)
                 await start_or_exit(rt)
                 services: list[Service] = [new_batch_processor(rt), worker]
-                from system.serve import serve_http
+                from system.http_server import serve_http
 
                 await serve_http(
                     rt, host=host or settings.host, port=settings.port if port is None else port, services=services
@@ -279,7 +279,7 @@ def new_worker(rt: Runtime, http: httpx.AsyncClient, concurrency: int, *, role: 
     """The worker, or exit 2 naming every setting its clients refuse (and, in production, the insecure ones)."""
     try:
         worker = build_worker(rt, http=http, consumer=processor_id(), concurrency=concurrency or None)
-    except (ValueError, SettingsError) as exc:
+    except SettingsError as exc:
         warn_or_refuse(rt.settings, role, errors=str(exc).splitlines())
         raise  # not reached: errors always stop start-up
     warn_or_refuse(rt.settings, role)
@@ -287,14 +287,7 @@ def new_worker(rt: Runtime, http: httpx.AsyncClient, concurrency: int, *, role: 
 
 
 def new_batch_processor(rt: Runtime) -> BatchProcessor:
-    return BatchProcessor(
-        rt.redis,
-        store=rt.store,
-        clock=rt.clock,
-        metrics=rt.metrics,
-        processor_id=processor_id(),
-        heartbeat_interval_s=rt.settings.heartbeat_interval_s,
-    )
+    return rt.batcher(processor_id=processor_id())
 
 
 @dlq_app.command("list")

@@ -12,19 +12,21 @@ import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
-from system.batching import BatchConfig, BatchStore
 from system.clock import Clock, WallClock
-from system.ingest import Ingestor
-from system.keys import Keys
+from system.errors import AIAdminError, SettingsError
+from system.ingest.batch_store import BatchConfig, BatchStore
+from system.ingest.core import Ingestor
 from system.metrics import Metrics
-from system.queue import JobQueue, QueueConfig
-from system.settings import Settings, SettingsError
+from system.settings import Settings
 from system.stats import StatsReader
+from system.store.keys import Keys
+from system.store.queue import JobQueue, QueueConfig
 
 if TYPE_CHECKING:
     import httpx
 
-    from system.worker import Worker
+    from system.ingest.batch_processor import BatchProcessor
+    from system.turn.worker import Worker
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -33,8 +35,10 @@ REDIS_MAX_CONNECTIONS = 256
 REDIS_POOL_WAIT_S = 10.0
 
 
-class RedisUnavailable(Exception):
+class RedisUnavailable(AIAdminError):
     """REDIS_URL names a server that does not answer (or refuses us); the message names the variable."""
+
+    retryable = True  # the batcher and the worker wait for it; the API and `dlq` exit instead
 
 
 def redacted_redis_url(url: str) -> str:
@@ -137,6 +141,20 @@ class Runtime:
     async def close(self) -> None:
         await self.redis.aclose()
 
+    def batcher(self, *, processor_id: str) -> BatchProcessor:
+        """A batch processor over this runtime, known to the others by `processor_id` (its heartbeat)."""
+        # Imported here, as the worker is in `build_worker`: only the processes that claim batches load it.
+        from system.ingest.batch_processor import BatchProcessor
+
+        return BatchProcessor(
+            self.redis,
+            store=self.store,
+            clock=self.clock,
+            metrics=self.metrics,
+            processor_id=processor_id,
+            heartbeat_interval_s=self.settings.heartbeat_interval_s,
+        )
+
     async def readiness(self) -> dict[str, str]:
         """Why the process is not ready, per check; all "ok" when it is."""
         checks = {"redis": "ok", "batch_processor": "ok"}
@@ -160,11 +178,11 @@ def build_worker(rt: Runtime, *, http: httpx.AsyncClient, consumer: str, concurr
     """A worker over this runtime whose LLM, CRM and WhatsApp clients share `http`."""
     # Imported here: API and batcher processes never load the worker's stack (memory per process).
     from system.booking.yclients import YClientsBackend
-    from system.context import ContextStore
-    from system.llm import LLMClient
-    from system.turns import TurnStore
-    from system.whatsapp import build_sender
-    from system.worker import Worker
+    from system.channels.whatsapp import build_sender
+    from system.turn.context import ContextStore
+    from system.turn.llm import LLMClient
+    from system.turn.records import TurnStore
+    from system.turn.worker import Worker
 
     s = rt.settings
     problems: list[str] = []  # every client's refusal at once, not the first only
@@ -193,6 +211,6 @@ def _refusal_to(problems: list[str], make: Callable[[], T]) -> T | None:
     """`make()`, or None with its settings error appended to `problems`."""
     try:
         return make()
-    except (ValueError, SettingsError) as exc:
+    except SettingsError as exc:
         problems.append(str(exc))
         return None

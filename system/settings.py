@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
+from system.errors import SettingsError
 from system.phones import PhoneError, normalize_phone
 
 ENV_PREFIX = "AIADMIN_"
@@ -51,10 +52,6 @@ TOOL_VARIABLES = frozenset(
 )
 Environment = Literal["production", "development"]
 _PYDANTIC_VALUE_ERROR = "Value error, "
-
-
-class SettingsError(Exception):
-    """The environment does not describe a usable configuration; the message names each variable."""
 
 
 class Tenant(BaseModel):

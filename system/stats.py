@@ -9,9 +9,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from system.clock import Clock
-from system.keys import Keys
 from system.phones import mask_phone
-from system.queue import JobQueue
+from system.store.keys import Keys
+from system.store.queue import JobQueue
 
 OPEN_LISTED = 20
 # Global counters that are not about inbound items left unbatched.

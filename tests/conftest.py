@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 import os
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -20,6 +22,7 @@ from simulator.redis_target import Target, TargetRefused, TargetUnreachable, che
 from system.models import InboundMessage, MessageKind
 from system.runtime import Runtime
 from system.settings import Settings, load_settings
+from system.store.queue import Delivery
 
 # The tests' own Redis database (never REDIS_URL, the production variable); flushed by every test that uses it.
 REAL_REDIS_URL = os.environ.get("AIADMIN_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -28,6 +31,7 @@ REDIS_FLUSH = os.environ.get("AIADMIN_TEST_REDIS_FLUSH", "") == "1"
 REDIS_FORCE = os.environ.get("AIADMIN_TEST_REDIS_FORCE", "") == "1"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 START_MS = 1_764_064_800_000  # 2025-11-25 10:00 UTC (13:00 in Moscow)
+CLIENT_PHONE = "79001234567"  # the default client of `message` and `next_turn`
 
 
 def target_of_tests(url: str = REAL_REDIS_URL, *, force: bool = REDIS_FORCE) -> Target:
@@ -145,9 +149,34 @@ def make_settings() -> Callable[..., Settings]:
     return make
 
 
+class ManualClock:
+    """Time stands still except when someone sleeps: each sleep is recorded and jumps the time forward."""
+
+    def __init__(self, *, start_ms: int = START_MS) -> None:
+        self.now = start_ms
+        self.sleeps: list[float] = []
+
+    def now_ms(self) -> int:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += max(0, math.ceil(seconds * 1000))
+        await asyncio.sleep(0)
+
+
 @pytest.fixture
 def clock() -> VirtualClock:
     return VirtualClock(start_ms=START_MS)
+
+
+@pytest.fixture
+async def driven(clock: VirtualClock) -> AsyncIterator[VirtualClock]:
+    """The `clock`, its time jumping from wait to wait (backoffs, deadlines, latency) while the test runs."""
+    task = asyncio.create_task(clock.drive())
+    yield clock
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 @pytest.fixture
@@ -158,6 +187,18 @@ def make_runtime(redis: Redis, clock: VirtualClock, make_settings: Callable[...,
     return make
 
 
+async def next_turn(
+    rt: Runtime, clock: VirtualClock, message: Callable[..., InboundMessage], *texts: str, phone: str = CLIENT_PHONE
+) -> Delivery:
+    """The client writes `texts`; the batch falls due, a batcher pass enqueues it and consumer "w1" reads it."""
+    for text in texts:
+        await rt.store.append(message(text, phone=phone, received_ms=clock.now_ms()), now_ms=clock.now_ms())
+    clock.advance_to(clock.now_ms() + rt.settings.batch_timeout_ms)
+    await rt.batcher(processor_id="b").tick()
+    [delivery] = await rt.queue.read("w1", count=10, now_ms=clock.now_ms())
+    return delivery
+
+
 @pytest.fixture
 def message() -> Iterator[Callable[..., InboundMessage]]:
     """A factory of accepted inbound messages with unique ids."""
@@ -166,7 +207,7 @@ def message() -> Iterator[Callable[..., InboundMessage]]:
     def make(
         text: str,
         *,
-        phone: str = "79001234567",
+        phone: str = CLIENT_PHONE,
         company_id: int = 962302,
         message_id: str | None = None,
         received_ms: int = START_MS,

@@ -16,7 +16,7 @@ from typing import Any
 
 from system.runtime import Runtime, build_worker
 from system.settings import load_settings
-from system.turns import TurnStore
+from system.turn.records import TurnStore
 
 from .world import World, call, say
 

@@ -13,11 +13,10 @@ import pytest
 
 from simulator import meta_payloads as meta
 from simulator.clock import VirtualClock
-from system.api import create_app
-from system.batcher import BatchProcessor
+from system.ingest.routes import create_app
+from system.ingest.signatures import sign
 from system.runtime import Runtime
 from system.settings import Settings
-from system.signatures import sign
 
 from .conftest import START_MS
 
@@ -271,9 +270,7 @@ async def test_ready_needs_a_fresh_batch_processor_heartbeat(make_api: ApiFactor
     assert (await client.get("/health")).status_code == 200
     not_ready = await client.get("/ready")
     assert (not_ready.status_code, not_ready.json()["checks"]["batch_processor"]) == (503, "unavailable")
-    processor = BatchProcessor(
-        rt.redis, store=rt.store, clock=clock, metrics=rt.metrics, processor_id="p", heartbeat_interval_s=1
-    )
+    processor = rt.batcher(processor_id="p")
     await processor.heartbeat()
     assert (await client.get("/ready")).status_code == 200
     clock.advance_to(START_MS + 6000)
@@ -444,7 +441,7 @@ async def test_username_user_without_a_phone_is_batched_under_the_bsuid(make_api
 
 
 async def test_changed_number_moves_the_conversation(make_api: ApiFactory) -> None:
-    from system.context import ContextStore, ContextUpdate, Dialog, HistoryItem, Preferences
+    from system.turn.context import ContextStore, ContextUpdate, Dialog, HistoryItem, Preferences
 
     client, rt = await make_api()
     store = ContextStore(rt.redis)

@@ -18,7 +18,8 @@ import pytest
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from reports.loadgen import GatewayRequests, Target, closed_loop, merged, open_loop, parse_response, russian_mobiles
+from loadtests.bench._loadgen import GatewayRequests, Target, closed_loop, merged, open_loop, parse_response
+from simulator.phones import russian_mobiles
 
 from .conftest import IN_CI, REAL_REDIS_URL, REDIS_FLUSH, REDIS_FORCE
 

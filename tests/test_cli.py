@@ -18,11 +18,11 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from system.keys import Keys
 from system.models import InboundMessage
-from system.queue import JobQueue, QueueConfig
 from system.runtime import Runtime
 from system.settings import load_settings
+from system.store.keys import Keys
+from system.store.queue import JobQueue, QueueConfig
 
 from .conftest import REAL_REDIS_URL
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from system.coalesce import Coalescer
+from system.ingest.coalesce import Coalescer
 
 
 class Recorder:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from system.context import ContextStore, ContextUpdate, Dialog, HistoryItem, Preferences, remember_service
-from system.keys import Keys
 from system.models import BatchedMessage, Job, MessageKind
-from system.turns import TurnStage, TurnStore
+from system.store.keys import Keys
+from system.turn.context import ContextStore, ContextUpdate, Dialog, HistoryItem, Preferences, remember_service
+from system.turn.records import TurnStage, TurnStore
 
 PHONE = "79001234567"
 

@@ -8,8 +8,8 @@ import pytest
 
 from simulator.clock import VirtualClock
 from system.booking.base import Master, Service
-from system.dates import DateError, describe_day, parse_day, parse_local_datetime, salon_now
-from system.tools import match_master, match_service
+from system.turn.dates import DateError, describe_day, parse_day, parse_local_datetime, salon_now
+from system.turn.tools import match_master, match_service
 
 JUST_AFTER_MIDNIGHT_MSK = int(datetime(2025, 11, 25, 21, 30, tzinfo=UTC).timestamp() * 1000)  # 00:30 on the 26th
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ast
-import asyncio
-import contextlib
 import random
 from collections.abc import AsyncIterator, Callable
 from datetime import date, datetime, time, timedelta
@@ -35,8 +33,8 @@ from system.booking.base import (
     wire_api_id,
 )
 from system.booking.yclients import YClientsBackend
-from system.context import Dialog, Preferences
-from system.tools import BookingTools, TurnState
+from system.turn.context import Dialog, Preferences
+from system.turn.tools import BookingTools, TurnState
 
 from .conftest import START_MS
 
@@ -75,14 +73,7 @@ def booking(
     )
 
 
-@pytest.fixture
-async def clock() -> AsyncIterator[VirtualClock]:
-    clock = VirtualClock(start_ms=START_MS)
-    driver = asyncio.create_task(clock.drive())
-    yield clock
-    driver.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await driver
+pytestmark = pytest.mark.usefixtures("driven")  # waits on the clock (rate limits, backoffs) end at once
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ determinism per seed, latency and faults on the virtual clock."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 from collections.abc import AsyncIterator, Callable
@@ -21,8 +20,9 @@ from simulator.fake_llm import LatencyModel, LlmFaults, create_app
 from simulator.nlu import Intent, ServiceRef, parse_prompt, understand
 from simulator.nlu_when import TimeWindow
 from system.booking.base import BookingBackend, Master, Service
-from system.context import Context, Dialog, HistoryItem, Preferences
-from system.llm import (
+from system.retry import RetryPolicy
+from system.turn.context import Context, Dialog, HistoryItem, Preferences
+from system.turn.llm import (
     CircuitBreaker,
     Completion,
     LLMClient,
@@ -36,9 +36,8 @@ from system.llm import (
     tool_message,
     user_message,
 )
-from system.prompt import system_prompt
-from system.retry import RetryPolicy
-from system.tools import BookingTools
+from system.turn.prompt import system_prompt
+from system.turn.tools import BookingTools
 from tests.conftest import START_MS
 
 MSK = ZoneInfo("Europe/Moscow")
@@ -295,15 +294,6 @@ class Chat:
 def only_call(completion: Completion) -> tuple[str, dict[str, Any]]:
     [tool_call] = completion.tool_calls
     return tool_call.name, tool_call.parsed_arguments()
-
-
-@pytest.fixture
-async def driven(clock: VirtualClock) -> AsyncIterator[VirtualClock]:
-    """The virtual clock jumping from wait to wait (latency, client deadlines, backoff)."""
-    task = asyncio.create_task(clock.drive())
-    yield clock
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
 
 
 @pytest.fixture

@@ -31,12 +31,12 @@ from simulator.delivery import (
     meta_webhook,
 )
 from simulator.whatsapp import OutboundMessage, Outbox, ReadReceipt, WhatsAppFaults, create_app
-from system import api
+from system.channels.whatsapp import CloudApiSender, OutsideWindow, SendRejected, TokenExpired, split_text
+from system.ingest import routes as api
 from system.retry import RetryPolicy
 from system.runtime import Runtime
 from system.settings import load_settings
-from system.turns import DELIVERY_ERROR_FIELD, DELIVERY_FIELD, STATUS_TURN_FIELD
-from system.whatsapp import CloudApiSender, OutsideWindow, SendRejected, TokenExpired, split_text
+from system.turn.records import DELIVERY_ERROR_FIELD, DELIVERY_FIELD, STATUS_TURN_FIELD
 
 from .conftest import START_MS
 
@@ -45,16 +45,6 @@ PNID = "106540352242922"
 TOKEN = "EAAG-fake-token"
 PHONE = "79001234567"
 GAP_MS = 1000
-
-
-@pytest.fixture
-async def driven_clock() -> AsyncIterator[VirtualClock]:
-    """A virtual clock whose time jumps whenever everything waits on it."""
-    clock = VirtualClock(start_ms=START_MS)
-    driver = asyncio.create_task(clock.drive())
-    yield clock
-    driver.cancel()
-    await driver
 
 
 @dataclass
@@ -78,13 +68,13 @@ class Graph:
 
 
 @pytest.fixture
-async def make_graph(driven_clock: VirtualClock) -> AsyncIterator[Callable[..., Graph]]:
+async def make_graph(driven: VirtualClock) -> AsyncIterator[Callable[..., Graph]]:
     clients: list[httpx.AsyncClient] = []
 
     def make(*, seed: int = 7, faults: WhatsAppFaults | None = None) -> Graph:
         faults = faults or WhatsAppFaults()
         outbox = Outbox()
-        app = create_app(token=TOKEN, clock=driven_clock, rng=random.Random(seed), faults=faults, outbox=outbox)
+        app = create_app(token=TOKEN, clock=driven, rng=random.Random(seed), faults=faults, outbox=outbox)
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://graph.test")
         clients.append(http)
         return Graph(http, outbox, faults)
@@ -115,10 +105,10 @@ async def post(graph: Graph, body: Any, *, token: str | None = TOKEN, path: str 
 
 
 async def test_text_is_delivered_and_recorded_at_the_clocks_time(
-    make_graph: Callable[..., Graph], driven_clock: VirtualClock
+    make_graph: Callable[..., Graph], driven: VirtualClock
 ) -> None:
     graph = make_graph()
-    ids = await graph.sender(driven_clock).send_text(phone_number_id=PNID, to=PHONE, text="Записал вас на 18:00.")
+    ids = await graph.sender(driven).send_text(phone_number_id=PNID, to=PHONE, text="Записал вас на 18:00.")
     assert list(graph.outbox.messages) == [OutboundMessage(ids[0], PNID, PHONE, "Записал вас на 18:00.", START_MS)]
     assert ids[0].startswith("wamid.")
     assert graph.outbox.count == 1
@@ -126,11 +116,11 @@ async def test_text_is_delivered_and_recorded_at_the_clocks_time(
 
 
 async def test_long_text_arrives_as_several_paced_messages(
-    make_graph: Callable[..., Graph], driven_clock: VirtualClock
+    make_graph: Callable[..., Graph], driven: VirtualClock
 ) -> None:
     graph = make_graph()
     text = " ".join(f"Предложение номер {i} о записи к мастеру." for i in range(300))
-    ids = await graph.sender(driven_clock).send_text(phone_number_id=PNID, to=PHONE, text=text)
+    ids = await graph.sender(driven).send_text(phone_number_id=PNID, to=PHONE, text=text)
     sent = graph.outbox.messages_to(PHONE)
     assert len(sent) == len(ids) == len(split_text(text)) > 1
     assert [m.text for m in sent] == split_text(text)
@@ -138,48 +128,46 @@ async def test_long_text_arrives_as_several_paced_messages(
     assert [m.at_ms for m in sent] == [START_MS + i * GAP_MS for i in range(len(sent))]
 
 
-async def test_read_receipt_with_typing_is_recorded(
-    make_graph: Callable[..., Graph], driven_clock: VirtualClock
-) -> None:
+async def test_read_receipt_with_typing_is_recorded(make_graph: Callable[..., Graph], driven: VirtualClock) -> None:
     graph = make_graph()
-    await graph.sender(driven_clock).mark_read(phone_number_id=PNID, message_id="wamid.in1")
+    await graph.sender(driven).mark_read(phone_number_id=PNID, message_id="wamid.in1")
     assert list(graph.outbox.receipts) == [ReadReceipt("wamid.in1", True, START_MS, PNID)]
     assert graph.outbox.count == 0
 
 
-async def test_wrong_token_is_token_expired(make_graph: Callable[..., Graph], driven_clock: VirtualClock) -> None:
+async def test_wrong_token_is_token_expired(make_graph: Callable[..., Graph], driven: VirtualClock) -> None:
     graph = make_graph()
     with pytest.raises(TokenExpired) as caught:
-        await graph.sender(driven_clock, token="stale").send_text(phone_number_id=PNID, to=PHONE, text="привет")
+        await graph.sender(driven, token="stale").send_text(phone_number_id=PNID, to=PHONE, text="привет")
     assert caught.value.code == 190
     assert graph.outbox.count == 0
     assert [(r.code, r.http_status) for r in graph.outbox.refusals] == [(190, 401)]
 
 
 async def test_throughput_limit_is_retried_and_the_message_recorded_once(
-    make_graph: Callable[..., Graph], driven_clock: VirtualClock
+    make_graph: Callable[..., Graph], driven: VirtualClock
 ) -> None:
     graph = make_graph()
     graph.faults.fail_next(130429)
-    ids = await graph.sender(driven_clock).send_text(phone_number_id=PNID, to=PHONE, text="привет")
+    ids = await graph.sender(driven).send_text(phone_number_id=PNID, to=PHONE, text="привет")
     assert [m.wamid for m in graph.outbox.messages] == ids
     assert [(r.code, r.http_status) for r in graph.outbox.refusals] == [(130429, 400)]
     assert graph.outbox.messages[0].at_ms > START_MS  # sent after the backoff, on the virtual clock
 
 
 async def test_recipient_outside_the_window_is_refused_and_nothing_recorded(
-    make_graph: Callable[..., Graph], driven_clock: VirtualClock
+    make_graph: Callable[..., Graph], driven: VirtualClock
 ) -> None:
     graph = make_graph(faults=WhatsAppFaults(outside_window={PHONE}))
     with pytest.raises(OutsideWindow):
-        await graph.sender(driven_clock).send_text(phone_number_id=PNID, to=PHONE, text="напоминаем о записи")
+        await graph.sender(driven).send_text(phone_number_id=PNID, to=PHONE, text="напоминаем о записи")
     assert graph.outbox.count == 0
     assert len(graph.outbox.refused(131047)) == 1  # not retried
 
 
-async def test_wamids_are_deterministic_per_seed(make_graph: Callable[..., Graph], driven_clock: VirtualClock) -> None:
+async def test_wamids_are_deterministic_per_seed(make_graph: Callable[..., Graph], driven: VirtualClock) -> None:
     async def wamids(seed: int) -> list[str]:
-        sender = make_graph(seed=seed).sender(driven_clock)
+        sender = make_graph(seed=seed).sender(driven)
         return [(await sender.send_text(phone_number_id=PNID, to=p, text="hi"))[0] for p in (PHONE, "79007654321")]
 
     first, again, other = await wamids(7), await wamids(7), await wamids(8)
@@ -395,28 +383,28 @@ def scripted(answers: list[int | type[httpx.TransportError]]) -> tuple[httpx.Asy
     return httpx.AsyncClient(transport=httpx.MockTransport(handle), base_url="http://aiadmin.test"), seen
 
 
-async def test_5xx_and_429_are_retried_with_delays_on_the_clock(driven_clock: VirtualClock) -> None:
+async def test_5xx_and_429_are_retried_with_delays_on_the_clock(driven: VirtualClock) -> None:
     http, seen = scripted([503, 429, 200])
     async with http:
-        delivery = WebhookDelivery(http, clock=driven_clock, secret=APP_SECRET)
+        delivery = WebhookDelivery(http, clock=driven, secret=APP_SECRET)
         assert await delivery.deliver_text(sender=PHONE, text="привет", message_id="m1", at_ms=START_MS) == 200
     assert len(seen) == 3 and len({r.content for r in seen}) == 1  # the same signed body each time
     assert (delivery.stats.attempts, delivery.stats.retried, delivery.stats.delivered) == (3, 2, 1)
-    assert driven_clock.now_ms() == START_MS + 1000 + 5000  # 1 s backoff, then Retry-After 5 s over the 2 s backoff
+    assert driven.now_ms() == START_MS + 1000 + 5000  # 1 s backoff, then Retry-After 5 s over the 2 s backoff
 
 
-async def test_retries_are_bounded(driven_clock: VirtualClock) -> None:
+async def test_retries_are_bounded(driven: VirtualClock) -> None:
     http, seen = scripted([500, 500, 500])
     async with http:
-        delivery = WebhookDelivery(http, clock=driven_clock, retry=DeliveryRetry(retries=2))
+        delivery = WebhookDelivery(http, clock=driven, retry=DeliveryRetry(retries=2))
         assert await delivery.deliver_text(sender=PHONE, text="привет", message_id="m1", at_ms=START_MS) == 500
     assert (len(seen), delivery.stats.refused, delivery.stats.retried) == (3, 1, 2)
 
 
-async def test_no_answer_at_all_is_webhook_unreachable(driven_clock: VirtualClock) -> None:
+async def test_no_answer_at_all_is_webhook_unreachable(driven: VirtualClock) -> None:
     http, _ = scripted([httpx.ConnectError, httpx.ReadTimeout])
     async with http:
-        delivery = WebhookDelivery(http, clock=driven_clock, retry=DeliveryRetry(retries=1))
+        delivery = WebhookDelivery(http, clock=driven, retry=DeliveryRetry(retries=1))
         with pytest.raises(WebhookUnreachable):
             await delivery.deliver_text(sender=PHONE, text="привет", message_id="m1", at_ms=START_MS)
     assert (delivery.stats.unreachable, delivery.stats.retried) == (1, 1)
@@ -448,21 +436,21 @@ async def test_a_body_without_a_usable_recipient_is_code_100(
 
 
 async def test_the_systems_sender_reaches_a_username_user(
-    make_graph: Callable[..., Graph], driven_clock: VirtualClock
+    make_graph: Callable[..., Graph], driven: VirtualClock
 ) -> None:
     graph = make_graph()
-    ids = await graph.sender(driven_clock).send_text(phone_number_id=PNID, to=BSUID, text="Записала вас на 18:00.")
+    ids = await graph.sender(driven).send_text(phone_number_id=PNID, to=BSUID, text="Записала вас на 18:00.")
     assert [(m.wamid, m.to, m.text) for m in graph.outbox.messages] == [(ids[0], BSUID, "Записала вас на 18:00.")]
     listed = (await graph.http.get("/_sim/messages", params={"to": BSUID})).json()["messages"]
     assert [m["wamid"] for m in listed] == ids
 
 
 async def test_the_systems_sender_refuses_an_empty_sending_number_before_the_fake_sees_it(
-    make_graph: Callable[..., Graph], driven_clock: VirtualClock
+    make_graph: Callable[..., Graph], driven: VirtualClock
 ) -> None:
     graph = make_graph()
     with pytest.raises(SendRejected):
-        await graph.sender(driven_clock).send_text(phone_number_id="", to=PHONE, text="привет")
+        await graph.sender(driven).send_text(phone_number_id="", to=PHONE, text="привет")
     assert graph.outbox.count == 0 and list(graph.outbox.refusals) == []
 
 
@@ -501,18 +489,18 @@ def only_status(body: dict[str, Any]) -> dict[str, Any]:
     ],
 )
 async def test_a_reply_meta_cannot_deliver_is_accepted_then_reported_failed(
-    make_graph: Callable[..., Graph], driven_clock: VirtualClock, faults: WhatsAppFaults, code: int, title: str
+    make_graph: Callable[..., Graph], driven: VirtualClock, faults: WhatsAppFaults, code: int, title: str
 ) -> None:
     graph = make_graph(faults=faults)
     # Accepted as Meta accepts it: 200 and a wamid, nothing refused; the sender cannot tell.
-    ids = await graph.sender(driven_clock).send_text(phone_number_id=PNID, to=PHONE, text="Напоминаем о записи")
+    ids = await graph.sender(driven).send_text(phone_number_id=PNID, to=PHONE, text="Напоминаем о записи")
     assert list(graph.outbox.refusals) == []
     (message,) = graph.outbox.messages
     assert (message.wamid, message.failure) == (ids[0], code)
 
     http, bodies = capturing()
     async with http:
-        delivery = WebhookDelivery(http, clock=driven_clock, secret=APP_SECRET)
+        delivery = WebhookDelivery(http, clock=driven, secret=APP_SECRET)
         assert await delivery.deliver_outcome(message) == [200]
     (body,) = bodies
     status = only_status(body)
@@ -525,15 +513,15 @@ async def test_a_reply_meta_cannot_deliver_is_accepted_then_reported_failed(
 
 
 async def test_a_delivered_reply_is_reported_sent_delivered_read_with_pricing(
-    make_graph: Callable[..., Graph], driven_clock: VirtualClock
+    make_graph: Callable[..., Graph], driven: VirtualClock
 ) -> None:
     graph = make_graph()
-    await graph.sender(driven_clock).send_text(phone_number_id=PNID, to=PHONE, text="Записал вас на 18:00.")
+    await graph.sender(driven).send_text(phone_number_id=PNID, to=PHONE, text="Записал вас на 18:00.")
     (message,) = graph.outbox.messages
     assert message.failure is None
     http, bodies = capturing()
     async with http:
-        delivery = WebhookDelivery(http, clock=driven_clock)
+        delivery = WebhookDelivery(http, clock=driven)
         assert await delivery.deliver_outcome(message) == [200, 200, 200]
     statuses = [only_status(b) for b in bodies]
     assert [s["status"] for s in statuses] == [state for state, _ in DELIVERED_STEPS]
@@ -541,10 +529,10 @@ async def test_a_delivered_reply_is_reported_sent_delivered_read_with_pricing(
     assert all(s["pricing"]["billable"] is False for s in statuses)  # a reply inside the window is free
 
 
-async def test_a_status_to_a_username_user_names_recipient_user_id(driven_clock: VirtualClock) -> None:
+async def test_a_status_to_a_username_user_names_recipient_user_id(driven: VirtualClock) -> None:
     http, bodies = capturing()
     async with http:
-        delivery = WebhookDelivery(http, clock=driven_clock)
+        delivery = WebhookDelivery(http, clock=driven)
         await delivery.deliver_status(wamid="wamid.b", status="delivered", recipient=BSUID, at_ms=START_MS)
     status = only_status(bodies[0])
     assert status["recipient_user_id"] == BSUID and "recipient_id" not in status
@@ -553,15 +541,15 @@ async def test_a_status_to_a_username_user_names_recipient_user_id(driven_clock:
 async def test_the_systems_webhook_takes_the_failed_status_and_marks_the_turn(
     make_graph: Callable[..., Graph],
     make_system: Callable[..., Awaitable[System]],
-    driven_clock: VirtualClock,
+    driven: VirtualClock,
 ) -> None:
     graph = make_graph(faults=WhatsAppFaults(window_closed={PHONE}))
-    ids = await graph.sender(driven_clock).send_text(phone_number_id=PNID, to=PHONE, text="Напоминаем о записи")
+    ids = await graph.sender(driven).send_text(phone_number_id=PNID, to=PHONE, text="Напоминаем о записи")
     http, rt = await make_system(whatsapp_app_secret=APP_SECRET)
     turn = "aiadmin:turn:test"
     await rt.redis.hset(turn, "stage", "sent")
     await rt.redis.hset(rt.keys.status(ids[0]), STATUS_TURN_FIELD, turn)
-    delivery = WebhookDelivery(http, clock=driven_clock, secret=APP_SECRET)
+    delivery = WebhookDelivery(http, clock=driven, secret=APP_SECRET)
     assert await delivery.deliver_outcome(graph.outbox.messages[0]) == [200]
     assert (await stats(http))["delivery_statuses"] == {"failed": 1}
     assert await rt.redis.hmget(turn, [DELIVERY_FIELD, DELIVERY_ERROR_FIELD]) == [b"failed", b"131047"]

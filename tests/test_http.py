@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from system.http import ShardedTransport
+from system.outbound_http import ShardedTransport
 
 
 class SlowServer:

@@ -14,8 +14,12 @@ import respx
 from structlog.testing import capture_logs
 
 from simulator.clock import VirtualClock
-from system.batcher import BatchProcessor
-from system.llm import (
+from system.errors import SettingsError
+from system.models import InboundMessage
+from system.retry import RetryPolicy
+from system.runtime import Runtime, build_worker
+from system.settings import Settings, load_settings
+from system.turn.llm import (
     BreakerState,
     CircuitBreaker,
     CircuitOpen,
@@ -36,11 +40,7 @@ from system.llm import (
     tool_message,
     user_message,
 )
-from system.models import InboundMessage
-from system.retry import RetryPolicy
-from system.runtime import Runtime, build_worker
-from system.settings import Settings, SettingsError, load_settings
-from system.worker import FALLBACK_REPLY
+from system.turn.worker import FALLBACK_REPLY
 from tests.conftest import START_MS
 from tests.world import World, world_env
 
@@ -138,15 +138,6 @@ def router() -> respx.MockRouter:
 async def http(router: respx.MockRouter) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(transport=httpx.MockTransport(router.async_handler)) as client:
         yield client
-
-
-@pytest.fixture
-async def driven(clock: VirtualClock) -> AsyncIterator[VirtualClock]:
-    """The virtual clock with time jumping from wait to wait (backoff, deadlines)."""
-    task = asyncio.create_task(clock.drive())
-    yield clock
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
 
 
 @pytest.fixture
@@ -286,7 +277,7 @@ def test_a_reasoning_model_with_what_it_refuses_stops_start_up(
     make_settings: Callable[..., Settings], http: httpx.AsyncClient, env: dict[str, str], variable: str
 ) -> None:
     settings = make_settings(llm_base_url="https://api.openai.com/v1", **env)
-    with pytest.raises(ValueError, match=variable):
+    with pytest.raises(SettingsError, match=variable):
         LLMClient.from_settings(settings, http=http, clock=VirtualClock(start_ms=START_MS), rng=random.Random(1))
 
 
@@ -598,27 +589,20 @@ async def test_402_insufficient_balance_is_quota_exhausted(
 
 
 async def test_exhausted_quota_ends_the_turn_in_one_apology_and_a_dead_letter(
-    make_runtime: Callable[..., Runtime], clock: VirtualClock, message: Callable[..., InboundMessage]
+    make_runtime: Callable[..., Runtime], driven: VirtualClock, message: Callable[..., InboundMessage]
 ) -> None:
+    clock = driven
     world = World()
     world.llm_answers.extend([httpx.Response(429, json={"error": {**QUOTA, "code": "insufficient_quota"}})] * 2)
     rt = make_runtime(**world_env())  # one LLM retry allowed: a quota error must not use it
     await rt.start()
-    driver = asyncio.create_task(clock.drive())
-    try:
-        async with world.http() as http:
-            worker = build_worker(rt, http=http, consumer="w1", concurrency=1)
-            await rt.store.append(message("привет", phone=CLIENT, received_ms=clock.now_ms()), now_ms=clock.now_ms())
-            clock.advance_to(clock.now_ms() + rt.settings.batch_timeout_ms)
-            processor = BatchProcessor(
-                rt.redis, store=rt.store, clock=clock, metrics=rt.metrics, processor_id="b", heartbeat_interval_s=1
-            )
-            await processor.tick()
-            [delivery] = await rt.queue.read("w1", count=1, now_ms=clock.now_ms())
-            await worker.handle(delivery)
-    finally:
-        driver.cancel()
-        await asyncio.gather(driver, return_exceptions=True)
+    async with world.http() as http:
+        worker = build_worker(rt, http=http, consumer="w1", concurrency=1)
+        await rt.store.append(message("привет", phone=CLIENT, received_ms=clock.now_ms()), now_ms=clock.now_ms())
+        clock.advance_to(clock.now_ms() + rt.settings.batch_timeout_ms)
+        await rt.batcher(processor_id="b").tick()
+        [delivery] = await rt.queue.read("w1", count=1, now_ms=clock.now_ms())
+        await worker.handle(delivery)
     assert len(world.llm_requests) == 1
     assert world.sent == [(CLIENT, FALLBACK_REPLY)]
     [letter] = await rt.queue.dead_letters()

@@ -8,11 +8,11 @@ import fakeredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from system.batching import BatchConfig, BatchStore
-from system.keys import Keys
+from system.ingest.batch_store import BatchConfig, BatchStore
 from system.models import InboundMessage, merge_texts
-from system.queue import JobQueue, QueueConfig
 from system.settings import load_settings
+from system.store.keys import Keys
+from system.store.queue import JobQueue, QueueConfig
 
 fragment = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
 

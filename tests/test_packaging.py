@@ -15,12 +15,20 @@ from pathlib import Path
 
 import pytest
 
+from system.errors import SettingsError
 from system.runtime import connect_redis
-from system.settings import SettingsError, load_settings
+from system.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SIM_ONLY = ("pymorphy3", "dateparser", "rapidfuzz", "fakeredis")
-PRODUCTION_MODULES = ("system.api", "system.worker", "system.batcher", "system.cli", "system.runtime", "system.serve")
+PRODUCTION_MODULES = (
+    "system.ingest.routes",
+    "system.turn.worker",
+    "system.ingest.batch_processor",
+    "system.cli",
+    "system.runtime",
+    "system.http_server",
+)
 
 
 def _python(code: str, *, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from system.context import Context, Dialog, HistoryItem, Preferences
 from system.models import BatchedMessage, Job, MessageKind
-from system.prompt import TRUNCATED_MARK, conversation, truncate_for_model, turn_text
+from system.turn.context import Context, Dialog, HistoryItem, Preferences
+from system.turn.prompt import TRUNCATED_MARK, conversation, truncate_for_model, turn_text
 
 
 def job(text: str) -> Job:

@@ -9,14 +9,17 @@ from collections.abc import Callable
 import pytest
 
 from simulator.clock import VirtualClock
-from system.batcher import BatchProcessor
-from system.keys import WORKER_GROUP
 from system.models import InboundMessage
-from system.queue import Delivery, JobQueue, QueueConfig
 from system.retry import backoff_s
 from system.runtime import Runtime
+from system.store.keys import WORKER_GROUP
+from system.store.queue import Delivery, JobQueue, QueueConfig
+
+from .conftest import next_turn
 
 Factory = Callable[..., InboundMessage]
+SERVER_TIMEOUT_MS = 1000  # a timeout the Redis server measures on its own (wall) clock
+PAST_SERVER_TIMEOUT_S = SERVER_TIMEOUT_MS / 1000 + 0.1
 
 
 @pytest.fixture
@@ -27,13 +30,7 @@ async def rt(make_runtime: Callable[..., Runtime]) -> Runtime:
 
 
 async def one_job(rt: Runtime, clock: VirtualClock, message: Factory, text: str = "привет") -> Delivery:
-    await rt.store.append(message(text), now_ms=clock.now_ms())
-    clock.advance_to(clock.now_ms() + 9000)
-    await BatchProcessor(
-        rt.redis, store=rt.store, clock=clock, metrics=rt.metrics, processor_id="b", heartbeat_interval_s=1
-    ).tick()
-    [delivery] = await rt.queue.read("w1", count=10, now_ms=clock.now_ms())
-    return delivery
+    return await next_turn(rt, clock, message, text)
 
 
 async def test_ack_removes_the_job(rt: Runtime, clock: VirtualClock, message: Factory) -> None:
@@ -85,9 +82,7 @@ async def test_dead_letter_releases_the_conversation_next_batch(
     await rt.store.append(message("второй"), now_ms=clock.now_ms())
     await rt.queue.fail(delivery, "bad", now_ms=clock.now_ms(), retryable=False)
     clock.advance_to(clock.now_ms() + 9000)
-    await BatchProcessor(
-        rt.redis, store=rt.store, clock=clock, metrics=rt.metrics, processor_id="b", heartbeat_interval_s=1
-    ).tick()
+    await rt.batcher(processor_id="b").tick()
     [next_turn] = await rt.queue.read("w1", count=10, now_ms=clock.now_ms())
     assert next_turn.job.text == "второй"
 
@@ -119,17 +114,19 @@ async def test_jobs_of_a_dead_consumer_are_reclaimed_after_the_visibility_timeou
 ) -> None:
     rt = make_runtime(max_attempts=2)
     await rt.start()
-    # XAUTOCLAIM measures idle time on the server's clock: a short visibility timeout keeps this quick.
-    queue = JobQueue(rt.redis, keys=rt.keys, config=QueueConfig(50, 2, 1.0, 1.0), rng=random.Random(1))
+    # XAUTOCLAIM measures idle time on the server's clock, in wall time. A second is short enough for a quick test
+    # and long enough that a busy machine cannot let it pass before the "not idle long enough" check.
+    config = QueueConfig(SERVER_TIMEOUT_MS, 2, 1.0, 1.0)
+    queue = JobQueue(rt.redis, keys=rt.keys, config=config, rng=random.Random(1))
     delivery = await one_job(rt, clock, message)  # read by "w1", which then dies
 
     assert await queue.reclaim("w2", count=10, now_ms=clock.now_ms()) == []  # not idle long enough
-    await asyncio.sleep(0.08)
+    await asyncio.sleep(PAST_SERVER_TIMEOUT_S)
     [reclaimed] = await queue.reclaim("w2", count=10, now_ms=clock.now_ms())
     assert reclaimed.job.batch_id == delivery.job.batch_id
     assert reclaimed.deliveries == 2
 
-    await asyncio.sleep(0.08)  # w2 dies too: the job has been abandoned more often than allowed
+    await asyncio.sleep(PAST_SERVER_TIMEOUT_S)  # w2 dies too: the job has been abandoned more often than allowed
     assert await queue.reclaim("w3", count=10, now_ms=clock.now_ms()) == []
     [letter] = await queue.dead_letters()
     assert letter.error == "abandoned by 2 consumers"

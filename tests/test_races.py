@@ -12,12 +12,12 @@ from collections import Counter
 import pytest
 from redis.asyncio import Redis
 
-from system.batching import AppendOutcome, BatchConfig, BatchStore
 from system.clock import WallClock
-from system.keys import Keys
+from system.ingest.batch_store import AppendOutcome, BatchConfig, BatchStore
 from system.models import InboundMessage
-from system.queue import JobQueue, QueueConfig
 from system.settings import load_settings
+from system.store.keys import Keys
+from system.store.queue import JobQueue, QueueConfig
 
 from .conftest import REAL_REDIS_URL
 

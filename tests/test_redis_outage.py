@@ -29,12 +29,12 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from system.clock import WallClock
-from system.keys import Keys
+from system.ingest.payloads import parse_gateway
 from system.models import InboundMessage
-from system.notify import ChannelListener
-from system.payloads import parse_gateway
 from system.runtime import Runtime
 from system.settings import load_settings
+from system.store.keys import Keys
+from system.store.notify import ChannelListener
 
 from .conftest import IN_CI
 

@@ -272,8 +272,8 @@ async def test_the_tests_fixtures_refuse_a_database_holding_another_programs_key
 def test_the_quick_start_pytest_uses_only_the_tests_database() -> None:
     """Without their own variables the load-run and benchmark tests use AIADMIN_TEST_REDIS_URL, nothing else."""
     code = (
-        "from tests import conftest, test_bench, test_loadtests\n"
-        "print(conftest.REAL_REDIS_URL, test_bench.BENCH_REDIS_URL, test_loadtests.LOAD_REDIS_URL)\n"
+        "from tests import conftest, test_bench, test_loadtests_runner\n"
+        "print(conftest.REAL_REDIS_URL, test_bench.BENCH_REDIS_URL, test_loadtests_runner.LOAD_REDIS_URL)\n"
     )
     env = _env(AIADMIN_TEST_REDIS_URL="redis://127.0.0.1:6399/7")
     done = _run([sys.executable, "-c", code], env=env)
@@ -283,7 +283,7 @@ def test_the_quick_start_pytest_uses_only_the_tests_database() -> None:
 
 def test_every_test_redis_variable_is_in_the_readme_table_and_passed_through_by_tox() -> None:
     sources = [*ROOT.glob("tests/*.py"), *ROOT.glob("features/*.py"), ROOT / "simulator/cli.py"]
-    sources += [ROOT / "reports/bench.py", ROOT / "loadtests/run/__main__.py"]
+    sources += [ROOT / "loadtests/bench/_cli.py", ROOT / "loadtests/run/__main__.py"]
     used = {m for path in sources for m in re.findall(r"AIADMIN_[A-Z]+_REDIS_[A-Z]+", path.read_text())}
     assert {"AIADMIN_TEST_REDIS_URL", "AIADMIN_FEATURES_REDIS_URL", "AIADMIN_SIM_REDIS_URL"} <= used
     readme = (ROOT / "README.md").read_text()

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from reports.report import MissingInputs, ReportOptions, Written, generate
-from reports.report_markdown import SECTIONS, TITLE
+from reports.generator.cli import MissingInputs, ReportOptions, Written, generate
+from reports.generator.markdown import SECTIONS, TITLE
 
 DATA = Path(__file__).parent / "data" / "report"
 DAY = date(2026, 11, 25)

@@ -16,7 +16,7 @@ import typer
 from click.testing import Result
 from typer.testing import CliRunner
 
-from reports.report import app
+from reports.generator.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data" / "report"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from reports.report_advice import advise
-from reports.report_checks import (
+from reports.generator.advice import advise
+from reports.generator.checks import (
     Goal,
     beyond_noise,
     checks,
@@ -20,12 +20,12 @@ from reports.report_checks import (
     stage_check,
     stage_timeout_ms,
 )
-from reports.report_cucumber import components, error_summary, parse_cucumber, unescape_id, written_steps
-from reports.report_figures import build_figures
-from reports.report_findings import load_problems, problems, verdict
-from reports.report_format import SCENARIOS, SCHEDULED_DAY, counted, next_month, next_scheduled_run, number
-from reports.report_inputs import InputPaths, Rate, Stage, load_inputs
-from reports.report_model import LoadFig, ProblemFig, ReportFigures
+from reports.generator.cucumber import components, error_summary, parse_cucumber, unescape_id, written_steps
+from reports.generator.figures import build_figures
+from reports.generator.findings import load_problems, problems, verdict
+from reports.generator.format import SCENARIOS, SCHEDULED_DAY, counted, next_month, next_scheduled_run, number
+from reports.generator.inputs import InputPaths, Rate, Stage, load_inputs
+from reports.generator.model import LoadFig, ProblemFig, ReportFigures
 
 DATA = Path(__file__).parent / "data" / "report"
 ROOT = Path(__file__).resolve().parents[1]

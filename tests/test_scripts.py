@@ -7,7 +7,7 @@ import enum
 import pytest
 from redis.asyncio.connection import Connection
 
-from system.scripts import pack_command
+from system.store.resp import pack_command
 
 
 class Kind(enum.IntEnum):

@@ -15,10 +15,11 @@ import pytest
 import uvicorn
 from structlog.testing import capture_logs
 
-from system.api import GATEWAY_ROUTE, create_app
+from system.errors import SettingsError
+from system.http_server import raise_open_files_limit, server_config
+from system.ingest.routes import GATEWAY_ROUTE, create_app
 from system.runtime import Runtime
-from system.serve import raise_open_files_limit, server_config
-from system.settings import Settings, SettingsError, load_settings
+from system.settings import Settings, load_settings
 
 Serve = Callable[..., Any]  # (**settings) -> async context manager yielding the port
 # Generous bounds for a shared, busy machine: what is tested is "closed, not held forever".

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from system.errors import SettingsError
 from system.settings import (
     Settings,
-    SettingsError,
     Tenant,
     env_names,
     environment_of,

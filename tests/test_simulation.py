@@ -20,7 +20,7 @@ from simulator.judge import WorldVerdict, judge_user, run_failures
 from simulator.personas import PERSONAS, want_for
 from simulator.simulation import SimOptions, SimResult, simulate
 from simulator.users import User
-from system.worker import CONFUSED_REPLY, FALLBACK_REPLY
+from system.turn.worker import CONFUSED_REPLY, FALLBACK_REPLY
 
 from .conftest import REAL_REDIS_URL
 
@@ -37,9 +37,10 @@ async def test_a_small_salon_day_keeps_every_invariant() -> None:
     assert world.unanswered_users == 0
     assert result.stats["dead_letters"] == 0
     assert result.stats["fragments_flushed"] > result.stats["batches_flushed"]  # fragments were merged
-    assert result.bookings_created > 0
+    assert result.bookings_created == 10
     assert {v.persona for v in result.verdicts} == set(PERSONAS)
-    assert sum(v.success for v in result.verdicts) >= 0.8 * len(result.verdicts)
+    # Seed 7 is deterministic (see the next test): every one of its users gets what they came for.
+    assert [(v.persona, v.reason) for v in result.verdicts if not v.success] == []
 
 
 async def test_one_seed_gives_one_transcript() -> None:
@@ -83,7 +84,8 @@ def test_simulate_exits_1_when_every_model_call_times_out(tmp_path: Path) -> Non
     # Every persona fails, the ones with nothing to book too: an apology for a failed turn is no answer.
     assert all(f"{name} 0.0%" in verdict[0] for name in PERSONAS)
     summary = orjson.loads((tmp_path / "summary.json").read_bytes())
-    assert summary["failed"] and summary["dead_letters"] > 0
+    # Seed 1 is deterministic: exactly 21 turns end as dead letters (the later ones refused by the open circuit).
+    assert summary["failed"] and summary["dead_letters"] == 21
 
 
 def test_simulate_prints_pass_and_exits_0_when_every_persona_reaches_its_rate(tmp_path: Path) -> None:

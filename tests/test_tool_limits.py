@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from system.tool_limits import Refusal, ToolBudget, ToolLimits
+from system.turn.tool_limits import Refusal, ToolBudget, ToolLimits
 
 
 def test_calls_past_the_per_completion_limit_are_refused() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import random
 import subprocess
@@ -20,16 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simulator.clock import VirtualClock
-from system.retry import RetryPolicy
-from system.settings import Settings, SettingsError
-from system.whatsapp import (
+from system.channels.whatsapp import (
     RECIPIENT_BACKOFF_BASE_S,
     AccountRestricted,
     CloudApiSender,
     GatewaySender,
     OutsideWindow,
     RecipientThrottled,
-    SendError,
     SendRejected,
     ThroughputLimited,
     TokenExpired,
@@ -40,8 +36,11 @@ from system.whatsapp import (
     cloud_api_base,
     split_text,
 )
+from system.errors import SendError, SettingsError
+from system.retry import RetryPolicy
+from system.settings import Settings
 
-from .conftest import START_MS
+from .conftest import START_MS, ManualClock
 
 API = "https://graph.facebook.com/v21.0"
 PNID = "106540352242922"
@@ -52,22 +51,6 @@ PHONE = "79001234567"
 OTHER_PHONE = "79007654321"
 RETRIES = 2
 GAP_MS = 1000
-
-
-class ManualClock:
-    """Time stands still except when someone sleeps; every sleep is recorded."""
-
-    def __init__(self, *, start_ms: int) -> None:
-        self.now = start_ms
-        self.sleeps: list[float] = []
-
-    def now_ms(self) -> int:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += max(0, math.ceil(seconds * 1000))
-        await asyncio.sleep(0)
 
 
 def sent(wamid: str) -> httpx.Response:
@@ -492,7 +475,7 @@ def test_build_sender_names_the_missing_setting(
     env: dict[str, str],
     variable: str,
 ) -> None:
-    with pytest.raises(ValueError, match=variable):
+    with pytest.raises(SettingsError, match=variable):
         build_sender(make_settings(**env), http=http, clock=clock, rng=random.Random(1))
 
 
@@ -549,7 +532,7 @@ def test_cloud_start_up_is_refused_when_a_tenant_could_never_be_answered(
         'company_id = 2\nname = "Без номера"',
     )
     settings_ = make_settings(whatsapp_token="t", tenants=tenants)
-    with pytest.raises(ValueError, match="AIADMIN_WHATSAPP_PHONE_NUMBER_ID") as raised:
+    with pytest.raises(SettingsError, match="AIADMIN_WHATSAPP_PHONE_NUMBER_ID") as raised:
         build_sender(settings_, http=http, clock=clock, rng=random.Random(1))
     assert "AIADMIN_TENANTS" in str(raised.value) and "company 2" in str(raised.value)
     assert "company 1" not in str(raised.value)

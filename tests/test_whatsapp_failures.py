@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 
-import httpx
 import pytest
 import structlog
 
 from simulator.clock import VirtualClock
-from system.batcher import BatchProcessor
 from system.models import InboundMessage
-from system.queue import Delivery
 from system.runtime import Runtime, build_worker
-from system.worker import Worker
+from system.turn.worker import Worker
 
+from .conftest import next_turn
 from .world import World, say, world_env
 
 Factory = Callable[..., InboundMessage]
@@ -23,24 +20,12 @@ CLIENT = "79001234567"
 REPLY = "Здравствуйте! Мужская стрижка стоит 1500 ₽."
 
 
+pytestmark = pytest.mark.usefixtures("driven")  # backoffs and rate limits on the clock end at once
+
+
 @pytest.fixture
-async def world() -> World:
+def world() -> World:
     return World()
-
-
-@pytest.fixture(autouse=True)
-async def time_runs(clock: VirtualClock) -> AsyncIterator[None]:
-    """Backoffs on the clock end as soon as nothing else can run."""
-    driver = asyncio.create_task(clock.drive())
-    yield
-    driver.cancel()
-    await asyncio.gather(driver, return_exceptions=True)
-
-
-@pytest.fixture
-async def http(world: World) -> AsyncIterator[httpx.AsyncClient]:
-    async with world.http() as client:
-        yield client
 
 
 @pytest.fixture
@@ -51,19 +36,10 @@ async def rt(make_runtime: Callable[..., Runtime]) -> Runtime:
 
 
 @pytest.fixture
-def worker(rt: Runtime, http: httpx.AsyncClient) -> Worker:
-    return build_worker(rt, http=http, consumer="w1", concurrency=1)
-
-
-async def next_turn(rt: Runtime, clock: VirtualClock, message: Factory, text: str) -> Delivery:
-    await rt.store.append(message(text, phone=CLIENT, received_ms=clock.now_ms()), now_ms=clock.now_ms())
-    clock.advance_to(clock.now_ms() + rt.settings.batch_timeout_ms)
-    processor = BatchProcessor(
-        rt.redis, store=rt.store, clock=clock, metrics=rt.metrics, processor_id="b", heartbeat_interval_s=1
-    )
-    await processor.tick()
-    [delivery] = await rt.queue.read("w1", count=10, now_ms=clock.now_ms())
-    return delivery
+async def worker(rt: Runtime, world: World) -> AsyncIterator[Worker]:
+    """One worker, one turn at a time, its clients talking to `world`."""
+    async with world.http() as http:
+        yield build_worker(rt, http=http, consumer="w1", concurrency=1)
 
 
 async def test_account_maintenance_131057_is_retried_and_the_reply_goes_out(

@@ -14,17 +14,16 @@ import pytest
 from redis.asyncio import Redis
 
 from simulator.clock import VirtualClock
-from system.batcher import BatchProcessor
-from system.keys import Keys
+from system.ingest.payloads import ParseResult
 from system.models import DeliveryStatus, InboundMessage, StatusUpdate
-from system.payloads import ParseResult
-from system.queue import Delivery
 from system.runtime import Runtime, build_worker
 from system.settings import Settings
-from system.turns import TurnStore
-from system.worker import FALLBACK_REPLY, Worker
+from system.store.keys import Keys
+from system.store.queue import Delivery
+from system.turn.records import TurnStore
+from system.turn.worker import FALLBACK_REPLY, Worker
 
-from .conftest import START_MS
+from .conftest import START_MS, next_turn
 from .world import TZ, World, call, say, world_env
 
 Factory = Callable[..., InboundMessage]
@@ -35,18 +34,12 @@ LONG_REPLY = ("Первый абзац ответа. " * 180).strip() + "\n\n" +
 CLIENT_WROTE_TO = "109876543210987"  # another business number of the same salon
 
 
+pytestmark = pytest.mark.usefixtures("driven")  # waits on the clock (rate limits, backoffs) end at once
+
+
 @pytest.fixture
 async def world() -> World:
     return World()
-
-
-@pytest.fixture(autouse=True)
-async def time_runs(clock: VirtualClock) -> AsyncIterator[None]:
-    """Waits on the clock (the CRM client's rate limit, backoffs) end as soon as nothing else can run."""
-    driver = asyncio.create_task(clock.drive())
-    yield
-    driver.cancel()
-    await asyncio.gather(driver, return_exceptions=True)
 
 
 @pytest.fixture
@@ -65,19 +58,6 @@ async def rt(make_runtime: Callable[..., Runtime]) -> Runtime:
 @pytest.fixture
 def worker(rt: Runtime, http: httpx.AsyncClient) -> Worker:
     return build_worker(rt, http=http, consumer="w1", concurrency=4)
-
-
-async def next_turn(rt: Runtime, clock: VirtualClock, message: Factory, *texts: str, phone: str = CLIENT) -> Delivery:
-    """The client writes `texts`; the batch falls due and is read by the worker's consumer."""
-    for text in texts:
-        await rt.store.append(message(text, phone=phone, received_ms=clock.now_ms()), now_ms=clock.now_ms())
-    clock.advance_to(clock.now_ms() + rt.settings.batch_timeout_ms)
-    processor = BatchProcessor(
-        rt.redis, store=rt.store, clock=clock, metrics=rt.metrics, processor_id="b", heartbeat_interval_s=1
-    )
-    await processor.tick()
-    [delivery] = await rt.queue.read("w1", count=10, now_ms=clock.now_ms())
-    return delivery
 
 
 async def test_booking_end_to_end_creates_the_record_and_answers_once(
@@ -259,9 +239,7 @@ async def test_fragments_written_while_the_bot_thinks_are_answered_in_the_next_t
     first = await next_turn(rt, clock, message, "вопрос один")
     await rt.store.append(message("вопрос два", received_ms=clock.now_ms()), now_ms=clock.now_ms())
     clock.advance_to(clock.now_ms() + 9000)
-    processor = BatchProcessor(
-        rt.redis, store=rt.store, clock=clock, metrics=rt.metrics, processor_id="b", heartbeat_interval_s=1
-    )
+    processor = rt.batcher(processor_id="b")
     await processor.tick()
     assert await rt.queue.read("w1", count=10, now_ms=clock.now_ms()) == []  # held back while the first turn runs
     await worker.handle(first)
@@ -351,9 +329,7 @@ async def next_turn_enqueued(rt: Runtime, clock: VirtualClock, message: Factory,
     for text in texts:
         await rt.store.append(message(text, received_ms=clock.now_ms()), now_ms=clock.now_ms())
     clock.advance_to(clock.now_ms() + rt.settings.batch_timeout_ms)
-    processor = BatchProcessor(
-        rt.redis, store=rt.store, clock=clock, metrics=rt.metrics, processor_id="b", heartbeat_interval_s=1
-    )
+    processor = rt.batcher(processor_id="b")
     await processor.tick()
 
 

@@ -14,11 +14,10 @@ import pytest
 from redis.asyncio import Redis
 
 from simulator.clock import VirtualClock
-from system.batcher import BatchProcessor
-from system.keys import Keys
 from system.models import InboundMessage
 from system.runtime import Runtime, build_worker
 from system.settings import load_settings
+from system.store.keys import Keys
 
 from .conftest import REAL_REDIS_URL, START_MS
 from .crash_worker import CRASH_EXIT, LONG_REPLY
@@ -50,9 +49,7 @@ async def run_until_killed(
     await rt.start()
     await rt.store.append(message("запишите завтра на 15:00 на стрижку машинкой к Сергею"), now_ms=START_MS)
     clock.advance_to(START_MS + 9000)
-    await BatchProcessor(
-        rt.redis, store=rt.store, clock=clock, metrics=rt.metrics, processor_id="b", heartbeat_interval_s=1
-    ).tick()
+    await rt.batcher(processor_id="b").tick()
 
     journal = tmp_path / "world.jsonl"
     child = subprocess.run(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import math
 import random
 from collections.abc import AsyncIterator, Callable
 from datetime import date, datetime, timedelta, timezone
@@ -17,7 +15,6 @@ import respx
 from system.booking.base import (
     AppointmentsOverlap,
     BackendUnavailable,
-    BookingError,
     BookingRefused,
     ClientBlocked,
     InvalidPhone,
@@ -46,10 +43,11 @@ from system.booking.yclients import (
     UnexpectedResponse,
     YClientsBackend,
 )
+from system.errors import BookingError, SettingsError
 from system.retry import RetryPolicy
-from system.settings import Settings, SettingsError
+from system.settings import Settings
 
-from .conftest import START_MS
+from .conftest import ManualClock
 
 BASE = "https://api.yclients.test/api/v1"
 COMPANY = 962302
@@ -57,22 +55,6 @@ PHONE = "79001234567"
 OTHER_PHONE = "79161234567"
 MSK = timezone(timedelta(hours=3))
 AT = datetime(2025, 11, 26, 10, 0, tzinfo=MSK)
-
-
-class ManualClock:
-    """Time moves only when someone sleeps: each sleep is recorded and jumps the time forward."""
-
-    def __init__(self, *, start_ms: int = START_MS) -> None:
-        self.now = start_ms
-        self.sleeps: list[float] = []
-
-    def now_ms(self) -> int:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += math.ceil(seconds * 1000)
-        await asyncio.sleep(0)
 
 
 def ok(data: Any, *, status: int = 200, meta: Any = None) -> httpx.Response:

@@ -60,6 +60,12 @@ def conversation_with_each(runner: Runner, phone: str) -> None:
 @then("no turn of the administrator mixes the two salons' messages")
 def turns_not_mixed(runner: Runner, datatable: list[list[str]]) -> None:
     texts = [row[0] for row in datatable[1:]]
+    heard = dict.fromkeys(texts, 0)
     for body in runner.llm.bodies:
         said = [str(m.get("content")) for m in body["messages"] if m.get("role") == "user"]
-        assert sum(any(text in s for s in said) for text in texts) <= 1, said
+        in_turn = [text for text in texts if any(text in s for s in said)]
+        assert len(in_turn) <= 1, said
+        for text in in_turn:
+            heard[text] += 1
+    # Each salon's message reached the administrator: with no turns at all there would be nothing to mix.
+    assert all(heard.values()), heard

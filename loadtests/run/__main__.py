@@ -20,13 +20,21 @@ from typing import Annotated, Any
 import orjson
 import typer
 
+from loadtests._processes import (
+    LOCALHOST,
+    Process,
+    ProcessError,
+    ResourceSampler,
+    spawn,
+    stop,
+    stopping,
+    tee,
+    wait_http,
+)
 from loadtests._profiles import PROFILES, profile_named
 from loadtests.run._stack import (
     DEFAULT_DB,
-    LOCALHOST,
     Ports,
-    ResourceSampler,
-    Spawned,
     StackError,
     aiadmin,
     check_redis_url,
@@ -35,12 +43,7 @@ from loadtests.run._stack import (
     process_env,
     public_settings,
     repo_root,
-    spawn,
-    stack,
-    stop,
     system_env,
-    tee,
-    wait_http,
 )
 from simulator.redis_target import Target
 
@@ -109,7 +112,7 @@ def main(
             overrides=parse_overrides(set_ or []),
             locust_args=locust_arg or [],
         )
-    except (StackError, ValueError) as exc:
+    except (StackError, ProcessError, ValueError) as exc:
         typer.echo(f"loadtests.run: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(headline(summary))
@@ -150,17 +153,17 @@ def run(
     env = process_env(settings)
     fakes = ports.fakes
     system_url = f"http://{LOCALHOST}:{ports.system}"
-    procs: list[Spawned] = []
+    procs: list[Process] = []
     sampler = ResourceSampler()
-    with contextlib.closing(sampler), stack(procs):
+    with contextlib.closing(sampler), stopping(procs):
         for name in ("whatsapp", "llm", "crm"):
             extra = ["--latency-s", llm_latency_s] if name == "llm" else []
             command = aiadmin("fake", name, "--host", LOCALHOST, "--port", str(fakes[name]), *extra)
-            procs.append(spawn(f"fake-{name}", command, env=env, log_dir=log_dir))
+            procs.append(spawn(f"fake-{name}", command, env=env, log_dir=log_dir, cwd=repo_root()))
         for proc, name in zip(procs, ("whatsapp", "llm", "crm"), strict=True):
             wait_http(proc, f"http://{LOCALHOST}:{fakes[name]}/health")  # any answer: the fake is serving
         command = aiadmin("run", "--host", LOCALHOST, "--port", str(ports.system))
-        system = spawn("aiadmin-run", command, env=env, log_dir=log_dir)
+        system = spawn("aiadmin-run", command, env=env, log_dir=log_dir, cwd=repo_root())
         procs.append(system)
         wait_http(system, f"{system_url}/ready", ok=(200,))
         for proc in procs:
@@ -190,7 +193,7 @@ def run(
     if not summary_path.exists():
         raise StackError(f"Locust (exit {locust}) wrote no {summary_path}; see {log_dir / 'locust.log'}")
     summary: dict[str, Any] = orjson.loads(summary_path.read_bytes())
-    summary["processes"] = [p.figures() for p in procs]
+    summary["processes"] = [sampler.figures(p) for p in procs]
     summary["settings"] = {**summary.get("settings", {}), "system_env": public_settings(settings)}
     summary["runner"] = {
         "locust_exit_code": locust,
@@ -278,7 +281,7 @@ def run_locust(
     env: dict[str, str],
     log_dir: Path,
     sampler: ResourceSampler,
-    procs: list[Spawned],
+    procs: list[Process],
     timeout_s: float,
 ) -> int:
     """Run Locust to its end (bounded), its output to our stderr and to `locust.log`; its exit code."""
@@ -287,7 +290,7 @@ def run_locust(
         popen = subprocess.Popen(
             args, env=env, cwd=repo_root(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
-        proc = Spawned(name="locust", popen=popen, log_path=log_path)
+        proc = Process(name="locust", popen=popen, log_path=log_path)
         procs.append(proc)
         sampler.watch(proc)
         assert popen.stdout is not None

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Protocol
 
+from system.errors import BookingError
+
 
 @dataclass(frozen=True, slots=True)
 class Service:
@@ -93,17 +95,6 @@ class NewBooking:
     api_id: str  # our idempotency key (the turn's batch id), stored in the CRM record
     comment: str = ""
     extra: dict[str, str] = field(default_factory=dict)
-
-
-class BookingError(Exception):
-    """Base of every booking backend error; `retryable` says whether trying again may help."""
-
-    retryable = False
-
-    def __init__(self, message: str, *, code: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
 
 
 class SlotTaken(BookingError):

@@ -22,7 +22,6 @@ import structlog
 from system.booking.base import (
     AppointmentsOverlap,
     BackendUnavailable,
-    BookingError,
     BookingRefused,
     ClientBlocked,
     InvalidPhone,
@@ -44,9 +43,9 @@ from system.booking.base import (
 )
 from system.booking.ratelimit import LimitExhausted, RequestLimiter
 from system.clock import Clock
+from system.errors import BookingError, SettingsError
 from system.phones import PhoneError, mask_phone, normalize_phone
 from system.retry import RetryPolicy, parse_retry_after, retrying
-from system.settings import SettingsError
 
 if TYPE_CHECKING:
     from system.settings import Settings

@@ -1,7 +1,7 @@
 """One OpenAI chat-completions contract, run against every stand-in of the LLM.
 
 The stand-ins: the simulator's fake model (`simulator/fake_llm.py`, in process over ASGI), the worker tests'
-scripted LLM (`tests/world.py`, over a MockTransport) and the benchmark's one-answer LLM (`reports/standins.py`).
+scripted LLM (`tests/world.py`, a MockTransport) and the benchmark's one-answer LLM (`loadtests/bench/_standins.py`).
 What is asserted is what OpenAI's API reference documents for `POST /v1/chat/completions`: the completion
 object, tool calls whose `function.arguments` is a JSON string, `tool_choice` none/required/named, the
 `max_completion_tokens` parameter, and the 401 `invalid_api_key` error object (`code` a string or null).
@@ -27,12 +27,13 @@ import httpx
 import pymorphy3
 import pytest
 
-from reports import standins
+from loadtests.bench import _standins as standins
 from simulator import fake_llm
 from simulator.clock import VirtualClock
 from system.booking.base import BookingBackend, Master, Service
-from system.context import Context, Dialog, Preferences
-from system.llm import (
+from system.retry import RetryPolicy
+from system.turn.context import Context, Dialog, Preferences
+from system.turn.llm import (
     CircuitBreaker,
     LLMAccessDenied,
     LLMClient,
@@ -40,9 +41,8 @@ from system.llm import (
     system_message,
     user_message,
 )
-from system.prompt import system_prompt
-from system.retry import RetryPolicy
-from system.tools import BookingTools
+from system.turn.prompt import system_prompt
+from system.turn.tools import BookingTools
 from tests import world
 
 from ..conftest import START_MS
@@ -351,7 +351,7 @@ async def test_a_reasoning_model_accepts_what_the_systems_client_sends(
 @pytest.mark.parametrize(
     "module",
     [
-        "reports/standins.py",
+        "loadtests/bench/_standins.py",
         "tests/world.py",
         "simulator/fake_llm.py",
     ],

@@ -1,7 +1,7 @@
 """One WhatsApp Cloud API contract (the sending side), run against every stand-in of it.
 
 The stand-ins: the simulator's fake Cloud API (`simulator/whatsapp.py`, in process over ASGI), the worker tests'
-respx world (`tests/world.py`, over a MockTransport) and the benchmark stand-ins (`reports/standins.py`). The two
+respx world (`tests/world.py`, a MockTransport) and the benchmark stand-ins (`loadtests/bench/_standins.py`). The two
 last serve the simulator's fake core with their own bookkeeping, so there is one implementation of Meta's rules.
 What is asserted is what Meta documents for `POST /{version}/{phone_number_id}/messages` (the messages reference,
 the typing-indicators guide, the Graph API error-handling guide): where a test is about our client, it drives the
@@ -21,11 +21,11 @@ import httpx
 import orjson
 import pytest
 
-from reports import standins
+from loadtests.bench import _standins as standins
 from simulator import whatsapp
 from simulator.clock import VirtualClock
+from system.channels.whatsapp import CloudApiSender, TokenExpired
 from system.retry import RetryPolicy
-from system.whatsapp import CloudApiSender, TokenExpired
 from tests import world
 
 from ..conftest import START_MS
@@ -283,7 +283,7 @@ async def test_an_invalid_body_is_refused_with_code_100(standin: StandIn, body: 
     "module",
     [
         "simulator/whatsapp.py",
-        "reports/standins.py",
+        "loadtests/bench/_standins.py",
         "tests/world.py",
         "simulator/delivery.py",
     ],

@@ -1,7 +1,7 @@
 """One YClients contract, run against every stand-in of YClients, through the production `YClientsBackend`.
 
 The stand-ins: the simulator's fake CRM (`simulator/crm.py`, in process over ASGI), the worker tests' respx world
-(`tests/world.py`, over a MockTransport) and the benchmark stand-ins (`reports/standins.py`, which serve the
+(`tests/world.py`, over a MockTransport) and the benchmark stand-ins (`loadtests/bench/_standins.py`, which serve the
 simulator's fake CRM). What is asserted is what the YClients API Blueprint documents, so a bug in our client that
 a real YClients would expose (an undocumented filter, a missing required field) is exposed here too.
 """
@@ -19,20 +19,13 @@ from typing import Any
 import httpx
 import pytest
 
-from reports import standins
+from loadtests.bench import _standins as standins
 from simulator import crm
 from simulator.clock import VirtualClock
 from simulator.salon import BARBERSHOP_FIXTURE, Salon
-from system.booking.base import (
-    BookingError,
-    InvalidPhone,
-    NameRequired,
-    NewBooking,
-    Slot,
-    SlotTaken,
-    Unauthorized,
-)
+from system.booking.base import InvalidPhone, NameRequired, NewBooking, Slot, SlotTaken, Unauthorized
 from system.booking.yclients import YClientsBackend, wire_api_id
+from system.errors import BookingError
 from tests import world
 
 from ..conftest import START_MS

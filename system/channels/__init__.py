@@ -1,0 +1,1 @@
+"""The channels replies go out on: the WhatsApp senders."""
