@@ -10,8 +10,6 @@ production `CloudApiSender`; where it is about a documented answer, it posts the
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -28,7 +26,6 @@ from system.channels.whatsapp import CloudApiSender, TokenExpired
 from system.retry import RetryPolicy
 from tests import world
 
-from ..conftest import START_MS
 from .imports import forbidden
 
 STANDINS = ("simulator", "world", "standins")
@@ -40,6 +37,9 @@ TEXT_LIMIT_CHARS = 4096  # Meta, messages reference: a text body is at most 4096
 # Meta's Graph API error object: these four always, the others when they apply.
 ERROR_REQUIRED = {"message", "type", "code", "fbtrace_id"}
 ERROR_KEYS = ERROR_REQUIRED | {"error_subcode", "error_data", "error_user_title", "error_user_msg", "is_transient"}
+
+
+pytestmark = pytest.mark.usefixtures("driven")  # the clock of tests/conftest.py, its time jumping
 
 
 @dataclass
@@ -70,16 +70,6 @@ class StandIn:
         headers = {"Authorization": f"Bearer {given}"} if given is not None else {}
         url = f"{self.base_url}/{version}/{PNID}/messages"
         return await self.http.post(url, content=orjson.dumps(body), headers=headers)
-
-
-@pytest.fixture
-async def clock() -> AsyncIterator[VirtualClock]:
-    clock = VirtualClock(start_ms=START_MS)
-    driver = asyncio.create_task(clock.drive())
-    yield clock
-    driver.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await driver
 
 
 def _outbox_view(outbox: whatsapp.Outbox) -> tuple[Callable[[], list[tuple[str, str]]], Callable[[], int]]:

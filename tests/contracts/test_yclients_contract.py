@@ -8,8 +8,6 @@ a real YClients would expose (an undocumented filter, a missing required field) 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -34,6 +32,9 @@ COMPANY = 962302
 PHONE = "79001234567"
 OTHER_PHONE = "79161234567"
 STANDINS = ("simulator", "world", "standins")
+
+
+pytestmark = pytest.mark.usefixtures("driven")  # the clock of tests/conftest.py, its time jumping
 
 
 @dataclass
@@ -65,16 +66,6 @@ class StandIn:
         response = await self.http.get(f"{self.base_url}/{path}", params=params, headers=self.auth)
         assert response.status_code == 200, response.text
         return response.json()
-
-
-@pytest.fixture
-async def clock() -> AsyncIterator[VirtualClock]:
-    clock = VirtualClock(start_ms=START_MS)
-    driver = asyncio.create_task(clock.drive())
-    yield clock
-    driver.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await driver
 
 
 @pytest.fixture(params=STANDINS)
