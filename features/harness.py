@@ -12,8 +12,6 @@ import contextlib
 import itertools
 import json
 import random
-import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -34,6 +32,7 @@ from simulator.clock import VirtualClock
 from simulator.delivery import META_PATH, BusinessNumber, WebhookDelivery, meta_webhook
 from simulator.fakeredis_time import fakeredis_on
 from simulator.judge import Booked, snapshot
+from simulator.redis_server import RedisServer
 from simulator.redis_target import Target, claim, mark
 from simulator.salon import BARBERSHOP_FIXTURE, Salon
 from simulator.simulation import TZ, ReplyBox, Transcript
@@ -46,7 +45,6 @@ START = datetime(2025, 11, 25, 13, 0, tzinfo=TZ)  # a Tuesday afternoon in Mosco
 SECOND_COMPANY_ID = 962303  # the second salon of a two-salon setup: the same fixture under another company id
 SECOND_PHONE_NUMBER_ID = "106540352242923"
 STATS_ROUTE = "/webhook/whatsapp/batched/stats"
-OWN_REDIS_START_S = 10.0  # a scenario's own redis-server listens within this (AOF replay included)
 T = TypeVar("T")
 
 
@@ -62,7 +60,7 @@ class Setup:
     realtime: bool = False  # the wall clock instead of the virtual one (and "now" instead of `start`)
     redis: RedisTarget | None = None  # a real Redis (the suite's --redis-url); None: fakeredis
     # A redis-server of the scenario's own that its steps may stop and start (`redis` then points at it).
-    own_server: OwnRedisServer | None = None
+    own_server: RedisServer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,42 +69,6 @@ class RedisTarget:
 
     target: Target
     flush: bool = False  # flush it even when it holds keys no test tool wrote
-
-
-class OwnRedisServer:
-    """A redis-server of one scenario's own (a free port, a temporary directory): a real Redis the scenario may
-    switch off and on, as the suite's shared server never may be. The append-only file is fsynced on every write,
-    so a stop (a kill, not a shutdown) loses nothing it acknowledged."""
-
-    def __init__(self, binary: str, directory: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self._argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(directory)]
-        self._argv += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
-        self.url = f"redis://127.0.0.1:{self.port}/1"
-        self._log = (directory / "redis.log").open("ab")
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self._proc = subprocess.Popen(self._argv, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + OWN_REDIS_START_S
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise AssertionError(f"redis-server did not listen on port {self.port} within {OWN_REDIS_START_S} s")
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait(timeout=10)
-            self._proc = None
-
-    def close(self) -> None:
-        self.stop()
-        self._log.close()
 
 
 class ByCompany:
@@ -299,7 +261,7 @@ class Runner:
     def redis_off(self) -> None:
         """Redis stops answering: fakeredis disconnects, a server of the scenario's own is killed."""
         if self.own_server is not None:
-            self.own_server.stop()
+            self.own_server.kill()
         else:
             assert self.redis_server is not None, "a shared real Redis is never switched off"
             self.redis_server.connected = False

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from simulator.redis_server import free_port
 from system.models import InboundMessage
 from system.runtime import Runtime
 from system.settings import load_settings
@@ -27,12 +27,6 @@ from system.store.queue import JobQueue, QueueConfig
 from .conftest import REAL_REDIS_URL
 
 STARTUP_DEADLINE_S = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def base_env(**extra: str) -> dict[str, str]:

@@ -8,7 +8,6 @@ the shape's arithmetic and the early-stop rule are pure and tested here directly
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -22,17 +21,10 @@ import pytest
 
 from loadtests._abort import AbortRule
 from loadtests._profiles import profile_named
+from simulator.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCUST_LIMIT_S = 40.0  # start-up (~2 s), the early stop and the drain; far below any profile's length
-
-
-def _dead_port() -> int:
-    """A local port where nothing listens (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 class _Failing(BaseHTTPRequestHandler):
@@ -170,7 +162,7 @@ def test_nonsense_abort_options_are_refused(kwargs: dict[str, float]) -> None:
 @pytest.mark.timeout(60)
 def test_locust_against_a_system_that_is_down_stops_within_seconds_with_exit_code_1(tmp_path: Path) -> None:
     started = time.monotonic()
-    done = _locust(*_headless_against(_dead_port(), tmp_path, "--abort-no-answer-s", "2"))
+    done = _locust(*_headless_against(free_port(), tmp_path, "--abort-no-answer-s", "2"))
     elapsed_s = time.monotonic() - started
     assert done.returncode == 1, done.stderr[-3000:]
     assert elapsed_s < LOCUST_LIMIT_S  # the profile itself would run 300 s
@@ -198,7 +190,7 @@ def test_locust_run_time_flag_ends_the_profile_and_is_announced(tmp_path: Path) 
     # The early stop is off, so only -t can end this 5-minute profile against a target that is down.
     args = ("-u", "2", "-r", "2", "-t", "3s", "--abort-no-answer-s", "0", "--abort-failure-ratio", "1")
     started = time.monotonic()
-    done = _locust(*_headless_against(_dead_port(), tmp_path, *args))
+    done = _locust(*_headless_against(free_port(), tmp_path, *args))
     assert time.monotonic() - started < LOCUST_LIMIT_S, done.stderr[-3000:]
     assert "profile steady (2 users at 2/s until 3 s), Locust's -u 2 -r 2.0 -t 3 override it" in done.stderr
     assert "have no impact on LoadShapes" not in done.stderr  # Locust's own warning that it ignores them
@@ -223,7 +215,7 @@ def test_locust_lists_the_load_tests_options_with_their_defaults() -> None:
 @pytest.mark.timeout(60)
 def test_locusts_own_profile_option_no_longer_picks_the_load_profile(tmp_path: Path) -> None:
     done = _locust(
-        *_headless_against(_dead_port(), tmp_path, "--profile", "burst", "--abort-no-answer-s", "1", "-t", "2s")
+        *_headless_against(free_port(), tmp_path, "--profile", "burst", "--abort-no-answer-s", "1", "-t", "2s")
     )
     assert "load shape: profile steady" in done.stderr, done.stderr[-3000:]
     assert (tmp_path / "steady.json").exists() and not (tmp_path / "burst.json").exists()

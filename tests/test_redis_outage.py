@@ -13,7 +13,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from simulator.redis_server import RedisServer, free_port, wait_for_port
 from system.clock import WallClock
 from system.ingest.payloads import parse_gateway
 from system.models import InboundMessage
@@ -47,63 +47,6 @@ LOAD_BEFORE_S = 1.5  # of load once the first turn is done, before Redis stops
 LOAD_AFTER_S = 2.0  # of load once Redis is back
 STARTUP_DEADLINE_S = 30.0
 DRAIN_DEADLINE_S = 40.0  # every accepted message reaches a reply or a dead letter within this
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, *, deadline_s: float) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on port {port} after {deadline_s} s")
-
-
-class RedisServer:
-    """A redis-server of this test's own: append-only file fsynced on every write, so a kill loses nothing."""
-
-    def __init__(self, binary: str, directory: Path, port: int) -> None:
-        self._argv = [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(directory),
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--save",
-            "",
-        ]
-        self.port = port
-        self.url = f"redis://127.0.0.1:{port}/1"
-        self._log = (directory / "redis.log").open("ab")
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self._proc = subprocess.Popen(self._argv, stdout=self._log, stderr=subprocess.STDOUT)
-        wait_for_port(self.port, deadline_s=10)
-
-    def kill(self) -> None:
-        """A crash, not a shutdown: only what the append-only file holds survives."""
-        assert self._proc is not None
-        self._proc.kill()
-        self._proc.wait(timeout=10)
-        self._proc = None
-
-    def close(self) -> None:
-        if self._proc is not None:
-            self.kill()
-        self._log.close()
 
 
 @dataclass
@@ -148,7 +91,7 @@ def stopped_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         if IN_CI:
             pytest.fail("CI=true but there is no redis-server binary for the outage tests")
         pytest.skip("no redis-server binary")
-    server = RedisServer(binary, tmp_path, free_port())
+    server = RedisServer(binary, tmp_path)
     try:
         yield server
     finally:

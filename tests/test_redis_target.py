@@ -11,18 +11,16 @@ import configparser
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import fakeredis
 import pytest
 from redis import Redis as SyncRedis
-from redis.exceptions import RedisError
 
+from simulator.redis_server import RedisServer, free_port
 from simulator.redis_target import (
     MARKER_KEY,
     TargetRefused,
@@ -123,20 +121,12 @@ def test_an_explicit_flush_empties_a_database_someone_else_wrote() -> None:
 
 
 def test_an_unreachable_server_is_a_retryable_error_not_a_refusal() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # nothing listens there once the socket is closed
+    port = free_port()  # nothing listens there once the socket is closed
     with pytest.raises(TargetUnreachable, match="aiadmin simulate"):
         claim_url(check_target(f"redis://127.0.0.1:{port}/13", owner="aiadmin simulate", force=False), flush=False)
 
 
 # --- every tool, against a server of our own holding another program's key in db 13 ----------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -147,26 +137,12 @@ def own_server(tmp_path: Path) -> Iterator[str]:
         if IN_CI:
             pytest.fail("CI=true but there is no redis-server binary for the Redis-target tests")
         pytest.skip("no redis-server binary")
-    port = _free_port()
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    with (tmp_path / "redis.log").open("wb") as log:
-        server = subprocess.Popen([*args, "--dir", str(tmp_path)], stdout=log, stderr=subprocess.STDOUT)
+    server = RedisServer(binary, tmp_path, durable=False)
+    server.start()
     try:
-        client = SyncRedis(port=port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except RedisError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)  # bounded: the server takes a moment to listen
-        client.close()
-        yield f"redis://127.0.0.1:{port}"
+        yield server.base_url
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        server.close()
 
 
 @pytest.fixture

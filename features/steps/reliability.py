@@ -7,10 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from harness import OwnRedisServer, RedisTarget, Runner, Setup
+from harness import RedisTarget, Runner, Setup
 from pytest_bdd import given, parsers, then, when
 
 from simulator.fake_llm import LlmFaults
+from simulator.redis_server import RedisServer
 from simulator.redis_target import check_target
 
 
@@ -81,7 +82,7 @@ def own_redis_server(setup: Setup, request: pytest.FixtureRequest, directory: Pa
         if os.environ.get("CI") == "true":
             pytest.fail("CI=true but there is no redis-server binary for a scenario's own Redis")
         pytest.skip("no redis-server binary for a scenario's own Redis")
-    server = OwnRedisServer(binary, directory)
+    server = RedisServer(binary, directory)
     request.addfinalizer(server.close)  # after the runner's close, which was set up later
     server.start()
     setup.redis = RedisTarget(check_target(server.url, owner="pytest features", force=False), flush=True)

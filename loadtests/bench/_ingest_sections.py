@@ -20,11 +20,12 @@ from typing import Any
 from redis.asyncio import Redis
 from rich.console import Console
 
-from loadtests._processes import LOCALHOST, CpuWindow, Process, free_port, rss_mb, spawned, wait_http_ready
+from loadtests._processes import LOCALHOST, CpuWindow, Process, rss_mb, spawned, wait_http_ready
 from loadtests.bench._empty_app import EMPTY_ROUTE
 from loadtests.bench._env import BenchError, now_ms, process_env, redis_client, settings_env, wait_batcher_ready
 from loadtests.bench._figures import brief, section, spread
 from loadtests.bench._loadgen import GatewayRequests, Tally, Target, closed_loop, merged, open_loop, sleep_until
+from simulator.redis_server import free_port
 from system.clock import WallClock
 from system.ingest.batch_processor import CLAIM_CHUNK
 from system.ingest.batch_store import AppendOutcome, BatchConfig, BatchStore

@@ -23,11 +23,12 @@ import httpx
 from redis.asyncio import Redis
 from rich.console import Console
 
-from loadtests._processes import LOCALHOST, free_port, spawned, wait_http_ready
+from loadtests._processes import LOCALHOST, spawned, wait_http_ready
 from loadtests.bench._env import process_env, redis_client, settings_env
 from loadtests.bench._figures import brief, section, spread
 from loadtests.bench._worker_cases import PHONE_NUMBER_ID, worker_env
 from simulator.phones import russian_mobiles
+from simulator.redis_server import free_port
 from system.channels.whatsapp import build_sender
 from system.clock import WallClock
 from system.ingest.batch_store import BatchConfig, BatchStore

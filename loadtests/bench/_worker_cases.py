@@ -23,7 +23,6 @@ from loadtests._processes import (
     CpuWindow,
     Process,
     cpu_s,
-    free_port,
     rss_mb,
     spawned,
     wait_http_ready,
@@ -32,6 +31,7 @@ from loadtests._processes import (
 from loadtests.bench._env import BenchError, now_ms, process_env
 from loadtests.bench._figures import section
 from loadtests.bench._standins import LLM_PREFIX, YCLIENTS_PREFIX
+from simulator.redis_server import free_port
 from system.ingest.batch_processor import CLAIM_CHUNK
 from system.ingest.batch_store import AppendOutcome, BatchStore
 from system.models import InboundMessage
