@@ -1,47 +1,48 @@
+# language: ru
 @api
-Feature: The webhook takes only genuine, well-formed WhatsApp messages
-  WhatsApp signs every webhook with the app secret. The webhook refuses what is not signed or not
-  well-formed, saying what is wrong, and takes a message WhatsApp delivers twice only once.
+Функция: Вебхук принимает только настоящие и правильно оформленные сообщения WhatsApp
+  WhatsApp подписывает каждый вебхук секретом приложения. Вебхук отклоняет то, что не подписано или
+  оформлено неправильно, и называет ошибку, а сообщение, которое WhatsApp доставил дважды, принимает один раз.
 
   @security
-  Scenario: A webhook without a signature is refused
-    When a message from 79001234567 "Хочу записаться" arrives without a signature
-    Then the webhook answers 401 with the error "bad_signature"
-    And the stats show 0 messages accepted
+  Сценарий: Вебхук без подписи отклоняется
+    Когда сообщение от 79001234567 "Хочу записаться" приходит без подписи
+    Тогда вебхук отвечает 401 с ошибкой "bad_signature"
+    И статистика показывает 0 принятых сообщений
 
   @security
-  Scenario: A webhook signed with a wrong secret is refused
-    When a message from 79001234567 "Хочу записаться" arrives signed with the secret "not-the-app-secret"
-    Then the webhook answers 403 with the error "bad_signature"
-    And the stats show 0 messages accepted
+  Сценарий: Вебхук, подписанный чужим секретом, отклоняется
+    Когда сообщение от 79001234567 "Хочу записаться" приходит с подписью секретом "not-the-app-secret"
+    Тогда вебхук отвечает 403 с ошибкой "bad_signature"
+    И статистика показывает 0 принятых сообщений
 
   @security
-  Scenario Outline: A malformed webhook is refused with the problem named
-    When the signed body <body> arrives at the webhook
-    Then the webhook answers <status> with the error "<error>" naming "<problem>"
+  Структура сценария: Неправильно оформленный вебхук отклоняется с указанием проблемы
+    Когда на вебхук приходит подписанное тело <тело>
+    Тогда вебхук отвечает <статус> с ошибкой "<ошибка>" и называет "<проблема>"
 
-    Examples:
-      | body                                    | status | error           | problem        |
+    Примеры:
+      | тело                                    | статус | ошибка          | проблема       |
       | {"entry": [                             | 400    | malformed_json  | not valid JSON |
       | [1, 2]                                  | 422    | invalid_payload | object         |
       | {"object": "whatsapp_business_account"} | 422    | invalid_payload | entry          |
 
-  Scenario: A webhook WhatsApp delivers again is one turn and one reply
-    When the client 79001234567 writes "Хочу записаться на стрижку машинкой" as message "wamid.HBgLNzkwMDEyMzQ1Njc"
-    And 5 seconds pass
-    And WhatsApp delivers message "wamid.HBgLNzkwMDEyMzQ1Njc" again
-    And the administrator answers the client 79001234567
-    And 60 seconds pass
-    And WhatsApp delivers message "wamid.HBgLNzkwMDEyMzQ1Njc" again
-    And 30 seconds pass
-    Then the stats show 1 message accepted and 2 duplicates
-    And the administrator reads 1 turn
-    And the client 79001234567 gets 1 reply
+  Сценарий: Вебхук, который WhatsApp доставил повторно, — это один ход и один ответ
+    Когда клиент 79001234567 пишет "Хочу записаться на стрижку машинкой" сообщением "wamid.HBgLNzkwMDEyMzQ1Njc"
+    И проходят 5 секунд
+    И WhatsApp повторно доставляет сообщение "wamid.HBgLNzkwMDEyMzQ1Njc"
+    И администратор отвечает клиенту 79001234567
+    И проходят 60 секунд
+    И WhatsApp повторно доставляет сообщение "wamid.HBgLNzkwMDEyMzQ1Njc"
+    И проходят 30 секунд
+    Тогда статистика показывает 1 принятое сообщение и 2 дубликата
+    И администратор читает 1 ход
+    И клиент 79001234567 получает 1 ответ
 
   @security
-  Scenario: A flood from one sender is refused while an allowlisted test number passes
-    Given the number 79990009999 is exempt from rate limits
-    When the client 79001234567 floods the webhook with 25 messages at once
-    Then the webhook takes the first 20 and answers 429 to the other 5
-    When the client 79990009999 floods the webhook with 25 messages at once
-    Then the webhook takes all 25
+  Сценарий: Поток сообщений от одного отправителя отклоняется, а тестовый номер из белого списка проходит
+    Дано номер 79990009999 освобождён от ограничений частоты
+    Когда клиент 79001234567 засыпает вебхук 25 сообщениями разом
+    Тогда вебхук принимает первые 20 и отвечает 429 на остальные 5
+    Когда клиент 79990009999 засыпает вебхук 25 сообщениями разом
+    Тогда вебхук принимает все 25

@@ -1,61 +1,62 @@
+# language: ru
 @batching
-Feature: Quick messages are answered as one
-  A client often writes in several quick fragments. The administrator waits until the client has been
-  quiet for 9 seconds and then answers everything at once, as one turn; a long burst is cut at 10 messages.
+Функция: На быстрые сообщения отвечают один раз
+  Клиент часто пишет несколькими быстрыми фрагментами. Администратор ждёт, пока клиент помолчит 9 секунд,
+  и отвечает на всё сразу, одним ходом; длинная серия обрезается на 10 сообщениях.
 
-  Scenario: Three quick messages become one turn
-    When the client 79001234567 quickly writes
-      | message             |
+  Сценарий: Три быстрых сообщения становятся одним ходом
+    Когда клиент 79001234567 быстро пишет
+      | сообщение           |
       | Хочу записаться     |
       | на стрижку машинкой |
       | завтра в 15:00      |
-    And 9 seconds pass
-    Then the administrator reads one turn "Хочу записаться на стрижку машинкой завтра в 15:00"
-    And the stats show 1 batch flushed with 3 fragments
+    И проходят 9 секунд
+    Тогда администратор читает один ход "Хочу записаться на стрижку машинкой завтра в 15:00"
+    И статистика показывает 1 сброшенный батч с 3 фрагментами
 
   @batcher
-  Scenario: The batch is sent 9 seconds after the last message, not before
-    When the client 79001234567 writes "Хочу записаться"
-    And 5 seconds pass
-    And the client 79001234567 writes "на стрижку машинкой"
-    And 8.9 seconds pass
-    Then the stats show 0 batches flushed
-    When 0.1 seconds pass
-    Then the stats show 1 batch flushed with 2 fragments
+  Сценарий: Батч отправляется через 9 секунд после последнего сообщения, не раньше
+    Когда клиент 79001234567 пишет "Хочу записаться"
+    И проходят 5 секунд
+    И клиент 79001234567 пишет "на стрижку машинкой"
+    И проходит 8,9 секунды
+    Тогда статистика показывает 0 сброшенных батчей
+    Когда проходит 0,1 секунды
+    Тогда статистика показывает 1 сброшенный батч с 2 фрагментами
 
-  Scenario: Eight quick messages make one batch
-    When the client 79001234567 quickly writes 8 messages
-    And 9 seconds pass
-    Then the stats show 1 batch flushed with 8 fragments
-    And the administrator reads 1 turn
-
-  @batcher
-  Scenario: Ten messages seal a batch at once and the eleventh starts the next
-    When the client 79001234567 quickly writes 10 messages
-    Then the stats show 1 batch flushed with 10 fragments
-    When the client 79001234567 writes "и ещё одно"
-    Then the stats show 1 open batch
-    When 9 seconds pass
-    Then the stats show 2 batches flushed with 11 fragments
-    And the administrator reads 2 turns
+  Сценарий: Восемь быстрых сообщений составляют один батч
+    Когда клиент 79001234567 быстро пишет 8 сообщений
+    И проходят 9 секунд
+    Тогда статистика показывает 1 сброшенный батч с 8 фрагментами
+    И администратор читает 1 ход
 
   @batcher
-  Scenario: Messages 10 seconds apart are separate turns
-    When the client 79001234567 writes "Хочу записаться"
-    And 10 seconds pass
-    And the client 79001234567 writes "на стрижку машинкой"
-    And 10 seconds pass
-    Then the administrator reads the turns
-      | turn                |
+  Сценарий: Десять сообщений запечатывают батч сразу, а одиннадцатое начинает следующий
+    Когда клиент 79001234567 быстро пишет 10 сообщений
+    Тогда статистика показывает 1 сброшенный батч с 10 фрагментами
+    Когда клиент 79001234567 пишет "и ещё одно"
+    Тогда статистика показывает 1 открытый батч
+    Когда проходят 9 секунд
+    Тогда статистика показывает 2 сброшенных батча с 11 фрагментами
+    И администратор читает 2 хода
+
+  @batcher
+  Сценарий: Сообщения с разницей в 10 секунд — отдельные ходы
+    Когда клиент 79001234567 пишет "Хочу записаться"
+    И проходят 10 секунд
+    И клиент 79001234567 пишет "на стрижку машинкой"
+    И проходят 10 секунд
+    Тогда администратор читает ходы
+      | ход                 |
       | Хочу записаться     |
       | на стрижку машинкой |
 
   @realtime @batcher
-  Scenario: The 9 s batch timeout holds on the wall clock against a real Redis
-    Given the wall clock and a real Redis
-    When the client 79001234567 quickly writes
-      | message             |
+  Сценарий: Таймаут батча 9 с соблюдается по настоящим часам на настоящем Redis
+    Дано настоящие часы и настоящий Redis
+    Когда клиент 79001234567 быстро пишет
+      | сообщение           |
       | Хочу записаться     |
       | на стрижку машинкой |
       | завтра в 15:00      |
-    Then the batch is flushed between 9000 and 9100 ms after the last message
+    Тогда батч сбрасывается через 9000–9100 мс после последнего сообщения

@@ -24,6 +24,7 @@ pytest_plugins = [
 REDIS_URL_ENV = "AIADMIN_FEATURES_REDIS_URL"
 FLUSH_ENV = "AIADMIN_FEATURES_REDIS_FLUSH"
 FORCE_ENV = "AIADMIN_FEATURES_REDIS_FORCE"
+CLUSTER_ENV = "AIADMIN_FEATURES_REDIS_CLUSTER"
 
 
 # The @reliability scenarios on a real Redis wait out real time (a worker's death: the visibility timeout and the
@@ -45,6 +46,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=os.environ.get(REDIS_URL_ENV) or None,
         help=f"run the scenarios on this real Redis database instead of fakeredis (env {REDIS_URL_ENV}); "
         "flushed only when empty or written by an aiadmin test tool",
+    )
+    group.addoption(
+        "--redis-cluster",
+        action="store_true",
+        default=os.environ.get(CLUSTER_ENV, "") == "1",
+        help=f"--redis-url names a node of a Redis Cluster (env {CLUSTER_ENV}=1); the system runs in cluster mode",
     )
     group.addoption(
         "--redis-flush",
@@ -73,6 +80,7 @@ def redis_target(pytestconfig: pytest.Config) -> RedisTarget | None:
             force=bool(pytestconfig.getoption("redis_force")),
             flush_option=f"--redis-flush ({FLUSH_ENV}=1)",
             force_option=f"--redis-force ({FORCE_ENV}=1)",
+            cluster=bool(pytestconfig.getoption("redis_cluster")),
         )
         flush = bool(pytestconfig.getoption("redis_flush"))
         # Claimed once here too, so that a database holding someone else's keys stops the run at once rather than

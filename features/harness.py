@@ -40,12 +40,17 @@ from simulator.stack import APP_SECRET, TOKENS, ASGIApp, InProcessSystem, fakes_
 from system.clock import Clock, WallClock
 from system.ingest.signatures import sign
 from system.settings import TENANTS_ENV, load_settings
+from system.store.cluster import connect_cluster
+from system.store.keys import Keys
 
 START = datetime(2025, 11, 25, 13, 0, tzinfo=TZ)  # a Tuesday afternoon in Moscow: "завтра" is a Wednesday
 SECOND_COMPANY_ID = 962303  # the second salon of a two-salon setup: the same fixture under another company id
 SECOND_PHONE_NUMBER_ID = "106540352242923"
 STATS_ROUTE = "/webhook/whatsapp/batched/stats"
 T = TypeVar("T")
+
+
+CONTEXT_KINDS = frozenset({"dialog", "messages", "preferences"})  # the reference's context keys, by their prefix
 
 
 @dataclass
@@ -156,6 +161,8 @@ class Runner:
             fake_llm.create_app(seed=1, clock=self.clock, latency=latency, faults=setup.llm_faults), self.clock
         )
         self._env = {**fakes_env(), **setup.env, **env}
+        if self._redis_target and self._redis_target.cluster:
+            self._env["AIADMIN_REDIS_CLUSTER"] = "true"
         self._numbers = {self.salon.company_id: BusinessNumber()}
         if setup.two_salons:
             data = json.loads(Path(BARBERSHOP_FIXTURE).read_text(encoding="utf-8"))
@@ -167,7 +174,11 @@ class Runner:
         self.redis_server: fakeredis.FakeServer | None = None
         self.own_server = setup.own_server
         if self._redis_target and setup.redis:
-            self.redis: Redis = Redis.from_url(self._redis_target.url)
+            self.redis: Redis = (
+                connect_cluster(self._redis_target.url)
+                if self._redis_target.cluster
+                else Redis.from_url(self._redis_target.url)
+            )
             try:
                 self._run(claim(self.redis, self._redis_target, flush=setup.redis.flush))
             except BaseException:
@@ -349,7 +360,16 @@ class Runner:
         return self.outbox.refused(code)
 
     def redis_exists(self, key: str) -> bool:
-        return bool(self._run(self.redis.exists(key)))
+        return bool(self._run(self.redis.exists(self._deployed(key))))
+
+    def _deployed(self, key: str) -> str:
+        """A context key as the scenario names it (the reference's name) as this deployment stores it."""
+        kind, _, client = key.partition(":")
+        company, _, phone = client.partition(":")
+        if kind not in CONTEXT_KINDS or not company.isdigit():
+            return key
+        keys = Keys(cluster=bool(self._redis_target and self._redis_target.cluster)).context(int(company), phone)
+        return str(getattr(keys, kind))
 
     def stats(self) -> dict[str, Any]:
         response = self._run(self.http.get(STATS_ROUTE))
@@ -360,7 +380,7 @@ class Runner:
         return self.llm.turn_texts()
 
     def redis_ttl(self, key: str) -> int:
-        return int(self._run(self.redis.ttl(key)))
+        return int(self._run(self.redis.ttl(self._deployed(key))))
 
     def bookings(self, phone: str) -> list[Booked]:
         """Records the system made in the fake CRM for `phone` (not the salon's own, not cancelled)."""

@@ -1,49 +1,47 @@
+# language: ru
 @queue @worker
-Feature: Every conversation gets its turns one at a time, and conversations never mix
-  The administrator thinks about one client's messages at a time: what the client writes meanwhile waits
-  for the next turn. Clients writing at the same moment, or one client writing to two salons of a chain,
-  are separate conversations.
+Функция: Ходы каждого разговора идут по одному, и разговоры никогда не смешиваются
+  Администратор думает над сообщениями одного клиента по одному ходу за раз: то, что клиент пишет тем временем,
+  ждёт следующего хода. Клиенты, которые пишут в одну и ту же минуту, или один клиент, который пишет в два салона
+  сети, — это отдельные разговоры.
 
-  Scenario: A message sent while the administrator is thinking is answered in the next turn
-    Given the administrator takes 5 seconds to think
-    When the client 79001234567 writes "Хочу записаться на стрижку машинкой"
-    And 10 seconds pass
-    And the client 79001234567 writes "А сколько она стоит?"
-    And the administrator answers the client 79001234567
-    And the administrator answers the client 79001234567
-    Then the administrator reads the turns
-      | turn                                |
-      | Хочу записаться на стрижку машинкой |
-      | А сколько она стоит?                |
-    And the second turn began only after the client 79001234567 got the first reply
-    And the client 79001234567 gets 2 replies
+  Сценарий: На сообщение, отправленное, пока администратор думает, отвечают одним ответом на оба
+    # The first turn sees the new message before it answers and drops its draft (it changed no booking);
+    # the next turn reads both messages and answers them at once.
+    Дано администратор думает 5 секунд
+    Когда клиент 79001234567 пишет "Хочу записаться на стрижку машинкой"
+    И проходят 10 секунд
+    И клиент 79001234567 пишет "А сколько она стоит?"
+    И администратор отвечает клиенту 79001234567
+    Тогда администратор читает 2 хода
+    И клиент 79001234567 получает 1 ответ
 
   @batcher
-  Scenario: Two clients writing at the same time get their own batches
-    When the clients write at once
-      | client      | message                    |
-      | 79001234567 | Хочу записаться            |
-      | 79007654321 | Сколько стоит              |
-      | 79001234567 | на стрижку машинкой        |
-      | 79007654321 | королевское бритьё?        |
-      | 79001234567 | завтра в 15:00             |
-    And 9 seconds pass
-    Then the administrator reads the turns in any order
-      | turn                                               |
+  Сценарий: Два клиента, которые пишут одновременно, получают каждый свой батч
+    Когда клиенты пишут одновременно
+      | клиент      | сообщение           |
+      | 79001234567 | Хочу записаться     |
+      | 79007654321 | Сколько стоит       |
+      | 79001234567 | на стрижку машинкой |
+      | 79007654321 | королевское бритьё? |
+      | 79001234567 | завтра в 15:00      |
+    И проходят 9 секунд
+    Тогда администратор читает ходы в любом порядке
+      | ход                                                |
       | Хочу записаться на стрижку машинкой завтра в 15:00 |
       | Сколько стоит королевское бритьё?                  |
-    And the stats show 2 batches flushed with 5 fragments
+    И статистика показывает 2 сброшенных батча с 5 фрагментами
 
-  Scenario: One client writing to two salons has two conversations
-    Given the chain has two salons, each with its own WhatsApp number
-    When the client 79001234567 writes "Хочу записаться на стрижку машинкой" to the first salon
-    And the client 79001234567 writes "Сколько стоит королевское бритьё?" to the second salon
-    And the administrator answers the client 79001234567
-    And 60 seconds pass
-    Then the client 79001234567 gets 1 reply from the first salon
-    And the client 79001234567 gets 1 reply from the second salon
-    And the client 79001234567 has a conversation with each salon
-    And no turn of the administrator mixes the two salons' messages
-      | message                             |
+  Сценарий: У клиента, который пишет в два салона, два разговора
+    Дано в сети два салона, у каждого свой номер WhatsApp
+    Когда клиент 79001234567 пишет "Хочу записаться на стрижку машинкой" в первый салон
+    И клиент 79001234567 пишет "Сколько стоит королевское бритьё?" во второй салон
+    И администратор отвечает клиенту 79001234567
+    И проходят 60 секунд
+    Тогда клиент 79001234567 получает 1 ответ от первого салона
+    И клиент 79001234567 получает 1 ответ от второго салона
+    И у клиента 79001234567 есть разговор с каждым салоном
+    И ни один ход администратора не смешивает сообщения двух салонов
+      | сообщение                           |
       | Хочу записаться на стрижку машинкой |
       | Сколько стоит королевское бритьё?   |

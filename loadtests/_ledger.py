@@ -25,6 +25,8 @@ class Fragment:
 
     text: str
     outcome: Outcome = "pending"
+    sent_ms: int = 0  # when the client began posting it
+    answered_ms: int = 0  # when the webhook's answer came back (0: never)
 
 
 @dataclass
@@ -41,6 +43,16 @@ class Turn:
     @property
     def accepted(self) -> list[int]:
         return [i for i, f in enumerate(self.fragments) if f.outcome == "accepted"]
+
+    def client_gap_ms(self) -> int:
+        """The longest quiet between one fragment's answer and the next one's post: when it reaches the batch timeout
+        the client itself (a starved load generator) split the turn, and a split and a second reply are expected."""
+        gaps = [
+            nxt.sent_ms - prev.answered_ms
+            for prev, nxt in zip(self.fragments, self.fragments[1:], strict=False)
+            if prev.answered_ms and nxt.sent_ms
+        ]
+        return max(gaps, default=0)
 
     @property
     def uncertain(self) -> list[int]:

@@ -1,8 +1,8 @@
 """One load run's options and state: phones handed out, turns sent, webhook answer times; then the summary.
 
-Lives in the Locust process (one per process: distributed runs are not summarised) and never imports Locust,
-so the tests drive it directly. Locust's users run as gevent greenlets that switch only on I/O, and no
-method here does I/O, so nothing needs a lock.
+Lives in the Locust process (one per process: a distributed run is summarised by each worker for its own clients)
+and never imports Locust, so the tests drive it directly. Locust's users run as gevent greenlets that switch only
+on I/O, and no method here does I/O, so nothing needs a lock.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from loadtests._summary import (
     queue_lag_block,
 )
 from loadtests._webhook import Webhook, WebhookFormat
+from loadtests._windows import WINDOWS, Edge, WindowedLatency, window_of, windows_block
 from simulator.phones import PhonePool
 
 SALON_TZ = ZoneInfo("Europe/Moscow")  # the fixture barbershop's zone: "завтра" is its tomorrow
@@ -105,9 +106,29 @@ class LoadRun:
     errors: list[str] = field(default_factory=list)
     aborted: str = ""  # why the guard stopped the run early; empty when it ran to its end
     accept: Reservoir = field(init=False)
+    # The measured noise (`loadtests._windows`): figures per window of the planned length, edges read at run time.
+    accept_windows: WindowedLatency = field(init=False)
+    window_requests: list[int] = field(default_factory=lambda: [0] * WINDOWS)
+    window_peak_conversations: list[int] = field(default_factory=lambda: [0] * WINDOWS)
+    edges: list[Edge] = field(default_factory=list)
+    open_conversations: int = 0
+    peak_conversations: int = 0
 
     def __post_init__(self) -> None:
         self.accept = Reservoir(cap=ACCEPT_SAMPLES_KEPT, rng=random.Random(self.rng.getrandbits(32)))
+        self.accept_windows = WindowedLatency(random.Random(self.rng.getrandbits(32)))
+
+    def window(self, now_ms: int) -> int:
+        return window_of(now_ms, started_ms=self.started_ms, planned_s=self.options.profile.duration_s)
+
+    def conversation_opened(self, *, now_ms: int) -> None:
+        self.open_conversations += 1
+        self.peak_conversations = max(self.peak_conversations, self.open_conversations)
+        w = self.window(now_ms)
+        self.window_peak_conversations[w] = max(self.window_peak_conversations[w], self.open_conversations)
+
+    def conversation_closed(self) -> None:
+        self.open_conversations = max(0, self.open_conversations - 1)
 
     @classmethod
     def create(cls, options: LoadOptions) -> LoadRun:
@@ -144,17 +165,22 @@ class LoadRun:
 
     def fragment(self, turn: Turn, text: str, *, now_ms: int) -> Fragment:
         """A fragment about to be posted: it is recorded first, so a client stopped mid-request leaves a trace."""
-        fragment = Fragment(text)
+        fragment = Fragment(text, sent_ms=now_ms)
         turn.fragments.append(fragment)
         turn.last_sent_ms = now_ms
         self.fragments_sent += 1
         return fragment
 
-    def answered(self, fragment: Fragment, *, outcome: Outcome, accept_ms: float) -> None:
+    def answered(self, fragment: Fragment, *, outcome: Outcome, accept_ms: float, now_ms: int | None = None) -> None:
         fragment.outcome = outcome
+        fragment.answered_ms = wall_ms() if now_ms is None else now_ms
         self.requests += 1
         self.failures += outcome != "accepted"
         self.accept.add(accept_ms)
+        w = self.window(wall_ms() if now_ms is None else now_ms)
+        self.window_requests[w] += 1
+        self.window_peak_conversations[w] = max(self.window_peak_conversations[w], self.open_conversations)
+        self.accept_windows.add(w, accept_ms)
 
     def summary(
         self,
@@ -203,6 +229,24 @@ class LoadRun:
             "dead_letters": counter_delta(stats_after, self.stats_before, "dead_letters"),
             "errors": [*self.errors, *merge.problems, *reconciliation.problems()[:20]],
             "aborted": self.aborted or None,
+            "peak_conversations": self.peak_conversations,
+            # Turns the client itself split: a fragment posted a batch timeout or more after the previous one was
+            # answered (a starved load generator); their split merges and second replies are the client's doing.
+            "client_split_turns": sum(t.client_gap_ms() >= o.batch_timeout_ms for t in self.turns),
+            "windows": windows_block(
+                started_ms=self.started_ms,
+                stopped_ms=self.stopped_ms,
+                planned_s=o.profile.duration_s,
+                accept=self.accept_windows,
+                e2e=[
+                    (v.turn.last_sent_ms, e)
+                    for v in reconciliation.verdicts
+                    if v.answered and (e := v.e2e_ms) is not None
+                ],
+                edges=self.edges,
+                requests=self.window_requests,
+                peak_conversations=self.window_peak_conversations,
+            ),
             # extras
             "profile_definition": o.profile.describe(),
             "clients": self.phones.given,

@@ -103,7 +103,7 @@ def stored_history(redis_url: str, *, company_id: int, phones: Iterable[str]) ->
             chunk = ordered[start : start + HISTORY_BATCH]
             with client.pipeline(transaction=False) as pipe:
                 for phone in chunk:
-                    pipe.lrange(Keys.context(company_id, phone).messages, 0, -1)
+                    pipe.lrange(Keys().context(company_id, phone).messages, 0, -1)
                 rows = pipe.execute()
             for phone, raw_items in zip(chunk, rows, strict=True):
                 out[phone] = [HistoryItem.from_json(orjson.loads(raw)) for raw in raw_items]

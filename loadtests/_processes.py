@@ -14,7 +14,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,6 +25,8 @@ READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0  # the worker finishes in-flight turns on SIGTERM; the others stop at once
 POLL_S = 0.1
 SAMPLE_S = 1.0
+SERIES_EVERY_S = 10.0  # one RSS point per process this often (the soak's memory over time)
+SERIES_MAX_POINTS = 720  # then every other point goes and the interval doubles: bounded for any length
 LOG_TAIL_LINES = 20
 
 
@@ -193,6 +195,18 @@ class Usage:
     rss_mb: float = 0.0
     rss_peak_mb: float = 0.0
     cpu_pct: float | None = None
+    series: list[tuple[float, float]] = field(default_factory=list)  # (s since watched, RSS MB)
+    series_every_s: float = SERIES_EVERY_S
+
+    def record(self, now: float, rss: float) -> None:
+        """One point of RSS over time, at most every `series_every_s`; thinned by half when full."""
+        at = now - self.since
+        if self.series and at - self.series[-1][0] < self.series_every_s:
+            return
+        self.series.append((round(at, 1), round(rss, 1)))
+        if len(self.series) > SERIES_MAX_POINTS:
+            self.series = self.series[::2]
+            self.series_every_s *= 2
 
     def figures(self) -> dict[str, Any]:
         return {
@@ -201,6 +215,7 @@ class Usage:
             "rss_mb": round(self.rss_mb, 1),
             "rss_peak_mb": round(self.rss_peak_mb, 1),
             "cpu_pct": None if self.cpu_pct is None else round(self.cpu_pct, 1),
+            "rss_series_mb": [list(point) for point in self.series],
         }
 
 
@@ -257,6 +272,7 @@ class ResourceSampler:
                 rss = rss_mb(u.proc.pid)
                 u.cpu_last_s, u.last = cpu_s(u.proc.pid), time.monotonic()
                 u.rss_mb, u.rss_peak_mb = rss, max(u.rss_peak_mb, rss)
+                u.record(u.last, rss)
 
 
 # --- readiness --------------------------------------------------------------------------------------------------

@@ -1,18 +1,27 @@
-"""The load profiles: how many clients at which moment, and how they type (pure data and arithmetic).
+"""The load profiles: how many clients at which moment, how they type, and the stand-ins they need (pure data).
 
-User counts are sized for the system's client-side YClients budget (`AIADMIN_YCLIENTS_RPS`/`_RPM`: 5/s and
-200/min by default, what YClients allows per IP). A booking turn costs about 3 CRM requests (free times, the
-client's records, check, create; the catalogue is cached), so the budget caps the whole system near one turn
-per second, and a queue behind it would hide everything else. A calm client takes a turn about every 17 s
-(thinking 8-20 s, pausing between visits), a rapid typist about every 10 s: 8 calm clients (steady), 5 rapid
-ones (burst) and 6 for the soak keep the CRM near 90 requests/min, under half the budget. The spike's 9
-newcomers arrive 1.5 per second (`SPIKE_SPAWN_RATE`): all within one second, their ~35 opening CRM requests
-queued behind the 5/s budget and its e2e missed its goal by design.
+`steady` and `soak` load at the reference's rate: the reference API handled 100 requests/s, so `steady` keeps
+1,100 clients in conversation (≥ 1,000 at once: each thinks 10-20 s between its turns and pauses only 1-3 s
+between clients), 100+ webhook requests/s, for 10 minutes; `soak` keeps 220 of them (20+ requests/s) for an
+hour. At that rate two things of the stand-ins change, and the profile says so (`StandIns`, recorded in the
+summary): the fake LLM runs its scripted dialogue (`aiadmin fake llm --mode scripted`: no text understanding,
+which alone would take both cores; it still searches and books through the CRM) at a fixed 5 s per call, booking
+on a tenth of the offers (the fixture salon's 30-day calendar holds ~1,700 visits: at every offer it would be full
+within minutes, and every later search would find nothing); and the system's client-side YClients budget is raised
+from YClients' own 5 requests/s per IP (a salon's real limit) to 500/s, because the stand-in CRM has no limit and a
+5/s budget would queue every turn behind it: these runs measure our chain, not YClients' quota.
+
+`burst` and `spike` keep the full fake LLM and the real 5/s budget: a calm client takes a turn about every 17 s,
+a rapid typist about every 10 s, and a booking turn costs about 3 CRM requests, so 5 rapid typists (burst) keep the
+CRM near 90 requests/min, under half the budget. The spike's 9 newcomers arrive 1.5 per second
+(`SPIKE_SPAWN_RATE`): all within one second, their ~35 opening CRM requests queued behind the 5/s budget and its
+e2e missed its goal by design.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 GAP_SHARE_OF_TIMEOUT = 0.4  # a gap plus the webhook's answer must stay well under the batch timeout
 # The spike's newcomers per second. At 9/s (all within a second) their openings queued behind the 5/s CRM budget
@@ -48,6 +57,24 @@ class Typing:
 
 
 @dataclass(frozen=True, slots=True)
+class StandIns:
+    """What a profile needs of the stand-ins and the system: the fake LLM's mode and latency, system settings."""
+
+    llm_mode: Literal["full", "scripted"] = "full"
+    llm_latency_s: str = "0.5,1,2"  # min,mode,max of each model call
+    book_share: float = 1.0  # scripted mode: the share of offers it books
+    system: tuple[tuple[str, str], ...] = ()  # AIADMIN_* settings of the system under test (the runner's --set wins)
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "llm_mode": self.llm_mode,
+            "llm_latency_s": self.llm_latency_s,
+            "book_share": self.book_share,
+            "system": dict(self.system),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Profile:
     """A named load shape: stages one after another, then the end of the test."""
 
@@ -55,6 +82,8 @@ class Profile:
     description: str
     stages: tuple[Stage, ...]
     typing: Typing
+    stand_ins: StandIns = field(default_factory=StandIns)
+    target_rps: float | None = None  # webhook requests/s the profile must sustain (the report's goal for it)
 
     @property
     def duration_s(self) -> float:
@@ -118,6 +147,8 @@ class Profile:
                 "think_ms": list(t.think_ms),
                 "pause_ms": list(t.pause_ms),
             },
+            "stand_ins": self.stand_ins.describe(),
+            "target_rps": self.target_rps,
         }
 
 
@@ -136,14 +167,45 @@ _RAPID = Typing(
     pause_ms=(2_000, 5_000),
 )
 
+# The reference's rate: an opening of 4-8 fragments, 10-20 s of thought, a 1-3 fragment answer, 1-3 s to the next
+# client. Sized on measured runs, not on arithmetic: with 3-6 fragments and 20-40 s of thought 1,100 clients sent
+# ~60 requests/s and 170 ~11/s on the load machine (each turn's e2e ~12 s at 5 s a model call).
+_REFERENCE_RATE = Typing(
+    opening_fragments=(4, 8),
+    follow_fragments=(1, 3),
+    gap_ms=(200, 600),
+    think_ms=(10_000, 20_000),
+    pause_ms=(1_000, 3_000),
+)
+_AT_SCALE = StandIns(
+    llm_mode="scripted",
+    llm_latency_s="5,5,5",  # the issue's LLM stand-in: 5 s each call
+    book_share=0.1,
+    system=(
+        ("AIADMIN_YCLIENTS_RPS", "500"),
+        ("AIADMIN_YCLIENTS_RPM", "30000"),
+        # ~20 conversations a second, each holding a worker slot ~12 s per turn: ~400 turns at once
+        ("AIADMIN_WORKER_CONCURRENCY", "1024"),
+        ("AIADMIN_HTTP_LIMIT_CONCURRENCY", "2048"),
+        # 100 requests/s on average come in bursts above the default 200 messages/s per company (a salon's flood
+        # guard): the load is one company's, by construction
+        ("AIADMIN_RATE_LIMIT_GLOBAL_PER_S", "2000"),
+    ),
+)
+STEADY_USERS = 1_100
+SOAK_USERS = 220
+
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
         Profile(
             "steady",
-            "8 clients (2 started per second) writing 1-4 fragments per turn, for 5 minutes",
-            (Stage(300, 8, 2),),
-            _CALM,
+            f"{STEADY_USERS} clients in conversation at once (10 started per second), ~100+ webhook requests/s, "
+            "for 10 minutes; scripted LLM at 5 s",
+            (Stage(600, STEADY_USERS, 10),),
+            _REFERENCE_RATE,
+            _AT_SCALE,
+            target_rps=100.0,  # the reference API's «до 100 запросов/с»
         ),
         Profile(
             "burst",
@@ -159,9 +221,12 @@ PROFILES: dict[str, Profile] = {
         ),
         Profile(
             "soak",
-            "6 clients (1 started per second) for 60 minutes: leaks, drift, growing lateness",
-            (Stage(3600, 6, 1),),
-            _CALM,
+            f"{SOAK_USERS} clients (~20 webhook requests/s) for 60 minutes: leaks, drift, growing lateness; "
+            "scripted LLM at 5 s",
+            (Stage(3600, SOAK_USERS, 10),),
+            _REFERENCE_RATE,
+            _AT_SCALE,
+            target_rps=20.0,
         ),
     )
 }

@@ -24,6 +24,7 @@ import os
 import sys
 import time
 import weakref
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ except ImportError:  # `locust -f` from outside the repository: its root is not 
 
 from loadtests._abort import AbortRule
 from loadtests._drain import check_merges, collect_replies
+from loadtests._edges import read_window_edges
 from loadtests._ledger import Outcome, Reply, Turn, reconcile
 from loadtests._load import LoadOptions, LoadRun, wall_ms
 from loadtests._probes import FakeWhatsAppInbox, ProbeError, SystemProbe, stored_history
@@ -50,17 +52,20 @@ from loadtests._profiles import DEFAULT_PROFILE, PROFILES, profile_named
 from loadtests._script import MAX_TURNS, tagged
 from loadtests._summary import histogram_count, subtract_buckets
 from loadtests._webhook import FORMATS, message_id
+from loadtests._windows import Edge
 
 log = logging.getLogger("loadtests")
 POLL_MS = 10_000  # one long poll of the fake WhatsApp; a client waits in several up to its reply timeout
 INBOX_CONNECTIONS = 10_000  # one long poll per client at a time: more than any profile's users
 GUARD_INTERVAL_S = 1.0  # how often the guard probes the system and reads Locust's totals
 GUARD_PROBE_TIMEOUT_S = 5.0  # one liveness probe; a slower answer counts as none
+DEFAULT_HOST = "http://127.0.0.1:8090"  # where `python -m loadtests.run --serve` puts the system (no --host given)
 _RUNS: weakref.WeakKeyDictionary[Environment, LoadRun] = weakref.WeakKeyDictionary()
 # One HTTP client per process for the fake WhatsApp: building one costs ~50 ms of CPU (its TLS context), which
 # would stall every greenlet of the process while a spike starts its users.
 _INBOX_HTTP: weakref.WeakKeyDictionary[Environment, httpx.Client] = weakref.WeakKeyDictionary()
 _GUARDS: weakref.WeakKeyDictionary[Environment, gevent.Greenlet] = weakref.WeakKeyDictionary()
+_EDGES: weakref.WeakKeyDictionary[Environment, gevent.Greenlet] = weakref.WeakKeyDictionary()
 
 
 @events.init_command_line_parser.add_listener
@@ -186,7 +191,8 @@ def _init(environment: Environment, **_: Any) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per long poll drowns Locust's own
     options = _load_options(environment)
     if not options.host:
-        raise SystemExit("--host is required: the system's base URL, e.g. http://127.0.0.1:8080")
+        # The stack `python -m loadtests.run --serve` starts: so that `locust -f loadtests/` alone finds it.
+        options = replace(options, host=DEFAULT_HOST)
     _RUNS[environment] = LoadRun.create(options)
     o = environment.parsed_options
     given = (("-u", o.num_users), ("-r", o.spawn_rate), ("-t", o.run_time)) if o is not None else ()
@@ -231,6 +237,7 @@ class WhatsAppClient(FastHttpUser):
     """A stream of salon clients on WhatsApp, one conversation at a time, each with a phone of its own."""
 
     wait_time = constant(0)  # the clients pace themselves: gaps, thinking, pauses between clients
+    host = DEFAULT_HOST  # when neither --host nor the web UI names one (the UI's empty field included)
     connection_timeout = 10.0
     network_timeout = 30.0
 
@@ -248,17 +255,21 @@ class WhatsAppClient(FastHttpUser):
         conversation = self.load.conversation(self.rng)
         fragments: list[str] | None = conversation.opening()
         after = self.load.start_seq
-        for index in range(MAX_TURNS):
-            if not fragments:
-                break
-            turn = self._send(conversation.phone, index, fragments)
-            reply = self._wait(turn, after=after)
-            if reply is None:
-                break
-            after = reply.seq
-            fragments = conversation.answer(reply.text)
-            if fragments:
-                gevent.sleep(self.rng.randint(*typing.think_ms) / 1000)
+        self.load.conversation_opened(now_ms=wall_ms())
+        try:
+            for index in range(MAX_TURNS):
+                if not fragments:
+                    break
+                turn = self._send(conversation.phone, index, fragments)
+                reply = self._wait(turn, after=after)
+                if reply is None:
+                    break
+                after = reply.seq
+                fragments = conversation.answer(reply.text)
+                if fragments:
+                    gevent.sleep(self.rng.randint(*typing.think_ms) / 1000)
+        finally:
+            self.load.conversation_closed()
         gevent.sleep(self.rng.randint(*typing.pause_ms) / 1000)
 
     def _send(self, phone: str, index: int, parts: list[str]) -> Turn:
@@ -285,7 +296,7 @@ class WhatsAppClient(FastHttpUser):
             ) as response:
                 accept_ms = (time.perf_counter() - started) * 1000
                 outcome = _judge(response)
-            load.answered(fragment, outcome=outcome, accept_ms=accept_ms)
+            load.answered(fragment, outcome=outcome, accept_ms=accept_ms, now_ms=wall_ms())
         return turn
 
     def _wait(self, turn: Turn, *, after: int) -> Reply | None:
@@ -368,9 +379,10 @@ def _guard(environment: Environment, load: LoadRun) -> None:
 
 
 def _stop_guard(environment: Environment) -> None:
-    guard = _GUARDS.pop(environment, None)
-    if guard is not None and guard is not gevent.getcurrent():
-        guard.kill(block=False)
+    for greenlets in (_GUARDS, _EDGES):
+        greenlet = greenlets.pop(environment, None)
+        if greenlet is not None and greenlet is not gevent.getcurrent():
+            greenlet.kill(block=False)
 
 
 @events.test_start.add_listener
@@ -399,6 +411,8 @@ def _test_start(environment: Environment, **_: Any) -> None:
         load.queue_wait_before = probe.queue_wait()
     except ProbeError as exc:
         load.error(f"at start: {exc}")
+    load.edges = [Edge(at_ms=load.started_ms, stats=load.stats_before, queue_wait=load.queue_wait_before)]
+    _EDGES[environment] = gevent.spawn(read_window_edges, load, probe)
 
 
 @events.test_stop.add_listener
@@ -463,10 +477,13 @@ def _finish(environment: Environment, load: LoadRun) -> dict[str, Any]:
     except ProbeError as exc:
         load.error(str(exc))
     queue_wait = []
+    queue_wait_now = None
     try:
-        queue_wait = subtract_buckets(probe.queue_wait(), load.queue_wait_before)
+        queue_wait_now = probe.queue_wait()
+        queue_wait = subtract_buckets(queue_wait_now, load.queue_wait_before)
     except (ProbeError, ValueError) as exc:
         load.error(str(exc))
+    load.edges.append(Edge(at_ms=load.stopped_ms, stats=stats_after, queue_wait=queue_wait_now))
     if reconciliation.turns_answered and not histogram_count(queue_wait):
         load.error("no queue wait observed at the metrics URL: a separate `aiadmin worker` serves no /metrics")
     return load.summary(

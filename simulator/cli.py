@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import random
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import orjson
 import typer
 import uvicorn
@@ -16,17 +18,21 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from simulator.judges_report import judged, judges_failures, print_judges
+from simulator.model_eval import ModelUsage, Prices, model_summary, read_usage
 from simulator.personas import PERSONAS
 from simulator.redis_target import TargetRefused, TargetUnreachable, claim_url
 from simulator.simulation import (
     DEFAULT_START,
-    TOKENS,
     SimOptions,
     SimResult,
     sim_target,
     simulate,
     system_env_for_fakes,
 )
+from simulator.stack import TOKENS
+from simulator.trials import run_trials
+from simulator.users import REPLY_TIMEOUT_S
 from system.clock import WallClock
 from system.logs import configure_logging
 from system.stats import percentile
@@ -61,6 +67,26 @@ def simulate_command(
         str | None,
         typer.Option(help="Drive separately started system processes at this URL (real time; see the README)."),
     ] = None,
+    trials: Annotated[
+        int, typer.Option(min=1, max=16, help="Runs of the same users and goals, other typing and latency (pass^k).")
+    ] = 1,
+    jobs: Annotated[
+        int | None, typer.Option(min=1, help="Processes the trials run in (default: trials, at most CPUs).")
+    ] = None,
+    reply_timeout_s: Annotated[
+        float,
+        typer.Option(min=1, help="How long a user waits for a reply (seconds of the run's clock) before giving up."),
+    ] = REPLY_TIMEOUT_S,
+    metrics_url: Annotated[
+        list[str] | None,
+        typer.Option(help="With --system-url: a worker's /metrics, read before and after (repeat for each worker)."),
+    ] = None,
+    price_input_per_1m: Annotated[
+        float | None, typer.Option(min=0, help="The model's price per million prompt tokens (for the cost).")
+    ] = None,
+    price_output_per_1m: Annotated[
+        float | None, typer.Option(min=0, help="The model's price per million completion tokens.")
+    ] = None,
 ) -> None:
     """Run simulated users through the whole system in virtual time; write the transcript and a summary."""
     names = tuple(p.strip() for p in personas.split(",") if p.strip())
@@ -69,6 +95,13 @@ def simulate_command(
         raise typer.BadParameter(f"unknown personas {unknown}; known: {', '.join(PERSONAS)}", param_hint="--personas")
     if mode not in ("meta", "gateway"):
         raise typer.BadParameter("meta or gateway", param_hint="--mode")
+    if trials > 1 and (redis_url or system_url or realtime):
+        raise typer.BadParameter("trials run on fakeredis in virtual time only", param_hint="--trials")
+    if metrics_url and not system_url:
+        raise typer.BadParameter("reads the counters of a system started apart: needs --system-url")
+    prices = None
+    if price_input_per_1m is not None or price_output_per_1m is not None:
+        prices = Prices(input_per_1m=price_input_per_1m or 0.0, output_per_1m=price_output_per_1m or 0.0)
     configure_logging(level="WARNING", json=True)
     low, likely, high = (float(x) for x in llm_latency_s.split(","))
     opts = SimOptions(
@@ -84,6 +117,7 @@ def simulate_command(
         window_s=window_s,
         llm_latency_s=(low, likely, high),
         system_url=system_url,
+        reply_timeout_s=reply_timeout_s,
     )
     if redis_url:
         _check_redis(opts)
@@ -91,17 +125,52 @@ def simulate_command(
         env = " ".join(f"{k}={v}" for k, v in system_env_for_fakes().items())
         Console(stderr=True).print(f"the system at {system_url} must run with: {env}")
     console = Console(stderr=True)
+    if trials > 1:
+        workers = jobs or max(1, min(trials, os.cpu_count() or 1))
+        console.print(f"simulating {trials} trials of {users} users in {workers} processes")
+        results = run_trials(opts, trials=trials, jobs=workers)
+        _finish(results, opts, out)
+        return
     with Progress(
         TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     ) as bar:
         task = bar.add_task("users", total=users)
         try:
+            before = _usage(metrics_url)
             result = asyncio.run(simulate(opts, progress=lambda done, _: bar.update(task, completed=done)))
+            used = _usage(metrics_url) - before
         except (TargetRefused, TargetUnreachable) as exc:
             typer.echo(str(exc), err=True)  # it names the command
             raise typer.Exit(2) from exc
-    summary = summarize(result, opts)
-    write(out, result, summary)
+        except httpx.HTTPError as exc:
+            typer.echo(f"aiadmin simulate: --metrics-url: {exc}", err=True)
+            raise typer.Exit(2) from exc
+    _finish([result], opts, out, model=(used, prices) if metrics_url else None)
+
+
+def _usage(urls: list[str] | None) -> ModelUsage:
+    """The workers' model counters now (nothing without --metrics-url)."""
+    if not urls:
+        return ModelUsage()
+
+    async def read() -> ModelUsage:
+        async with httpx.AsyncClient(timeout=10) as client:
+            return await read_usage(client, urls)
+
+    return asyncio.run(read())
+
+
+def _finish(
+    results: list[SimResult], opts: SimOptions, out: Path, *, model: tuple[ModelUsage, Prices | None] | None = None
+) -> None:
+    """Summarise the runs (trial 0 gives the transcript), write, print, and exit 1 on any failure."""
+    summary = summarize(results[0], opts)
+    if model is not None:
+        used, prices = model
+        summary["model"] = model_summary(used, bookings=summary["bookings_created"], prices=prices)
+    summary["judges"] = judged(results)
+    summary["failed"] = [*summary["failed"], *judges_failures(summary["judges"], results)]
+    write(out, results[0], summary)
     print_summary(Console(), summary, out)
     if summary["failed"]:
         raise typer.Exit(1)
@@ -207,6 +276,15 @@ def print_summary(console: Console, s: dict[str, Any], out: Path) -> None:
     console.print(
         f"delivery statuses recorded: {s['delivery_statuses']}; {s['virtual_s']} s simulated in {s['wall_s']} s"
     )
+    print_judges(console, s["judges"])
+    if model := s.get("model"):
+        console.print(
+            f"model (the workers' counters): {model['turns']:g} turns, {model['tokens_per_turn']} tokens "
+            f"({model['prompt_tokens_per_turn']} in, {model['completion_tokens_per_turn']} out) and "
+            f"{model['model_calls_per_turn']} model calls per turn, malformed tool calls "
+            f"{model['malformed_tool_call_rate']}, cost {model['cost']} "
+            f"(per booked visit {model['cost_per_booked_visit']})"
+        )
     console.print(f"written: {out / 'transcript.jsonl'}, {out / 'summary.json'}")
     console.print(verdict_line(s["failed"]), markup=False, soft_wrap=True)
 
@@ -245,13 +323,28 @@ def fake_llm_server(
         str | None,
         typer.Option(envvar="AIADMIN_LLM_API_KEY", help="Bearer key it accepts (401 otherwise); unset accepts any."),
     ] = None,
+    mode: Annotated[
+        str,
+        typer.Option(help="full: understands the text (simulator, QA suite); scripted: a cheap booking script (load)."),
+    ] = "full",
+    book_share: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="scripted: the share of offers it books (the rest are not).")
+    ] = 1.0,
 ) -> None:
     """A fake OpenAI-compatible LLM: point AIADMIN_LLM_BASE_URL at http://HOST:PORT/v1."""
-    from simulator import fake_llm
+    from simulator import fake_llm, scripted_llm
 
-    low, mode, high = (float(x) for x in latency_s.split(","))
-    latency = fake_llm.LatencyModel(low, mode, high) if high > 0 else None
-    _serve(fake_llm.create_app(seed=seed, latency=latency, clock=WallClock(), api_key=api_key), port, host)
+    if mode not in ("full", "scripted"):
+        raise typer.BadParameter("must be full or scripted", param_hint="--mode")
+    low, likely, high = (float(x) for x in latency_s.split(","))
+    latency = fake_llm.LatencyModel(low, likely, high) if high > 0 else None
+    if mode == "scripted":
+        app = scripted_llm.create_app(
+            seed=seed, latency=latency, clock=WallClock(), api_key=api_key, book_share=book_share
+        )
+    else:
+        app = fake_llm.create_app(seed=seed, latency=latency, clock=WallClock(), api_key=api_key)
+    _serve(app, port, host)
 
 
 @fake_app.command("crm")

@@ -30,7 +30,7 @@ from fastapi import FastAPI, Request, Response
 
 from simulator.llm_policy import Policy
 from simulator.llm_turn import Calls, Decision, Say, Step, read_turn
-from simulator.nlu import Morph
+from simulator.nlu import CachedMorph, Morph
 from system.clock import Clock
 
 MODEL = "fake-admin-1"
@@ -316,14 +316,13 @@ def create_app(
     morph: Morph | None = None,
     api_key: str | None = None,
 ) -> FastAPI:
-    """The fake LLM server; `morph` defaults to a new pymorphy3 MorphAnalyzer (loaded once for this app).
+    """The fake LLM server; `morph` defaults to a new pymorphy3 MorphAnalyzer (loaded once for this app), and
+    its parses are cached per word.
 
     With `api_key`, a request without `Authorization: Bearer <api_key>` gets the real API's 401;
     without it any key (or none) is accepted, as a local vLLM or Ollama does.
     """
-    if morph is None:
-        morph = pymorphy3.MorphAnalyzer()
-    model = FakeModel(seed=seed, morph=morph)
+    model = FakeModel(seed=seed, morph=CachedMorph(morph or pymorphy3.MorphAnalyzer()))
     seen: OrderedDict[str, int] = OrderedDict()
     app = FastAPI(title="fake LLM", docs_url=None, redoc_url=None, openapi_url=None)
 

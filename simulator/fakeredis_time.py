@@ -30,7 +30,7 @@ def fakeredis_on(clock: Clock) -> Iterator[None]:
     import importlib
 
     modules = [importlib.import_module(name) for name in _MODULES]
-    saved = [m.time for m in modules]  # type: ignore[attr-defined]
+    saved = [m.time for m in modules]
     shim = _VirtualTime(clock)
     for module in modules:
         module.time = shim  # type: ignore[attr-defined]

@@ -43,10 +43,10 @@ class Booked:
     deleted: bool
 
 
-def snapshot(salon: Salon) -> list[Booked]:
-    """Every record of the salon (cancelled ones too), frozen."""
+def snapshot(salon: Salon, *, phone: str | None = None) -> list[Booked]:
+    """Every record of the salon (cancelled ones too), frozen; only the client's own when `phone` is given."""
     out = []
-    for r in salon.all_records():
+    for r in salon.all_records() if phone is None else salon.records_by_phone(phone):
         service = salon.services.get(r.service_ids[0]) if r.service_ids else None
         master = salon.masters.get(r.master_id)
         out.append(
@@ -81,6 +81,7 @@ class WorldVerdict:
 
 
 def judge_user(user: User, *, initial: Sequence[Booked], final: Sequence[Booked], tz: tzinfo) -> Verdict:
+    """The user's verdict; `initial`/`final` may hold every record or only the user's own (faster)."""
     mine_before = [r for r in initial if r.phone == user.phone and not r.deleted]
     mine_after = [r for r in final if r.phone == user.phone and not r.deleted]
     w = user.want

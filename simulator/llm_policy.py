@@ -39,6 +39,8 @@ class _Want:
     at: time | None
     window: TimeWindow | None
     slot: datetime | None  # a slot offered earlier that the client picked
+    unclear_day: bool = False  # a day-like word was not understood and no day is known: ask
+    unclear_master: str | None = None  # "к X" named no master and none is known: ask
 
 
 class Policy:
@@ -67,8 +69,8 @@ class Policy:
             return call("list_my_bookings") if listed is None else Say(r.bookings(listed))
         if intent is Intent.PRICES:
             return self._prices(turn, u, r)
-        if intent is Intent.BOOK and _names_master_after_booking(u, turn):
-            moved = self._to_master(turn, u, r)
+        if intent is Intent.BOOK and _amends_booking(u, turn):
+            moved = self._amend(turn, u, r)
             if moved is not None:
                 return moved
         if intent in (Intent.BOOK, Intent.AVAILABILITY):
@@ -89,6 +91,10 @@ class Policy:
             if not turn.facts.services and turn.last("list_services") is None and "list_services" in turn.tools:
                 return call("list_services")
             return Say(r.ask_service(turn.last("list_services")))
+        if want.unclear_master:
+            return Say(r.ask_master(want.unclear_master))
+        if want.unclear_day:
+            return Say(r.ask_day())
         if want.slot is not None and turn.last("search_slots") is None:
             return call("create_booking", service=want.service.title, datetime=_iso(want.slot), master=want.master)
         searches = turn.results("search_slots")
@@ -134,8 +140,9 @@ class Policy:
             return Say(r.offer(inside[:3] or slots[:3], outside_window=not inside, busy_day=busy_day))
         return Say(r.offer(slots[:3], busy_day=busy_day))
 
-    def _to_master(self, turn: Turn, u: Understanding, r: Replies) -> Decision | None:
-        """ "к Сергею" right after a booking: move that booking to the master at the same time (None: not found)."""
+    def _amend(self, turn: Turn, u: Understanding, r: Replies) -> Decision | None:
+        """ "к Сергею" or "нет, в пятницу в 18:00" right after a booking: move that booking to the master, day or
+        time said, keeping what was not said (None: the booking is not found)."""
         listed = turn.last("list_my_bookings")
         if listed is None:
             return call("list_my_bookings")
@@ -147,15 +154,16 @@ class Policy:
             return None
         record = just_booked[0]
         moved = turn.last("reschedule_booking")
+        was = datetime.fromisoformat(str(record["datetime"])[:16])
+        wanted = datetime.combine(u.day or was.date(), u.at or was.time())
+        master = u.master if u.master != record.get("master") else None
         if moved is None:
-            if record.get("master") == u.master:
+            if wanted == was and master is None:
                 return Say(r.booked({"booked": record}))
-            at = str(record["datetime"])[:16]
-            return call("reschedule_booking", record_id=record["record_id"], datetime=at, master=u.master)
+            return call("reschedule_booking", record_id=record["record_id"], datetime=_iso(wanted), master=master)
         if "rescheduled" in moved or not moved.get("next_free"):
             return Say(r.rescheduled(moved))
-        day = date.fromisoformat(str(record["datetime"])[:10])
-        return Say(r.move_offer(record, moved["next_free"][:3], taken=_slot_time(record), day=day))
+        return Say(r.move_offer(record, moved["next_free"][:3], taken=wanted.time(), day=wanted.date()))
 
     def _want(self, turn: Turn, u: Understanding) -> _Want:
         f = turn.facts
@@ -177,7 +185,16 @@ class Policy:
             day = f.offered[0].date()
         at = u.at or (slot.time() if slot else None) or (carried.at if not u.window else None)
         window = u.window or (carried.window if not u.at else None)
-        return _Want(service=service, master=master, day=day, at=at, window=window, slot=slot)
+        return _Want(
+            service=service,
+            master=master,
+            day=day,
+            at=at,
+            window=window,
+            slot=slot,
+            unclear_day=day is None and (u.unclear_day or carried.unclear_day),
+            unclear_master=None if master else (u.unclear_master or carried.unclear_master),
+        )
 
     def _carry(self, turn: Turn) -> Understanding:
         """Details the client gave earlier in this request (service, master, day) for a message that omits them."""
@@ -187,6 +204,7 @@ class Policy:
         day: date | None = None
         at: time | None = None
         window: TimeWindow | None = None
+        unclear_day, unclear_master = False, None
         said: set[str] = set()
         for role, text in reversed(turn.history):
             if role == "assistant":
@@ -203,9 +221,20 @@ class Policy:
             master = master or earlier.master
             at = at or earlier.at
             window = window or earlier.window
+            unclear_day = unclear_day or earlier.unclear_day
+            unclear_master = unclear_master or earlier.unclear_master
             if day is None and earlier.day is not None and earlier.day >= f.now.date():
                 day = earlier.day
-        return Understanding(intent=Intent.BOOK, service=service, master=master, day=day, at=at, window=window)
+        return Understanding(
+            intent=Intent.BOOK,
+            service=service,
+            master=master,
+            day=day,
+            at=at,
+            window=window,
+            unclear_day=unclear_day,
+            unclear_master=unclear_master,
+        )
 
     def _previous(self, turn: Turn) -> Understanding:
         f = turn.facts
@@ -320,10 +349,10 @@ def _followup(u: Understanding, last_reply: str) -> Intent:
     return u.intent
 
 
-def _names_master_after_booking(u: Understanding, turn: Turn) -> bool:
-    """Only a master's name, just after the administrator booked: the client wants that booking with them."""
-    details = u.service or u.service_options or u.day or u.at or u.window or u.choice is not None
-    return bool(u.master) and not details and turn.facts.stage == "booked" and DONE in turn.last_reply()
+def _amends_booking(u: Understanding, turn: Turn) -> bool:
+    """A master, day or time alone, just after the administrator booked: the client corrects that booking."""
+    other = u.service or u.service_options or u.window or u.choice is not None
+    return bool(u.master or u.day or u.at) and not other and turn.facts.stage == "booked" and DONE in turn.last_reply()
 
 
 def _picked_slot(u: Understanding, offered: tuple[datetime, ...], last_reply: str) -> datetime | None:

@@ -116,6 +116,13 @@ class Replies:
         menu = f" У нас есть: {', '.join(some[:SERVICES_LISTED])}." if some else ""
         return self.pick("ask_service", ("На какую услугу вас записать?", "Подскажите, на какую услугу?")) + menu
 
+    def ask_day(self) -> str:
+        return "Не совсем понял, на какой день вас записать? Напишите, например: «завтра», «в пятницу» или «15.01»."
+
+    def ask_master(self, said: str) -> str:
+        known = f" У нас работают: {', '.join(self.facts.masters)}." if self.facts.masters else ""
+        return f"Не нашёл мастера «{said[:1].upper()}{said[1:]}».{known} К кому вас записать?"
+
     def prices(self, chosen: Sequence[ServiceRef], listed: dict[str, Any] | None) -> str:
         if len(chosen) == 1:
             s = chosen[0]

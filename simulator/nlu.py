@@ -8,6 +8,7 @@ rapidfuzz for typos ("стрижку машинкой", "машинкой под
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -16,11 +17,15 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from rapidfuzz import fuzz
+from rapidfuzz.distance import OSA
 
-from simulator.nlu_when import TimeWindow, month_number, parse_when
+from simulator.nlu_when import TimeWindow, correct_day_words, month_number, parse_when
 
+# Distinct words whose parses are kept: a day's conversations use a few thousand; a parse is a few hundred bytes.
+MORPH_CACHE_WORDS = 50_000
 _MASTER_FUZZ_MIN = 84  # a swapped letter pair in "алексей" (7 letters) gives 85.7; other names stay under 50
 _MASTER_FUZZ_LEN = 5  # shorter words are too easily near a short name
+_TYPO_MIN_LEN = 6  # a misspelt service word this long is compared with the titles' forms one edit away
 _FUZZ_MIN = 80  # rapidfuzz ratio: "машина"~"машинка" is 92, "стришка"~"стрижка" 86, unrelated words < 60
 # Client words → the lemma a catalogue title uses for the same thing.
 _SYNONYMS = {
@@ -47,7 +52,23 @@ _STOP = frozenset({"и", "с", "на", "для", "по", "в", "от", "до"})
 class Morph(Protocol):
     """The part of pymorphy3's MorphAnalyzer used here."""
 
-    def parse(self, word: str) -> list[Any]: ...
+    def parse(self, word: str) -> Sequence[Any]: ...
+
+    def __hash__(self) -> int: ...  # the inflected forms of catalogue words are cached per analyser
+
+
+class CachedMorph:
+    """A `Morph` that remembers its words' parses (least recently used first out).
+
+    Every request of a conversation repeats its history and the catalogue, so the same few words are parsed
+    again and again; pymorphy3 answers a word in tens of microseconds, the cache in well under one.
+    """
+
+    def __init__(self, morph: Morph, *, max_words: int = MORPH_CACHE_WORDS) -> None:
+        self._parse = functools.lru_cache(maxsize=max_words)(lambda word: tuple(morph.parse(word)))
+
+    def parse(self, word: str) -> Sequence[Any]:
+        return self._parse(word)
 
 
 class Intent(StrEnum):
@@ -94,6 +115,8 @@ class Understanding:
     record_id: int | None = None  # "запись 1234", "№1234": a record named by its number
     affirmative: bool = False
     greeting: bool = False
+    unclear_day: bool = False  # a day-like word not understood ("в птнцу"): ask, never assume today
+    unclear_master: str | None = None  # "к X" where X is no master's name: ask which master
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +196,8 @@ def understand(
     if not plain.strip() and _MARKER.search(text):
         return Understanding(intent=Intent.MEDIA)
     t = normalize(plain)
-    when = parse_when(t, today=now.date())
+    dated, unclear_day = correct_day_words(t, is_known=functools.partial(is_known, morph=morph))
+    when = parse_when(dated, today=now.date())
     name = _name(plain, morph)
     service, options, unknown = _service(t, services, morph)
     master = _master(t, masters, morph, skip=name)
@@ -194,6 +218,8 @@ def understand(
         record_id=int(m[1]) if (m := re.search(r"(?:запис\w*|id|№|номер)\s*#?\s*(\d{3,9})\b", t)) else None,
         affirmative=bool(re.match(r"(да|ага|угу|давайте|подходит|годится|записывайте|запишите|ок|окей)\b", t)),
         greeting=bool(_GREETING.search(t)),
+        unclear_day=unclear_day and when.day is None,
+        unclear_master=None if master or not masters else _unknown_master(t, morph),
     )
     return _with_intent(u, t)
 
@@ -245,6 +271,11 @@ def normalize(text: str) -> str:
     return " ".join(text.lower().replace("ё", "е").split())
 
 
+def is_known(word: str, *, morph: Morph) -> bool:
+    """Whether the dictionary knows the word (pymorphy3 guesses the parses of words it does not know)."""
+    return any(getattr(p, "is_known", True) for p in morph.parse(word))
+
+
 def lemmas(word: str, morph: Morph) -> set[str]:
     """The word and the normal forms of its likeliest parses (ё folded to е)."""
     out = {word.replace("ё", "е")}
@@ -264,16 +295,24 @@ def _service(
     t: str, services: Sequence[ServiceRef], morph: Morph
 ) -> tuple[ServiceRef | None, tuple[ServiceRef, ...], str | None]:
     said: set[str] = set()
+    misspelt: list[str] = []  # words the dictionary lacks: compared with every form of the titles' words
     for word in _words(t):
         if word in _STOP or len(word) < 3:
             continue
         forms = lemmas(word, morph)
         said |= forms | {_SYNONYMS[f].replace("ё", "е") for f in forms if f in _SYNONYMS}
+        if len(word) >= _TYPO_MIN_LEN and not is_known(word, morph=morph):
+            misspelt.append(word)
+            said |= {lemma.replace("ё", "е") for key, lemma in _SYNONYMS.items() if _one_typo(word, frozenset((key,)))}
     scored: list[tuple[float, int, ServiceRef]] = []
     for s in services:
         title = [w for w in _words(normalize(s.title)) if w not in _STOP and len(w) > 2]
         heads = [_first_lemma(w, morph) for w in title]
-        matched = sum(1 for h in heads if any(_same(h, w) for w in said))
+        matched = sum(
+            1
+            for w, h in zip(title, heads, strict=True)
+            if any(_same(h, x) for x in said) or any(_one_typo(x, _word_forms(w, morph)) for x in misspelt)
+        )
         if matched:
             scored.append((matched / len(heads), matched, s))
     other = _OTHER_SERVICES.search(t)
@@ -312,17 +351,43 @@ def _master(t: str, masters: Sequence[str], morph: Morph, *, skip: str | None) -
 
 
 def _master_misspelt(t: str, keys: dict[str, str], morph: Morph, *, skipped: str) -> str | None:
-    """A master's name with a typo ("к аелксею"): the closest name whose normal form is near enough, if one is."""
+    """A master's name with a typo in any case ("к аелксею", "к срегею"): one edit (a swapped pair counts once)
+    from a form of the name, or a normal form near enough; the closest wins."""
     best: tuple[float, str] | None = None
     for word in _words(t):
         if word == skipped or len(word) < _MASTER_FUZZ_LEN:
             continue
         forms = lemmas(word, morph)
+        unknown = not is_known(word, morph=morph)
         for key, master in keys.items():
             score = max(fuzz.ratio(form, key) for form in forms)
+            if unknown and _one_typo(word, _word_forms(key, morph)):
+                score = max(score, 100.0 - len(word))  # a typo of an inflected form: near, below an exact lemma
             if score >= _MASTER_FUZZ_MIN and (best is None or score > best[0]):
                 best = (score, master)
     return best[1] if best else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _word_forms(word: str, morph: Morph) -> frozenset[str]:
+    """Every inflected form of a word ("сергей" → "сергею", "мужская" → "мужскую"), a name's parse first."""
+    parses = [p for p in morph.parse(word) if "Name" in p.tag] or list(morph.parse(word)[:1])
+    return frozenset({word} | {str(f.word).replace("ё", "е") for p in parses for f in p.lexeme})
+
+
+def _one_typo(word: str, forms: frozenset[str]) -> bool:
+    """One edit (a swapped pair counts once: OSA distance) from one of the forms."""
+    return any(OSA.distance(word, form, score_cutoff=1) <= 1 for form in forms)
+
+
+def _unknown_master(t: str, morph: Morph) -> str | None:
+    """The word after "к"/"у мастера" when it is a name or an unknown word, so no master's name was understood."""
+    for m in re.finditer(r"\b(?:к|у)(?: мастер\w*)? ([а-я]{3,})\b", t):
+        word = m[1]
+        parses = morph.parse(word)
+        if not is_known(word, morph=morph) or (parses and "Name" in parses[0].tag):  # "к тому же" is no Том
+            return word
+    return None
 
 
 def _name(text: str, morph: Morph) -> str | None:

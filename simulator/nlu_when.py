@@ -8,15 +8,21 @@ Rules (the nearest reading a barbershop administrator would take):
 - "25 ноября" / "25.11" without a year is this year, or next year when that day has passed;
 - a bare hour from 1 to 8 ("в 3", "в 5") is afternoon (15:00, 17:00): the salon is closed at night;
 - "после обеда"/"днём" is a window from 13:00, "вечером" from 17:00, "утром" until 12:00;
-- of two dates or times without "с" ("запись в пятницу на субботу"), the first is the old one.
+- of two dates or times without "с" ("запись в пятницу на субботу"), the first is the old one;
+- a misspelt day word ("затвра", "пянтицу", "поселзавтра") is read as the day word one typo away (a swapped,
+  missing, extra or wrong letter); a word merely like one is unclear, and the day is asked, never assumed.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, time, timedelta
 from typing import TypeVar
+
+from rapidfuzz import fuzz
+from rapidfuzz.distance import OSA
 
 T = TypeVar("T")
 MONTH_STEMS = ("январ", "феврал", "март", "апрел", "ма", "июн", "июл", "август", "сентябр", "октябр", "ноябр", "декабр")
@@ -30,6 +36,13 @@ _HOUR_WORDS = {
     "час": 1, "два": 2, "три": 3, "четыре": 4, "пять": 5, "шесть": 6, "семь": 7, "восемь": 8,
     "девять": 9, "десять": 10, "одиннадцать": 11, "двенадцать": 12,
 }  # fmt: skip
+# The forms of day words a client writes; a misspelt word is replaced by the nearest of these before parsing.
+_DAY_FORMS = (
+    "сегодня", "завтра", "послезавтра", "понедельник", "вторник", "среда", "среду", "среды", "четверг",
+    "пятница", "пятницу", "пятницы", "суббота", "субботу", "субботы", "воскресенье",
+)  # fmt: skip
+_DAY_TYPO_MIN_LEN = 5  # shorter words ("сред", "вт") are too near too much
+_DAY_UNCLEAR_RATIO = 65  # below it a word is not day-like at all ("стрижку"~"среду" is 50)
 _COUNT_WORDS = {"один": 1, "одну": 1, "два": 2, "две": 2, "пару": 2, "три": 3, "четыре": 4, "пять": 5}
 
 
@@ -58,6 +71,29 @@ def parse_when(t: str, *, today: date) -> When:
     day, from_day, rest = _dates(t, today)
     at, from_at, window = _times(rest)
     return When(day=day, at=at, window=window, from_day=from_day, from_at=from_at)
+
+
+def correct_day_words(t: str, *, is_known: Callable[[str], bool]) -> tuple[str, bool]:
+    """`t` with misspelt day words replaced by the intended ones, and whether a day-like word stayed unclear.
+
+    A word the dictionary knows (`is_known`: "завтрак", "сорта") is never a typo. One edit (OSA distance, so a
+    swapped pair counts once) corrects a word of 5 to 8 letters; two, a longer one ("послезавтра").
+    """
+    unclear = False
+
+    def fix(m: re.Match[str]) -> str:
+        nonlocal unclear
+        word = m[0]
+        if len(word) < _DAY_TYPO_MIN_LEN or word in _DAY_FORMS or is_known(word):
+            return word
+        distance, form = min((OSA.distance(word, f), f) for f in _DAY_FORMS)
+        if distance <= (1 if len(form) <= 8 else 2):
+            return form
+        if max(fuzz.ratio(word, f) for f in _DAY_FORMS) >= _DAY_UNCLEAR_RATIO:
+            unclear = True
+        return word
+
+    return re.sub(r"[а-я]+", fix, t), unclear
 
 
 def month_number(word: str) -> int | None:

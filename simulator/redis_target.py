@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
+from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.connection import parse_url
 from redis.exceptions import RedisError
 
@@ -47,6 +48,7 @@ class Target:
     owner: str  # the tool, e.g. "aiadmin simulate"; stored in the marker
     flush_option: str = "--flush"  # how the user asks this tool to flush a database it did not write
     force_option: str = "--force"  # how the user lets this tool use db 0 or a remote host
+    cluster: bool = False  # a Redis Cluster (database 0 only): claimed on every master
 
 
 def is_loopback(host: str) -> bool:
@@ -59,9 +61,19 @@ def is_loopback(host: str) -> bool:
 
 
 def check_target(
-    url: str, *, owner: str, force: bool, flush_option: str = "--flush", force_option: str = "--force"
+    url: str,
+    *,
+    owner: str,
+    force: bool,
+    flush_option: str = "--flush",
+    force_option: str = "--force",
+    cluster: bool = False,
 ) -> Target:
-    """The target `url` names; TargetRefused for a malformed URL, and for db 0 or a remote host unless forced."""
+    """The target `url` names; TargetRefused for a malformed URL, and for db 0 or a remote host unless forced.
+
+    A cluster has database 0 only, so for a `cluster` the loopback rule and the marker are the whole guard: it is
+    a throwaway cluster of the run's own (`.ci/redis-cluster`), claimed only when empty or marked by our tools.
+    """
     try:
         parts: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
     except ValueError as exc:
@@ -69,7 +81,9 @@ def check_target(
     db = int(parts.get("db", 0) or 0)
     local_socket = "path" in parts
     host = str(parts["path"] if local_socket else parts.get("host", "localhost"))
-    if not force and db == 0:
+    if cluster and db != 0:
+        raise TargetRefused(f"{owner}: a Redis Cluster has database 0 only (got {db} in {_shown(url)})")
+    if not force and db == 0 and not cluster:
         raise TargetRefused(
             f"{owner} flushes its Redis database: refusing database 0 of {_shown(url)} without {force_option}"
         )
@@ -77,7 +91,9 @@ def check_target(
         raise TargetRefused(
             f"{owner} flushes its Redis database: refusing the non-loopback host {host!r} without {force_option}"
         )
-    return Target(url=url, db=db, host=host, owner=owner, flush_option=flush_option, force_option=force_option)
+    return Target(
+        url=url, db=db, host=host, owner=owner, flush_option=flush_option, force_option=force_option, cluster=cluster
+    )
 
 
 def check_contents(target: Target, *, keys: int, marker: bytes | str | None, flush: bool) -> None:
@@ -124,11 +140,22 @@ def mark_sync(redis: SyncRedis, target: Target) -> None:
     redis.set(MARKER_KEY, target.owner)
 
 
+def sync_client(target: Target) -> SyncRedis:
+    """A synchronous client of the target: a cluster client for a cluster (its commands then reach every master)."""
+    if target.cluster:
+        cluster = SyncRedisCluster.from_url(
+            target.url, socket_timeout=CONNECT_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S
+        )
+        return cast(SyncRedis, cluster)  # the same command API; dbsize and flushdb go to every master
+    return SyncRedis.from_url(target.url, socket_timeout=CONNECT_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S)
+
+
 def claim_url(target: Target, *, flush: bool) -> None:
     """Connect to `target.url`, claim the database and disconnect (for tools that hand the URL to processes)."""
-    client: SyncRedis = SyncRedis.from_url(
-        target.url, socket_timeout=CONNECT_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S
-    )
+    try:
+        client = sync_client(target)
+    except (RedisError, OSError) as exc:
+        raise TargetUnreachable(f"{target.owner}: Redis at {_shown(target.url)}: {exc}") from exc
     try:
         claim_sync(client, target, flush=flush)
     finally:
@@ -137,15 +164,14 @@ def claim_url(target: Target, *, flush: bool) -> None:
 
 def mark_url(target: Target) -> None:
     """Connect to `target.url` and mark the database again (after a run that flushed it on its own)."""
-    client: SyncRedis = SyncRedis.from_url(
-        target.url, socket_timeout=CONNECT_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S
-    )
     try:
-        mark_sync(client, target)
+        client = sync_client(target)
+        try:
+            mark_sync(client, target)
+        finally:
+            client.close()
     except (RedisError, OSError) as exc:
         raise TargetUnreachable(f"{target.owner}: Redis at {_shown(target.url)}: {exc}") from exc
-    finally:
-        client.close()
 
 
 def _shown(url: str) -> str:

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from simulator.salon_records import ClientBase, RecordBook
+
 BARBERSHOP_FIXTURE = Path(__file__).parent / "fixtures" / "barbershop.json"
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 FIRST_RECORD_ID = 1001
@@ -162,9 +164,9 @@ class Salon:
         self.categories = dict(categories or {})
         self.slot_step_min = slot_step_min
         self.booking_horizon_days = booking_horizon_days
-        self._records: dict[int, SalonRecord] = {}
+        self._records = RecordBook(tz)
         self._ids = itertools.count(FIRST_RECORD_ID)
-        self._clients: dict[str, SalonClient] = {}  # by canonical phone
+        self._clients = ClientBase()
         self._client_ids = itertools.count(FIRST_CLIENT_ID)
         self.blocked_phones: set[str] = set()  # canonical phones the salon takes no online bookings from
 
@@ -276,7 +278,7 @@ class Salon:
                 client_id=client.id,
                 changed_at=now,
             )
-            self._records[record.id] = record
+            self._records.put(record)
             created.append(record)
         return created
 
@@ -285,28 +287,37 @@ class Salon:
         canonical = canonical_phone(phone)
         known = self._clients.get(canonical)
         if known is None:
-            known = self._clients[canonical] = SalonClient(id=next(self._client_ids), phone=canonical, name=name)
+            known = SalonClient(id=next(self._client_ids), phone=canonical, name=name)
+            self._clients.add(known)
         return known
 
     def clients(self) -> list[SalonClient]:
         """The client base, by id."""
-        return sorted(self._clients.values(), key=lambda client: client.id)
+        return self._clients.all()  # ids are handed out in the order clients are added
+
+    def clients_matching(self, text: str) -> list[SalonClient]:
+        """Clients, by id, whose phone contains the digits of `text` or whose name contains it (any case)."""
+        folded = text.casefold()
+        return self._clients.matching(digits=canonical_phone(folded), text=folded)
 
     def record(self, record_id: int) -> SalonRecord:
         """A record, deleted or not."""
-        try:
-            return self._records[record_id]
-        except KeyError:
-            raise UnknownRecord(f"no record {record_id}") from None
+        record = self._records.get(record_id)
+        if record is None:
+            raise UnknownRecord(f"no record {record_id}")
+        return record
 
     def records_by_phone(self, phone: str) -> list[SalonRecord]:
         """The client's records, cancelled ones included, by start time."""
-        canonical = canonical_phone(phone)
-        return sorted((r for r in self._records.values() if r.phone == canonical), key=lambda r: (r.start, r.id))
+        return self._records.of_phone(canonical_phone(phone))
+
+    def records_of_client(self, client_id: int) -> list[SalonRecord]:
+        """The records of the client with this id, cancelled ones included, by start time."""
+        return self._records.of_client(client_id)
 
     def all_records(self) -> list[SalonRecord]:
         """Every record ever made, cancelled ones included, in creation order."""
-        return list(self._records.values())
+        return self._records.all()
 
     def move(
         self,
@@ -340,13 +351,13 @@ class Salon:
             service_ids=services,
             changed_at=now or record.changed_at,
         )
-        self._records[record.id] = moved
+        self._records.put(moved)
         return moved
 
     def cancel(self, record_id: int, *, now: datetime | None = None) -> SalonRecord:
         """Delete an active record (a cancellation, not a no-show: `attendance` is left as it was)."""
         cancelled = replace(self._active(record_id), deleted=True, deleted_at=now, changed_at=now)
-        self._records[record_id] = cancelled
+        self._records.put(cancelled)
         return cancelled
 
     def set_attendance(self, record_id: int, attendance: int) -> SalonRecord:
@@ -354,7 +365,7 @@ class Salon:
         if attendance not in ATTENDANCE_VALUES:
             raise ValueError(f"attendance must be one of {sorted(ATTENDANCE_VALUES)}")
         marked = replace(self._active(record_id), attendance=attendance)
-        self._records[record_id] = marked
+        self._records.put(marked)
         return marked
 
     # --- internals -----------------------------------------------------------------------------------------
@@ -393,18 +404,13 @@ class Salon:
         if span is None:
             return
         step, length = timedelta(minutes=self.slot_step_min), timedelta(minutes=duration)
-        busy = [(r.start, r.end) for r in self._active_records(master.id)]
+        busy = [(r.start, r.end) for r in self._records.busy(master.id, span[0], span[1])]
         start = span[0]
         while start + length <= span[1]:
             free = not any(start < busy_end and busy_start < start + length for busy_start, busy_end in busy)
             if free and (now is None or start >= now):
                 yield start
             start += step
-
-    def _active_records(self, master_id: int, *, ignore_id: int | None = None) -> Iterator[SalonRecord]:
-        for record in self._records.values():
-            if record.master_id == master_id and not record.deleted and record.id != ignore_id:
-                yield record
 
     def _refusal(
         self, master: SalonMaster, start: datetime, duration: int, *, now: datetime | None, ignore_id: int | None
@@ -416,7 +422,7 @@ class Salon:
             return NO_MASTER_FREE
         if now is not None and start < now:
             return SLOT_TAKEN
-        if any(r.start < end and start < r.end for r in self._active_records(master.id, ignore_id=ignore_id)):
+        if any(self._records.busy(master.id, start, end, ignore_id=ignore_id)):
             return SLOT_TAKEN
         return None
 
@@ -438,7 +444,7 @@ class Salon:
                 raise BookingConflict(code, f"{master.name} is not free at {local.isoformat()}")
             return FreeSlot(master.id, local, duration)
         candidates = self.masters_for(service_ids)
-        prefer = self._records[ignore_id].master_id if ignore_id is not None else None
+        prefer = self.record(ignore_id).master_id if ignore_id is not None else None
         candidates.sort(key=lambda m: m.id != prefer)  # stable: the preferred master first, then the usual order
         for master in candidates:
             if self._refusal(master, local, duration, now=now, ignore_id=ignore_id) is None:

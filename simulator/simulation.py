@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,7 +25,9 @@ from simulator import whatsapp as fake_whatsapp
 from simulator.clock import VirtualClock
 from simulator.delivery import WebhookDelivery
 from simulator.fakeredis_time import fakeredis_on
-from simulator.judge import Verdict, WorldVerdict, judge_user, judge_world, snapshot
+from simulator.judge import Booked, Verdict, WorldVerdict, judge_user, judge_world, snapshot
+from simulator.judges import TurnVerdict
+from simulator.observed import CountingApp, HistoryReader, ReadHistory, judge_conversations, min_turns
 from simulator.personas import PERSONAS, Goal, want_for
 from simulator.redis_target import Target, check_target, claim
 from simulator.salon import BARBERSHOP_FIXTURE, Appointment, Salon
@@ -35,7 +39,7 @@ from simulator.stack import (
     fakes_env,
     virtual_clock,
 )
-from simulator.users import User
+from simulator.users import REPLY_TIMEOUT_S, User
 from system.clock import Clock, WallClock, wait_event
 from system.settings import load_settings
 
@@ -45,7 +49,17 @@ WORKDAY_S = 8 * 3600
 REALTIME_WINDOW_S = 60.0
 USERS_PER_DAY = 100  # a barbershop of four masters hears from about this many clients a day
 DRAIN_LIMIT_S = 3600.0
+TRIAL_SEED_STEP = 1_000_003  # a trial's model seed: far from every other run's seed, the same for one trial
 FAKE_PORTS = {"whatsapp": 8091, "llm": 8092, "crm": 8093}  # as `aiadmin fake` serves them by default
+FAKE_PORT_BASE_ENV = "AIADMIN_SIM_FAKE_PORT_BASE"  # --system-url: the fakes on P, P+1, P+2 instead of 8091-8093
+
+
+def fake_ports() -> dict[str, int]:
+    """Where `--system-url` serves its fakes: FAKE_PORTS, or from AIADMIN_SIM_FAKE_PORT_BASE on."""
+    base = os.environ.get(FAKE_PORT_BASE_ENV, "").strip()
+    if not base:
+        return dict(FAKE_PORTS)
+    return {name: int(base) + i for i, name in enumerate(FAKE_PORTS)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +76,10 @@ class SimOptions:
     realtime: bool = False  # the wall clock instead of the virtual one (users arrive within `window_s`)
     system_url: str | None = None  # drive separately started system processes (real time; fakes on FAKE_PORTS)
     window_s: float | None = None  # arrival window per day of users; default a working day, 60 s in real time
+    trial: int = 0  # another trial of the same users and goals: other typing and model latency (pass^k)
+    # How long a user waits for a reply: free in virtual time; in real time (`--realtime`, `--system-url`) a run
+    # lasts at least this long after its last reply, so the CLI may shorten it there.
+    reply_timeout_s: float = REPLY_TIMEOUT_S
 
 
 @dataclass
@@ -159,6 +177,9 @@ class SimResult:
     wall_s: float
     virtual_s: float
     users: list[User]
+    turn_verdicts: list[TurnVerdict] = field(default_factory=list)
+    model_calls: int = 0
+    turns_observed: bool = True  # False when the system's history could not be read (separate processes)
 
 
 def _settings(opts: SimOptions) -> dict[str, str]:
@@ -172,24 +193,32 @@ def make_users(opts: SimOptions, salon: Salon, rng: random.Random) -> list[User]
     """Seeded users, about USERS_PER_DAY a day; cancellers and reschedulers get a booking of their own first."""
     personas = [PERSONAS[name] for name in opts.personas]
     users = []
+    # In real time every user arrives today, the days' windows one after the other: a second simulated day must
+    # not mean waiting for tomorrow on the wall clock.
+    real_time = opts.realtime or opts.system_url is not None
     for i in range(opts.users):
         persona = personas[i % len(personas)]
-        arrival_day = opts.start + timedelta(days=i // USERS_PER_DAY)
+        day = i // USERS_PER_DAY
+        arrival_day = opts.start + timedelta(days=0 if real_time else day)
         want = want_for(persona, rng)
         phone = f"7915{i:07d}"
         if want.goal in (Goal.CANCEL, Goal.RESCHEDULE):
             want = _own_booking(salon, phone, want, arrival_day, rng)
         window_ms = int(1000 * (opts.window_s or (REALTIME_WINDOW_S if opts.realtime else WORKDAY_S)))
         start_ms = int(arrival_day.timestamp() * 1000) + rng.randrange(max(1, window_ms))
+        if real_time:
+            start_ms += day * window_ms
         users.append(
             User(
                 phone=phone,
                 persona=persona,
                 want=want,
                 today=arrival_day.date(),
-                rng=random.Random(rng.random()),
+                rng=random.Random(f"{rng.random()}:{opts.trial}"),  # the goal stream stays; typing varies
                 start_ms=start_ms,
-                achieved=lambda u, s=salon, day=arrival_day: _achieved(u, s, day),
+                achieved=functools.partial(achieved, salon=salon, start=arrival_day),
+                min_turns=min_turns(want, salon, arrival_day),
+                reply_timeout_s=opts.reply_timeout_s,
             )
         )
     return users
@@ -229,8 +258,17 @@ def _fields(obj: Any) -> dict[str, Any]:
     return {name: getattr(obj, name) for name in obj.__slots__}
 
 
-def _achieved(user: User, salon: Salon, start: datetime) -> bool:
-    records = [b for b in snapshot(salon) if b.phone == user.phone and not b.deleted]
+def _by_phone(records: Sequence[Booked]) -> dict[str, list[Booked]]:
+    """Records grouped by client phone, so each user's verdict reads only its own."""
+    out: dict[str, list[Booked]] = defaultdict(list)
+    for b in records:
+        out[b.phone].append(b)
+    return out
+
+
+def achieved(user: User, salon: Salon, start: datetime) -> bool:
+    """Whether the user's goal is reached in the salon's records (what the user itself may look at)."""
+    records = [b for b in snapshot(salon, phone=user.phone) if not b.deleted]
     match user.want.goal:
         case Goal.BOOK | Goal.BOOK_FLEXIBLE:
             return any(b.service_title == user.want.service for b in records)
@@ -267,8 +305,13 @@ async def _redis(opts: SimOptions, clock: Clock) -> AsyncIterator[Redis]:
         yield fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(version=(7,)))
 
 
-async def simulate(opts: SimOptions, *, progress: Callable[[int, int], None] | None = None) -> SimResult:
-    """Run `opts.users` users through the whole system in virtual time."""
+Scenario = Callable[[Salon, SimOptions], list[User]]  # fixed users instead of seeded ones (a replayed case)
+
+
+async def simulate(
+    opts: SimOptions, *, progress: Callable[[int, int], None] | None = None, scenario: Scenario | None = None
+) -> SimResult:
+    """Run `opts.users` users (or the `scenario`'s) through the whole system in virtual time."""
     wall_started = time.perf_counter()
     clock: Clock
     if opts.realtime or opts.system_url:
@@ -280,23 +323,26 @@ async def simulate(opts: SimOptions, *, progress: Callable[[int, int], None] | N
     rng = random.Random(opts.seed)
     transcript = Transcript()
     salon = Salon.from_fixture(BARBERSHOP_FIXTURE, start=opts.start)
-    users = make_users(opts, salon, rng)
+    users = scenario(salon, opts) if scenario else make_users(opts, salon, rng)
     initial = snapshot(salon)
     box = ReplyBox(transcript)
-    apps = {
-        "llm": fake_llm.create_app(
-            seed=opts.seed,
+    llm = CountingApp(
+        fake_llm.create_app(
+            seed=opts.seed + TRIAL_SEED_STEP * opts.trial,
             latency=fake_llm.LatencyModel(*opts.llm_latency_s),
             clock=clock,
             api_key=TOKENS["llm"],
-        ),
+        )
+    )
+    apps = {
+        "llm": llm,
         "crm": crm.create_app(salon, partner_token=TOKENS["partner"], user_token=TOKENS["user"], clock=clock),
         "whatsapp": fake_whatsapp.create_app(
             token=TOKENS["whatsapp"], clock=clock, rng=random.Random(opts.seed), outbox=box
         ),
     }
     system = _remote_system(opts, apps) if opts.system_url else _in_process_system(opts, clock, apps)
-    async with system as (inbound, read_stats):
+    async with system as (inbound, read_stats, read_history):
         delivery = WebhookDelivery(
             inbound,
             clock=clock,
@@ -311,12 +357,17 @@ async def simulate(opts: SimOptions, *, progress: Callable[[int, int], None] | N
             await _run_users(users, channel, clock, progress)
             await _drain(read_stats, clock)
             stats = await read_stats()
+            histories = {u.phone: await read_history(u.phone) for u in users} if read_history else None
         finally:
             driver.cancel()
             await asyncio.gather(driver, return_exceptions=True)
     final = snapshot(salon)
-    verdicts = [judge_user(u, initial=initial, final=final, tz=salon.tz) for u in users]
+    initial_of, final_of = _by_phone(initial), _by_phone(final)
+    verdicts = [
+        judge_user(u, initial=initial_of.get(u.phone, ()), final=final_of.get(u.phone, ()), tz=salon.tz) for u in users
+    ]
     world = judge_world(users, initial=initial, final=final, inbound=channel.inbound, outbound=list(box.messages))
+    turn_verdicts = judge_conversations(users, histories or {}, box.messages, initial=initial, final=final)
     return SimResult(
         verdicts=verdicts,
         world=world,
@@ -327,23 +378,26 @@ async def simulate(opts: SimOptions, *, progress: Callable[[int, int], None] | N
         wall_s=time.perf_counter() - wall_started,
         virtual_s=(clock.now_ms() - start_ms) / 1000,
         users=users,
+        turn_verdicts=turn_verdicts,
+        model_calls=llm.calls,
+        turns_observed=histories is not None,
     )
 
 
 StatsReader = Callable[[], Awaitable[dict[str, Any]]]
+Wiring = tuple[httpx.AsyncClient, StatsReader, ReadHistory | None]
 
 
 @contextlib.asynccontextmanager
-async def _in_process_system(
-    opts: SimOptions, clock: Clock, apps: dict[str, Any]
-) -> AsyncIterator[tuple[httpx.AsyncClient, StatsReader]]:
-    """The whole system in this process (`simulator.stack`)."""
+async def _in_process_system(opts: SimOptions, clock: Clock, apps: dict[str, Any]) -> AsyncIterator[Wiring]:
+    """The whole system in this process (`simulator.stack`); its conversations' history is readable."""
     async with _redis(opts, clock) as redis:
         settings = load_settings(_settings(opts))
         async with InProcessSystem(
             settings, redis=redis, clock=clock, rng=random.Random(opts.seed), fakes=apps
         ) as system:
-            yield system.inbound, system.stats
+            reader = HistoryReader(system.rt.redis, keys=system.rt.keys, company_id=settings.default_company_id)
+            yield system.inbound, system.stats, reader.read
         await redis.aclose()
 
 
@@ -356,12 +410,11 @@ class _QuietServer(uvicorn.Server):
 
 
 @contextlib.asynccontextmanager
-async def _remote_system(
-    opts: SimOptions, apps: dict[str, Any]
-) -> AsyncIterator[tuple[httpx.AsyncClient, StatsReader]]:
+async def _remote_system(opts: SimOptions, apps: dict[str, Any]) -> AsyncIterator[Wiring]:
     """Separately started system processes at `opts.system_url`; the fakes are served here on real ports."""
+    ports = fake_ports()
     servers = [
-        _QuietServer(uvicorn.Config(app, host="127.0.0.1", port=FAKE_PORTS[name], log_config=None, access_log=False))
+        _QuietServer(uvicorn.Config(app, host="127.0.0.1", port=ports[name], log_config=None, access_log=False))
         for name, app in apps.items()
     ]
     tasks = [asyncio.create_task(server.serve()) for server in servers]
@@ -377,7 +430,7 @@ async def _remote_system(
                 response.raise_for_status()
                 return dict(response.json())
 
-            yield inbound, read_stats
+            yield inbound, read_stats, None
     finally:
         for server in servers:
             server.should_exit = True
@@ -391,14 +444,15 @@ def _stats_auth() -> dict[str, str]:
 
 def system_env_for_fakes() -> dict[str, str]:
     """The settings a separately started system needs to talk to the simulator's fakes (a development setup)."""
+    ports = fake_ports()
     return {
         "AIADMIN_ENV": "development",
-        "AIADMIN_LLM_BASE_URL": f"http://127.0.0.1:{FAKE_PORTS['llm']}/v1",
+        "AIADMIN_LLM_BASE_URL": f"http://127.0.0.1:{ports['llm']}/v1",
         "AIADMIN_LLM_API_KEY": TOKENS["llm"],
-        "AIADMIN_YCLIENTS_BASE_URL": f"http://127.0.0.1:{FAKE_PORTS['crm']}/api/v1",
+        "AIADMIN_YCLIENTS_BASE_URL": f"http://127.0.0.1:{ports['crm']}/api/v1",
         "AIADMIN_YCLIENTS_PARTNER_TOKEN": TOKENS["partner"],
         "AIADMIN_YCLIENTS_USER_TOKEN": TOKENS["user"],
-        "AIADMIN_WHATSAPP_API_URL": f"http://127.0.0.1:{FAKE_PORTS['whatsapp']}",
+        "AIADMIN_WHATSAPP_API_URL": f"http://127.0.0.1:{ports['whatsapp']}",
         "AIADMIN_WHATSAPP_TOKEN": TOKENS["whatsapp"],
         "AIADMIN_WHATSAPP_PHONE_NUMBER_ID": WHATSAPP_PHONE_NUMBER_ID,
         "AIADMIN_WHATSAPP_APP_SECRET": APP_SECRET,

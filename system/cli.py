@@ -205,14 +205,30 @@ def api(
     run_async(main)
 
 
+METRICS_PORT_HELP = "Serve Prometheus metrics on this port of AIADMIN_HOST (0: not served)."
+
+
+def serve_metrics(rt: Runtime, port: int) -> None:
+    """Expose the registry of a process without an HTTP API (batcher, worker) for Prometheus to scrape."""
+    if not port:
+        return
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(port, addr=rt.settings.host, registry=rt.metrics.registry)
+    except OSError as exc:
+        fail_start_up([f"--metrics-port: cannot listen on {rt.settings.host}:{port}: {exc.strerror}"])
+
+
 @app.command()
-def batcher() -> None:
+def batcher(metrics_port: int = typer.Option(0, help=METRICS_PORT_HELP)) -> None:
     """Run the batch processor (needs REDIS_URL); any number may run at once."""
     settings = settings_or_exit(role=BATCHER)
     warn_or_refuse(settings, BATCHER)
 
     async def main() -> None:
         rt = runtime_or_exit(settings)
+        serve_metrics(rt, metrics_port)
         # No `rt.start()`: the processor loads its scripts itself and, when Redis is not up yet, waits for it
         # with backoff (its loop rides out outages), instead of dying at start.
         try:
@@ -226,12 +242,14 @@ def batcher() -> None:
 @app.command()
 def worker(
     concurrency: int = typer.Option(0, help="Turns at once; 0 takes AIADMIN_WORKER_CONCURRENCY."),
+    metrics_port: int = typer.Option(0, help=METRICS_PORT_HELP),
 ) -> None:
     """Run the AI worker (needs REDIS_URL); any number may run at once."""
     settings = settings_or_exit(role=WORKER)
 
     async def main() -> None:
         rt = runtime_or_exit(settings)
+        serve_metrics(rt, metrics_port)
         # No `rt.start()`: the worker makes its consumer groups itself and, when Redis is not up yet, waits
         # for it with backoff (as the batcher does), instead of dying at start.
         try:

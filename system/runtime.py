@@ -19,6 +19,7 @@ from system.ingest.core import Ingestor
 from system.metrics import Metrics
 from system.settings import Settings
 from system.stats import StatsReader
+from system.store.cluster import connect_cluster
 from system.store.keys import Keys
 from system.store.queue import JobQueue, QueueConfig
 
@@ -52,7 +53,9 @@ def redacted_redis_url(url: str) -> str:
 
 
 def connect_redis(settings: Settings) -> Redis:
-    """A client for REDIS_URL, or an embedded fakeredis server when it is unset."""
+    """A client for REDIS_URL (a cluster's with AIADMIN_REDIS_CLUSTER), or an embedded fakeredis when it is unset."""
+    if settings.redis_url and settings.redis_cluster:
+        return connect_cluster(settings.redis_url)
     if settings.redis_url:
         # A blocking pool: with more turns in flight than connections, a turn waits for a free connection
         # (up to the timeout) instead of failing.
@@ -102,7 +105,7 @@ class Runtime:
         redis = redis if redis is not None else connect_redis(settings)
         clock = clock or WallClock()
         rng = rng or random.Random()
-        keys = Keys(prefix=settings.redis_prefix, shards=settings.redis_shards)
+        keys = Keys(prefix=settings.redis_prefix, shards=settings.redis_shards, cluster=settings.redis_cluster)
         metrics = Metrics()
         store = BatchStore(redis, keys=keys, config=BatchConfig.from_settings(settings))
         queue = JobQueue(redis, keys=keys, config=QueueConfig.from_settings(settings), rng=rng)
@@ -180,7 +183,7 @@ def build_worker(rt: Runtime, *, http: httpx.AsyncClient, consumer: str, concurr
     from system.booking.yclients import YClientsBackend
     from system.channels.whatsapp import build_sender
     from system.turn.context import ContextStore
-    from system.turn.llm import LLMClient
+    from system.turn.llm import BreakerState, LLMClient
     from system.turn.records import TurnStore
     from system.turn.worker import Worker
 
@@ -191,11 +194,12 @@ def build_worker(rt: Runtime, *, http: httpx.AsyncClient, consumer: str, concurr
     sender = _refusal_to(problems, lambda: build_sender(s, http=http, clock=rt.clock, rng=rt.rng))
     if llm is None or backend is None or sender is None:
         raise SettingsError("\n".join(problems))
+    rt.metrics.watch_llm_breaker(lambda: llm.breaker.state is BreakerState.OPEN)
     return Worker(
         rt.redis,
         settings=s,
         queue=rt.queue,
-        context=ContextStore(rt.redis),
+        context=ContextStore(rt.redis, keys=rt.keys),
         turns=TurnStore(rt.redis, keys=rt.keys),
         llm=llm,
         backend=backend,

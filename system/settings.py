@@ -34,6 +34,9 @@ ENV_PREFIX = "AIADMIN_"
 TENANTS_ENV = "AIADMIN_TENANTS"
 DEFAULT_TIMEZONE = "Europe/Moscow"
 REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
+# Shards on a cluster unless AIADMIN_REDIS_SHARDS says otherwise: the tags {s0}..{s15} fall 6/4/6 on the three
+# masters of a cluster made by `redis-cli --cluster create`, so every master owns several and adding one moves some.
+CLUSTER_SHARDS = 16
 # AIADMIN_* variables read by the tooling, not by the system: never reported as misspelled settings.
 TOOL_VARIABLES = frozenset(
     {
@@ -47,6 +50,10 @@ TOOL_VARIABLES = frozenset(
         "AIADMIN_BENCH_REDIS_URL",
         "AIADMIN_LOAD_REDIS_URL",
         "AIADMIN_LOAD_PORT_BASE",
+        "AIADMIN_SIM_FAKE_PORT_BASE",
+        "AIADMIN_BENCH_CLUSTER_URL",
+        "AIADMIN_TEST_REDIS_CLUSTER_URL",
+        "AIADMIN_FEATURES_REDIS_CLUSTER",
         "AIADMIN_REALTIME",
     }
 )
@@ -194,7 +201,29 @@ class Settings(BaseSettings):
         default=1,
         ge=1,
         le=1024,
-        description=("Hash-slot shards conversations are spread over (CRC32); set once per deployment."),
+        description=(
+            f"Hash-slot shards conversations are spread over (CRC32); set once per deployment. Default 1, "
+            f"or {CLUSTER_SHARDS} with AIADMIN_REDIS_CLUSTER (several per master of a 3-master cluster)."
+        ),
+    )
+    redis_cluster: bool = Field(
+        default=False,
+        description="REDIS_URL names one node of a Redis Cluster; the client discovers the others from it.",
+    )
+    redis_wait_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description=(
+            "A webhook is answered 200 only once this many replicas hold its messages (Redis WAIT); "
+            "0: on the master's word alone. Survives a failover; costs a replication round trip."
+        ),
+    )
+    redis_wait_timeout_ms: int = Field(
+        default=500,
+        gt=0,
+        le=10_000,
+        description="How long the WAIT for replicas may take before the webhook is answered 503 (Meta retries).",
     )
     queue_max_len: int = Field(
         default=100000,
@@ -251,6 +280,13 @@ class Settings(BaseSettings):
     )
     max_bookings_per_turn: int = Field(
         default=1, ge=1, le=10, description="Bookings one turn may create; further create_booking calls are refused."
+    )
+    drop_stale_replies: bool = Field(
+        default=True,
+        description=(
+            "When the client writes again during a turn that changed no booking, stop it before its first booking "
+            "change or its reply (dropped unsent); the next turn answers everything at once."
+        ),
     )
     llm_breaker_failures: int = Field(
         default=5, ge=1, description="Consecutive failed LLM requests that open the circuit breaker."
@@ -389,8 +425,17 @@ class Settings(BaseSettings):
             problems.append("AIADMIN_RETRY_BACKOFF_MAX_S must not be less than AIADMIN_RETRY_BACKOFF_BASE_S")
         if self.heartbeat_stale_s <= self.heartbeat_interval_s:
             problems.append("AIADMIN_HEARTBEAT_STALE_S must be greater than AIADMIN_HEARTBEAT_INTERVAL_S")
+        if self.redis_cluster and self.redis_url and (cluster_problem := _cluster_url_problem(self.redis_url)):
+            problems.append(f"REDIS_URL: {cluster_problem}")
         if problems:
             raise ValueError("\n".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _cluster_shards(self) -> Settings:
+        if self.redis_cluster and "redis_shards" not in self.model_fields_set:
+            # The model is frozen; this is its construction, the one moment a derived default may be filled in.
+            object.__setattr__(self, "redis_shards", CLUSTER_SHARDS)
         return self
 
     @model_validator(mode="after")
@@ -452,6 +497,16 @@ def _redis_url_problem(url: str) -> str | None:
     db = parts.path.strip("/")
     if db and not db.isdigit():
         return f"the database must be a number (got {db!r}); expected e.g. redis://host:6379/0"
+    return None
+
+
+def _cluster_url_problem(url: str) -> str | None:
+    """Why `url` cannot name a Redis Cluster node (a cluster has database 0 only, and no unix sockets)."""
+    parts = urlsplit(url.strip())
+    if parts.scheme == "unix":
+        return "a Redis Cluster is reached over TCP: expected redis://host:port of any node"
+    if parts.path.strip("/") not in ("", "0"):
+        return f"a Redis Cluster has database 0 only (got {parts.path.strip('/')!r}); drop the /N from the URL"
     return None
 
 

@@ -87,6 +87,8 @@ class StatsReader:
             "dead_letters": await self._queue.dead_letter_count(),
             "jobs_done": counters.get("jobs_done", 0),
             "jobs_retried": counters.get("jobs_retried", 0),
+            # Replies not sent because the client wrote again during the turn; the next turn answered all.
+            "stale_drafts_dropped": counters.get("stale_drafts_dropped", 0),
             "not_batched": {k: v for k, v in sorted(global_counters.items()) if not k.startswith(_NOT_INBOUND)},
             "delivery_statuses": _prefixed(global_counters, "status_"),
             # Replies Meta accepted and then failed (failed statuses and value.errors), by error code.

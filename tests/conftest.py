@@ -9,23 +9,41 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import fakeredis
 import pytest
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from structlog._config import BoundLoggerLazyProxy
 
 from simulator.clock import VirtualClock
-from simulator.redis_target import Target, TargetRefused, TargetUnreachable, check_target, claim, mark
+from simulator.redis_target import (
+    MARKER_KEY,
+    Target,
+    TargetRefused,
+    TargetUnreachable,
+    check_target,
+    claim,
+    is_loopback,
+    mark,
+)
 from system.models import InboundMessage, MessageKind
 from system.runtime import Runtime
 from system.settings import Settings, load_settings
+from system.store.cluster import connect_cluster, is_cluster
+from system.store.keys import Keys
 from system.store.queue import Delivery
 
 # The tests' own Redis database (never REDIS_URL, the production variable); flushed by every test that uses it.
 REAL_REDIS_URL = os.environ.get("AIADMIN_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# The tests' Redis Cluster, e.g. redis://127.0.0.1:7000 (`.ci/redis-cluster` starts one on 7000-7005 and `.ci/run`
+# names it); emptied by every test that uses it. Unset: the cluster backend is skipped, as a cluster is a server
+# of its own that a run must be given, not one it may find and empty.
+CLUSTER_URL = os.environ.get("AIADMIN_TEST_REDIS_CLUSTER_URL", "")
 # A database holding keys no test tool wrote is flushed only when asked; db 0 or a remote host only when forced.
 REDIS_FLUSH = os.environ.get("AIADMIN_TEST_REDIS_FLUSH", "") == "1"
 REDIS_FORCE = os.environ.get("AIADMIN_TEST_REDIS_FORCE", "") == "1"
@@ -114,13 +132,59 @@ async def flush_and_mark(client: Redis, db: ClaimedDatabase) -> None:
     await mark(client, db.target)
 
 
-@pytest.fixture(params=["fakeredis", pytest.param("redis", marks=pytest.mark.redis)])
+async def cluster_or_skip() -> Redis:
+    """A client of the tests' Redis Cluster, emptied; in CI a missing cluster fails the run.
+
+    A cluster has database 0 only, so the guard is the marker: a cluster is emptied only when it is empty or
+    holds the marker our tests left, and only on a loopback address unless forced.
+    """
+    if not CLUSTER_URL:
+        pytest.skip("AIADMIN_TEST_REDIS_CLUSTER_URL is unset (.ci/run starts a cluster and sets it)")
+    if not (is_loopback(urlsplit(CLUSTER_URL).hostname or "") or REDIS_FORCE):
+        pytest.fail(
+            f"AIADMIN_TEST_REDIS_CLUSTER_URL={CLUSTER_URL} is not a loopback address (AIADMIN_TEST_REDIS_FORCE=1)"
+        )
+    client = connect_cluster(CLUSTER_URL)
+    try:
+        await client.ping()
+        keys = await client.dbsize(target_nodes=RedisCluster.PRIMARIES)
+        marked = await client.exists(MARKER_KEY)
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        if IN_CI:
+            pytest.fail(f"CI=true but no Redis Cluster answers at {CLUSTER_URL} (.ci/redis-cluster starts one): {exc}")
+        pytest.skip(f"no Redis Cluster at {CLUSTER_URL}")
+    if keys and not marked and not REDIS_FLUSH:
+        await client.aclose()
+        pytest.fail(f"the Redis Cluster at {CLUSTER_URL} holds {keys} keys no test wrote (AIADMIN_TEST_REDIS_FLUSH=1)")
+    await empty_cluster(client)
+    return client
+
+
+async def empty_cluster(client: Redis) -> None:
+    await client.flushdb(target_nodes=RedisCluster.PRIMARIES)
+    await client.set(MARKER_KEY, "pytest (AIADMIN_TEST_REDIS_CLUSTER_URL)")
+
+
+@pytest.fixture(
+    params=[
+        "fakeredis",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("cluster", marks=pytest.mark.cluster),
+    ]
+)
 async def redis(request: pytest.FixtureRequest) -> AsyncIterator[Redis]:
-    """The contract suite's Redis: every Redis-backed store runs on both."""
+    """The contract suite's Redis: every Redis-backed store runs on fakeredis, one server and a cluster."""
     if request.param == "fakeredis":
         client: Redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(version=(7,)))
         await client.flushdb()
         yield client
+        await client.aclose()
+        return
+    if request.param == "cluster":
+        client = await cluster_or_skip()
+        yield client
+        await empty_cluster(client)
         await client.aclose()
         return
     db: ClaimedDatabase = request.getfixturevalue("claimed_database")
@@ -128,6 +192,15 @@ async def redis(request: pytest.FixtureRequest) -> AsyncIterator[Redis]:
     await flush_and_mark(client, db)
     yield client
     await flush_and_mark(client, db)
+    await client.aclose()
+
+
+@pytest.fixture
+async def cluster_redis() -> AsyncIterator[Redis]:
+    """The tests' Redis Cluster alone (for what only a cluster has: replicas to wait for, slots, nodes)."""
+    client = await cluster_or_skip()
+    yield client
+    await empty_cluster(client)
     await client.aclose()
 
 
@@ -182,6 +255,11 @@ async def driven(clock: VirtualClock) -> AsyncIterator[VirtualClock]:
 @pytest.fixture
 def make_runtime(redis: Redis, clock: VirtualClock, make_settings: Callable[..., Settings]) -> Callable[..., Runtime]:
     def make(**env: Any) -> Runtime:
+        if is_cluster(redis):
+            # The same shard count as on the other backends (the contract is the same behaviour); tests of
+            # several shards say so, and the cluster then spreads them over its masters.
+            env.setdefault("redis_cluster", "true")
+            env.setdefault("redis_shards", 1)
         return Runtime.build(make_settings(**env), redis=redis, clock=clock)
 
     return make
@@ -223,3 +301,8 @@ def message() -> Iterator[Callable[..., InboundMessage]]:
         )
 
     yield make
+
+
+def keys_for(redis: Redis, **kwargs: Any) -> Keys:
+    """The key builder a process would use on this Redis (hash-tagged context keys on a cluster)."""
+    return Keys(cluster=is_cluster(redis), **kwargs)

@@ -10,6 +10,7 @@ import fakeredis
 import httpx
 import orjson
 import pytest
+from starlette.types import Message
 
 from simulator import meta_payloads as meta
 from simulator.clock import VirtualClock
@@ -444,7 +445,7 @@ async def test_changed_number_moves_the_conversation(make_api: ApiFactory) -> No
     from system.turn.context import ContextStore, ContextUpdate, Dialog, HistoryItem, Preferences
 
     client, rt = await make_api()
-    store = ContextStore(rt.redis)
+    store = ContextStore(rt.redis, keys=rt.keys)
     update = ContextUpdate((HistoryItem("client", "Привет", 1),), Dialog(stage="choosing"), Preferences(name="Ира"))
     await store.save(962302, "79001234567", update)
     change = meta.number_change("79001234567", "79009998877", "wamid.sys", timestamp_s=1)
@@ -511,3 +512,32 @@ async def test_statuses_about_one_recipient_are_rate_limited_per_window(
     clock.advance_to(START_MS + 60_000)
     await post("read", range(60, 69))
     assert await rt.redis.hget(rt.keys.status("wamid.out68"), "status") == b"read"
+
+
+# --- the webhook routes in front of the FastAPI app -----------------------------------------------------
+
+
+async def test_other_methods_on_a_webhook_path_still_reach_the_fastapi_app(make_api: ApiFactory) -> None:
+    client, _ = await make_api()
+    r = await client.put(GATEWAY, content=b"{}", headers=JSON)
+    assert (r.status_code, r.headers["allow"]) == (405, "POST")  # FastAPI's answer: only POSTs are taken first
+    assert (await client.put(META, content=b"{}", headers=JSON)).status_code == 405
+    assert (await client.get("/health")).json() == {"status": "ok"}
+
+
+async def test_a_client_gone_before_its_body_is_counted_and_not_answered(make_api: ApiFactory) -> None:
+    client, rt = await make_api()
+    app = create_app(rt)
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": GATEWAY, "headers": [(b"content-type", b"application/json")]}
+    await app(scope, receive, send)
+    assert sent == []
+    text = (await client.get("/metrics")).text
+    assert 'aiadmin_webhook_requests_total{route="/webhook/whatsapp/batched",status="499"} 1.0' in text

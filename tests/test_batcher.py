@@ -17,6 +17,7 @@ from system.ingest.batch_processor import BatchProcessor, redis_retry_delay_s
 from system.models import InboundMessage
 from system.runtime import Runtime
 from system.settings import Settings
+from system.store.cluster import is_cluster
 
 from .conftest import START_MS
 
@@ -82,14 +83,24 @@ async def test_an_earlier_deadline_wakes_a_sleeping_processor(
         assert await jobs_now(rt, clock) == ["а б в"]
 
 
-@pytest.mark.redis
+@pytest.fixture(
+    params=[pytest.param("redis", marks=pytest.mark.redis), pytest.param("cluster", marks=pytest.mark.cluster)]
+)
+def live_redis(request: pytest.FixtureRequest) -> Redis:
+    """A real server for what fakeredis cannot show (Pub/Sub across connections): one server, and a cluster."""
+    fixture = "real_redis" if request.param == "redis" else "cluster_redis"
+    client: Redis = request.getfixturevalue(fixture)
+    return client
+
+
 async def test_a_sealed_batch_wakes_a_processor_sleeping_on_real_redis(
-    real_redis: Redis, make_settings: Callable[..., Settings], message: Callable[..., InboundMessage]
+    live_redis: Redis, make_settings: Callable[..., Settings], message: Callable[..., InboundMessage]
 ) -> None:
     # A virtual clock nobody drives: the processor's sleep toward the 9 s deadline and the next heartbeat never
     # ends by itself, so only the Pub/Sub wake-up can have it claim the sealed batch (no wall-clock bound).
     clock = VirtualClock(start_ms=START_MS)
-    rt = Runtime.build(make_settings(max_batch_size=3), redis=real_redis, clock=clock)
+    cluster = "true" if is_cluster(live_redis) else "false"
+    rt = Runtime.build(make_settings(max_batch_size=3, redis_cluster=cluster), redis=live_redis, clock=clock)
     await rt.start()
     async with running(new_processor(rt)):
         await rt.store.append(message("раз", phone="79001111111"), now_ms=clock.now_ms())

@@ -18,7 +18,10 @@ import pytest
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from loadtests._processes import Process
+from loadtests.bench._ingest import wrk_rows
 from loadtests.bench._loadgen import GatewayRequests, Target, closed_loop, merged, open_loop, parse_response
+from loadtests.bench._wrk import LUA_SCRIPT, Side, WrkOutputError, parse_wrk, run_wrk, wrk_comparison, wrk_path
 from simulator.phones import russian_mobiles
 
 from .conftest import IN_CI, REAL_REDIS_URL, REDIS_FLUSH, REDIS_FORCE
@@ -36,14 +39,18 @@ MUST_BE_ZERO = {
 }
 
 
-async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, status: int) -> None:
-    """A keep-alive HTTP/1.1 server that answers every request with `status` and `{}`."""
+async def _answer(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, status: int, bodies: list[bytes] | None = None
+) -> None:
+    """A keep-alive HTTP/1.1 server that answers every request with `status` and `{}` (keeping bodies if asked)."""
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
             lines = head.lower().split(b"\r\n")
             length = next(int(line.split(b":", 1)[1]) for line in lines if line.startswith(b"content-length"))
-            await reader.readexactly(length)
+            body = await reader.readexactly(length)
+            if bodies is not None:
+                bodies.append(body)
             writer.write(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}" % status)
     except (asyncio.IncompleteReadError, ConnectionError):
         pass
@@ -169,6 +176,17 @@ def test_quick_ingest_bench_reports_every_section_without_errors(quick_stages: t
     assert report["sections"]["flush_lateness"]["median"]["jobs"] == 200
     assert report["sections"]["throughput"]["api_rss_mb"] > 0
     assert [row["stage"] for row in report["summary"]]
+    by_wrk = report["sections"]["wrk"]
+    if wrk_path() is None:
+        assert "apt-get install wrk" in by_wrk["skipped"]
+    else:
+        assert len(by_wrk["runs"]) == 1 and by_wrk["median"]["ratio"] > 0
+        assert all(
+            run[f"{side}_{what}"] == 0
+            for run in by_wrk["runs"]
+            for side in ("api", "empty")
+            for what in ("non_2xx", "errors")
+        )
 
 
 @pytest.mark.redis
@@ -217,3 +235,63 @@ def test_quick_stages_set_every_reference_stage_beside_its_figure(quick_stages: 
     turn = stages["benchmarks"]["turn"]
     assert turn["handover"]["median"]["errors"] == 0 and turn["handover"]["median"]["calls"] == 50
     assert stages["config"]["batch_timeout_ms"] == 9000
+
+
+# --- the wrk comparison ---------------------------------------------------------------------------------
+
+WRK_REPORT = Path(__file__).parent / "data" / "wrk_report.txt"  # a real `wrk --latency` report, kept as printed
+needs_wrk = pytest.mark.skipif(wrk_path() is None, reason="wrk is not installed (apt-get install wrk)")
+
+
+def test_wrk_report_is_read_into_figures() -> None:
+    result = parse_wrk(WRK_REPORT.read_text())
+    assert (result.requests, result.rps) == (13556, 6731.52)
+    assert (result.non_2xx, result.socket_errors) == (0, 0)
+    assert result.latency_ms_p50 == pytest.approx(2.82)
+    assert result.latency_ms_p99 == pytest.approx(30.53)
+
+
+def test_a_wrk_report_without_figures_is_refused() -> None:
+    with pytest.raises(WrkOutputError):
+        parse_wrk("unable to connect to 127.0.0.1:1 Connection refused\n")
+
+
+@needs_wrk
+async def test_wrk_script_sends_a_new_valid_sender_and_message_id_every_request(tmp_path: Path) -> None:
+    bodies: list[bytes] = []
+    server = await asyncio.start_server(partial(_answer, status=500, bodies=bodies), "127.0.0.1", 0)
+    script = tmp_path / "webhook.lua"
+    script.write_text(LUA_SCRIPT)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/w"
+    wrk = wrk_path()
+    assert wrk is not None
+    try:
+        result = await run_wrk(wrk, url, script, connections=2, duration_s=1, args=("t1", "500"))
+    finally:
+        server.close()
+        await server.wait_closed()
+    messages = [orjson.loads(b) for b in bodies]
+    assert len(messages) >= result.requests > 0
+    assert result.non_2xx == result.requests  # every answer was a 500, and wrk counted them
+    assert len({m["from"] for m in messages}) == len({m["messageId"] for m in messages}) == len(messages)
+    assert all(m["messageId"].startswith("t1-") for m in messages)
+    assert min(int(m["from"]) for m in messages) > 79000000500  # the run's senders come after the given one
+    assert all(phonenumbers.is_valid_number(phonenumbers.parse(m["from"])) for m in messages)
+
+
+async def test_without_wrk_the_comparison_is_skipped_naming_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no wrk on the path
+
+    async def unused() -> None:
+        raise AssertionError("no run may start without wrk")
+
+    proc = Process(name="x", popen=subprocess.Popen([sys.executable, "-c", "pass"]), log_path=tmp_path / "x.log")
+    proc.popen.wait()
+    sides = (Side("api_", proc, "/a", unused), Side("empty_", proc, "/b", unused))
+    result = await wrk_comparison(sides, repeats=3, connections=32, duration_s=1, tag="t")
+    assert result["runs"] == []
+    assert "apt-get install wrk" in result["skipped"]
+    [row] = wrk_rows(result)
+    assert row.met is None and "wrk" in row.ours

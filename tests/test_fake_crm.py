@@ -5,7 +5,8 @@ from __future__ import annotations
 import ast
 import random
 from collections.abc import AsyncIterator, Callable
-from datetime import date, datetime, time, timedelta
+from dataclasses import replace
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,7 +22,9 @@ from simulator.salon import (
     Appointment,
     BookingConflict,
     Salon,
+    SalonRecord,
 )
+from simulator.salon_records import RecordBook
 from system.booking.base import (
     BookingRefused,
     ClientBlocked,
@@ -531,3 +534,60 @@ def test_the_salon_is_deterministic() -> None:
         return salon.all_records()
 
     assert run() == run()
+
+
+def test_indexed_record_lookups_answer_as_a_scan_of_every_record_would() -> None:
+    """Bookings, moves (to another master, across midnight, longer than a day) and cancels keep the indexes true."""
+    rng = random.Random(16)
+    book = RecordBook(MSK)
+    phones = {PHONE: 1, OTHER_PHONE: 2, "79990000000": 3}
+    for _ in range(300):
+        if len(book) and rng.random() < 0.4:  # change an earlier record instead of adding one
+            old = rng.choice(book.all())
+            book.put(replace(old, deleted=True) if rng.random() < 0.3 else _random_spot(rng, old))
+        else:
+            phone = rng.choice(list(phones))
+            new = SalonRecord(len(book) + 1, phone, "", SERGEY, (HAIRCUT,), START, 30, client_id=phones[phone])
+            book.put(_random_spot(rng, new))
+        records = book.all()
+        start = START + timedelta(minutes=15 * rng.randrange(-96, 96 * 6))
+        end = start + timedelta(minutes=rng.choice((15, 60, 600, 3000)))
+        master, ignore = rng.choice((SERGEY, ALEXEY)), rng.choice((None, rng.randrange(1, len(book) + 1)))
+        scanned = [
+            r.id
+            for r in records
+            if not r.deleted and r.master_id == master and r.id != ignore and r.start < end and start < r.end
+        ]
+        assert sorted(r.id for r in book.busy(master, start, end, ignore_id=ignore)) == scanned
+        phone = rng.choice(list(phones))
+        mine = sorted((r for r in records if r.phone == phone), key=lambda r: (r.start, r.id))
+        assert book.of_phone(phone) == mine == book.of_client(phones[phone])
+    assert [r.id for r in book.all()] == sorted(r.id for r in book.all())  # creation order
+
+
+def _random_spot(rng: random.Random, record: SalonRecord) -> SalonRecord:
+    """The record at a random time (some in UTC), with a random master and length (some past midnight)."""
+    start = START + timedelta(minutes=15 * rng.randrange(0, 96 * 5))
+    return replace(
+        record,
+        start=start.astimezone(UTC) if rng.random() < 0.2 else start,
+        master_id=rng.choice((SERGEY, ALEXEY)),
+        duration_min=rng.choice((30, 60, 90, 600, 1500)),
+    )
+
+
+def test_the_client_search_finds_what_a_scan_of_every_client_would() -> None:
+    """Parts of phones, of names in any case, texts in both, and a text only a scan can answer."""
+    rng = random.Random(6)
+    salon = make_salon()
+    names = ("Иван", "иванов 2", "Анна-Мария", "", "Ann\x00a", "Олег")
+    for _ in range(200):
+        salon.client(f"+7 9{rng.randrange(10**9):09d}", name=rng.choice(names))
+    texts = ["9", "2", "ан", "ИВАН", "n\x00a", "Ann\x00a", "нет такого", "+7 9", " "] + [
+        c.phone[rng.randrange(3) : rng.randrange(5, 12)] for c in rng.sample(salon.clients(), 20)
+    ]
+    for text in texts:
+        folded = text.casefold()
+        digits = "".join(ch for ch in folded if ch.isdigit())
+        scanned = [c for c in salon.clients() if (digits and digits in c.phone) or folded in c.name.casefold()]
+        assert salon.clients_matching(text) == scanned, text

@@ -17,7 +17,7 @@ import pytest
 
 from simulator.clock import VirtualClock
 from simulator.fake_llm import LatencyModel, LlmFaults, create_app
-from simulator.nlu import Intent, ServiceRef, parse_prompt, understand
+from simulator.nlu import CachedMorph, Intent, ServiceRef, parse_prompt, understand
 from simulator.nlu_when import TimeWindow
 from system.booking.base import BookingBackend, Master, Service
 from system.retry import RetryPolicy
@@ -84,6 +84,37 @@ def test_service_is_matched_despite_word_forms_and_typos(
 ) -> None:
     u = says(phrase, morph)
     assert u.service is not None and u.service.title == service
+
+
+def test_the_morphology_cache_parses_each_word_once_and_forgets_the_least_recent(
+    morph: pymorphy3.MorphAnalyzer,
+) -> None:
+    asked: list[str] = []
+
+    class Counting:
+        def parse(self, word: str) -> list[Any]:
+            asked.append(word)
+            return list(morph.parse(word))
+
+    cached = CachedMorph(Counting(), max_words=2)
+    first = cached.parse("стрижку")
+    cached.parse("стрижку")
+    cached.parse("бороду")
+    cached.parse("стрижку")  # now the most recent: "бороду" goes first
+    cached.parse("усы")
+    cached.parse("стрижку")
+    cached.parse("бороду")
+
+    assert list(first) == morph.parse("стрижку")
+    assert asked == ["стрижку", "бороду", "усы", "бороду"]
+
+
+@pytest.mark.parametrize(
+    "phrase",
+    ["хочу стрижку машинкой к Сергею завтра в 5", "меня зовут Анна, можно у Лёши?", "перенесите с пятницы на субботу"],
+)
+def test_the_morphology_cache_understands_as_the_analyser_does(morph: pymorphy3.MorphAnalyzer, phrase: str) -> None:
+    assert says(phrase, CachedMorph(morph)) == says(phrase, morph)
 
 
 def test_a_service_that_fits_two_titles_is_ambiguous(morph: pymorphy3.MorphAnalyzer) -> None:

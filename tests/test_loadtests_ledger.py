@@ -182,3 +182,13 @@ def test_merges_are_checked_against_this_runs_stored_messages_only() -> None:
         turns_checked=1, fragments_sent=1, fragments_processed=1, unprocessed=1
     )
     assert asked == [("redis://unused/11", 962302, [PHONE, "79000000001"])]
+
+
+def test_a_turn_the_client_paused_for_a_batch_timeout_is_the_clients_split() -> None:
+    turn = make_turn(0, ["Хочу", "записаться", "завтра"], at_ms=0)
+    turn.fragments[0].sent_ms, turn.fragments[0].answered_ms = 0, 30
+    turn.fragments[1].sent_ms, turn.fragments[1].answered_ms = 500, 2_600  # the webhook answered after 2.1 s
+    turn.fragments[2].sent_ms, turn.fragments[2].answered_ms = 4_200, 4_230  # posted 1.6 s after that answer
+
+    assert turn.client_gap_ms() == 1_600
+    assert make_turn(1, ["Хочу"], at_ms=0).client_gap_ms() == 0  # one fragment: no gap

@@ -42,3 +42,17 @@ def test_profile_description_goes_into_the_summary() -> None:
     typing = Typing((1, 2), (1, 1), (10, 20), (0, 0), (0, 0))
     described = Profile("x", "test", (Stage(10, 2, 1),), typing).scaled(0.5).describe()
     assert described["stages"] == [{"until_s": 5.0, "users": 2, "spawn_rate": 1}]
+
+
+def test_steady_and_soak_load_at_the_references_rate_with_the_cheap_stand_ins() -> None:
+    steady, soak = PROFILES["steady"], PROFILES["soak"]
+
+    assert (steady.duration_s, steady.target_rps) == (600, 100.0)  # 10 minutes at the reference's 100 requests/s
+    assert steady.peak_users >= 1_000  # each a conversation at once: no think time outside one
+    assert (soak.duration_s, soak.target_rps) == (3600, 20.0)
+    for p in (steady, soak):
+        assert p.stand_ins.llm_mode == "scripted" and p.stand_ins.llm_latency_s == "5,5,5"
+        assert dict(p.stand_ins.system)["AIADMIN_YCLIENTS_RPS"] == "500"  # the CRM budget raised, and said so
+        assert p.describe()["stand_ins"] == p.stand_ins.describe()
+    for name in ("burst", "spike"):  # the full fake and YClients' own budget
+        assert PROFILES[name].stand_ins.llm_mode == "full" and PROFILES[name].stand_ins.system == ()

@@ -231,6 +231,11 @@ def test_short_steady_run_answers_every_turn_once_with_exact_merges(load_redis: 
             "2",
             "--seed",
             "11",
+            # The profile's shape at a handful of clients: 1,100 of them are the 10-minute benchmark, not CI's.
+            "--locust-arg=-u",
+            "--locust-arg=8",
+            "--locust-arg=-r",
+            "--locust-arg=4",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -255,6 +260,16 @@ def test_short_steady_run_answers_every_turn_once_with_exact_merges(load_redis: 
     assert summary["queue_lag_ms"]["count"] >= summary["turns_sent"]
     assert summary["flush_lateness_ms"]["p99"] is not None and summary["dead_letters"] == 0
     assert summary["settings"]["batch_timeout_ms"] == 1000 and summary["settings"]["llm_latency_s"] == "0.05,0.1,0.3"
+    # The steady profile's stand-ins: the scripted LLM and the raised CRM budget, recorded.
+    assert summary["settings"]["llm_mode"] == "scripted"
+    assert summary["settings"]["system_env"]["AIADMIN_YCLIENTS_RPS"] == "500"
+    assert 1 <= summary["peak_conversations"] <= 8
+    windows = summary["windows"]
+    assert windows["count"] == 3 and sum(windows["requests"]) == summary["requests"]["count"]
+    # Every client opens in the first window (then thinks 20-40 s): a later window of this 30 s run may be quiet.
+    assert len(windows["accept_p99_ms"]) == len(windows["queue_lag_p99_ms"]) == 3
+    assert windows["accept_p99_ms"][0] is not None and windows["requests"][0] > 0
+    assert summary["redis"]["keys"]["without_ttl"] <= 3  # the stats, lateness and queue structures only
     assert [p["name"] for p in summary["processes"]] == [
         "fake-whatsapp",
         "fake-llm",

@@ -167,7 +167,7 @@ async def answered(redis: Redis, keys: Keys, phones: tuple[str, ...]) -> set[str
     """Client texts that reached a finished turn (saved with its reply) or a dead letter."""
     done: set[str] = set()
     for phone in phones:
-        for raw in await redis.lrange(Keys.context(COMPANY, phone).messages, 0, -1):
+        for raw in await redis.lrange(Keys().context(COMPANY, phone).messages, 0, -1):
             item = orjson.loads(raw)
             if item.get("role") == "client":
                 done.add(item["text"])

@@ -161,6 +161,85 @@ def test_written_steps_count_the_background_and_skip_tables_and_docstrings() -> 
     assert written_steps(source, 3) is None
 
 
+RUSSIAN_FEATURE = """# language: ru
+@batching
+Функция: Быстрые сообщения
+  Предыстория:
+    Дано салон открыт
+
+  Сценарий: Три сообщения — один ход
+    Когда клиент 79001234567 быстро пишет
+      | сообщение |
+      | Привет    |
+    И тело такое
+      \"\"\"
+      Тогда это не шаг
+      \"\"\"
+    Тогда администратор читает 1 ход
+
+  @realtime
+  Сценарий: По настоящим часам
+    Дано настоящие часы и настоящий Redis
+    Когда клиент 79001234567 пишет "Привет"
+    Тогда батч сбрасывается вовремя
+
+  Правило: Своя предыстория
+    Предыстория:
+      Дано мастер свободен
+
+    Структура сценария: Дата словами
+      Когда клиент пишет "<день>"
+      Но ничего не ломается
+
+      Примеры:
+        | день   |
+        | завтра |
+"""
+
+
+def test_written_steps_read_a_feature_file_in_any_gherkin_language() -> None:
+    assert written_steps(RUSSIAN_FEATURE, 7) == 1 + 3
+    assert written_steps(RUSSIAN_FEATURE, 18) == 1 + 3
+    assert written_steps(RUSSIAN_FEATURE, 27) == 1 + 1 + 2  # the feature's background, the rule's, its own
+    assert written_steps(RUSSIAN_FEATURE, 8) is None  # a step, not a scenario
+    assert written_steps("# language: ru\nСценарий: без функции\n  Дано шаг\n", 2) is None  # not Gherkin
+    assert written_steps(RUSSIAN_FEATURE.replace("# language: ru", "# language: xx"), 7) is None
+
+
+def test_a_russian_run_reads_with_its_names_and_its_skipped_scenario(tmp_path: Path) -> None:
+    (tmp_path / "features").mkdir()
+    (tmp_path / "features" / "batching.feature").write_text(RUSSIAN_FEATURE, encoding="utf-8")
+    passed = {"result": {"status": "passed", "duration": 1_000_000}}
+    document = [
+        {
+            "uri": "features/batching.feature",
+            "name": "Быстрые сообщения",
+            "tags": [{"name": "batching"}],
+            "elements": [
+                {"id": "test_три", "name": "Три сообщения — один ход", "line": 7, "steps": [passed] * 4},
+                # pytest-bdd lists a scenario skipped in its first step as passed, with that step only.
+                {"id": "test_часы", "name": "По настоящим часам", "line": 18, "steps": [passed]},
+                {
+                    "id": "test_дата[\\u0437\\u0430\\u0432\\u0442\\u0440\\u0430]",
+                    "name": "Дата словами",
+                    "line": 27,
+                    "steps": [passed] * 4,
+                },
+            ],
+        }
+    ]
+
+    [feature] = parse_cucumber(json.dumps(document).encode(), features_root=tmp_path)
+
+    assert [(s.title, s.status) for s in feature.scenarios] == [
+        ("Три сообщения — один ход", "passed"),
+        ("По настоящим часам", "skipped"),
+        ("Дата словами [завтра]", "passed"),
+    ]
+    batching = next(c for c in components([feature]) if c.tag == "batching")
+    assert (batching.passed, batching.skipped) == (2, 1)
+
+
 def test_a_batcher_tag_is_preferred_to_the_batching_fallback() -> None:
     document = json.loads((DATA / "cucumber.json").read_text(encoding="utf-8"))
     document[0]["elements"][0]["tags"].append({"name": "batcher", "line": 1})

@@ -12,19 +12,20 @@ import httpx
 import orjson
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from simulator.clock import VirtualClock
 from system.ingest.payloads import ParseResult
 from system.models import DeliveryStatus, InboundMessage, StatusUpdate
 from system.runtime import Runtime, build_worker
 from system.settings import Settings
-from system.store.keys import Keys
+from system.store.cluster import is_cluster
 from system.store.queue import Delivery
 from system.turn.records import TurnStore
 from system.turn.worker import FALLBACK_REPLY, Worker
 
 from .conftest import START_MS, next_turn
-from .world import TZ, World, call, say, world_env
+from .world import TZ, USAGE, World, call, say, world_env
 
 Factory = Callable[..., InboundMessage]
 CLIENT = "79001234567"
@@ -99,8 +100,9 @@ async def test_context_keys_are_written_with_their_ttls(
     world.llm_answers.extend([call("save_client_name", name="Иван"), say("Приятно познакомиться, Иван!")])
     await worker.handle(await next_turn(rt, clock, message, "Меня зовут Иван"))
 
-    keys = Keys.context(962302, CLIENT)
-    assert keys.dialog == f"dialog:962302:{CLIENT}"
+    keys = rt.keys.context(962302, CLIENT)
+    # The reference system's name; on a cluster its client part is a hash tag (one slot for the three keys).
+    assert keys.dialog == (f"dialog:{{962302:{CLIENT}}}" if rt.settings.redis_cluster else f"dialog:962302:{CLIENT}")
     ttl = {name: await rt.redis.ttl(name) for name in (keys.dialog, keys.messages, keys.preferences)}
     assert 0 < ttl[keys.dialog] <= 24 * 3600
     assert 24 * 3600 < ttl[keys.messages] <= 30 * 24 * 3600
@@ -233,8 +235,12 @@ async def test_whatsapp_throughput_limit_is_retried_and_delivered(
 
 
 async def test_fragments_written_while_the_bot_thinks_are_answered_in_the_next_turn(
-    rt: Runtime, worker: Worker, world: World, clock: VirtualClock, message: Factory
+    make_runtime: Callable[..., Runtime], http: httpx.AsyncClient, world: World, clock: VirtualClock, message: Factory
 ) -> None:
+    # With stale drafts sent (the setting off) both replies go out; with it on, see tests/test_stale_replies.py.
+    rt = make_runtime(**world_env(), drop_stale_replies="false")
+    await rt.start()
+    worker = build_worker(rt, http=http, consumer="w1", concurrency=1)
     world.llm_answers.extend([say("Первый ответ"), say("Второй ответ")])
     first = await next_turn(rt, clock, message, "вопрос один")
     await rt.store.append(message("вопрос два", received_ms=clock.now_ms()), now_ms=clock.now_ms())
@@ -312,7 +318,7 @@ async def test_a_flush_that_deletes_the_consumer_group_does_not_stop_the_worker(
     world.llm_answers.append(model)
     runner = asyncio.create_task(worker.run())
     channel = rt.queue.keys.all_shards[0].jobs_channel
-    while (await rt.redis.pubsub_numsub(channel))[0][1] == 0:  # the worker is up: groups made, listening
+    while (await subscribers(rt.redis, channel)) == 0:  # the worker is up: groups made, listening
         await asyncio.sleep(0)
     await rt.redis.flushdb()  # the queue streams and the workers' group are gone
     await next_turn_enqueued(rt, clock, message, "привет")
@@ -323,6 +329,15 @@ async def test_a_flush_that_deletes_the_consumer_group_does_not_stop_the_worker(
     await runner
     assert world.sent == [(CLIENT, "Ответ после сброса")]
     assert await rt.queue.in_flight() == 0
+
+
+async def subscribers(redis: Redis, channel: str) -> int:
+    """Subscribers of `channel`; on a cluster every node counts only its own, so all are asked."""
+    if is_cluster(redis):
+        [(_, count)] = await redis.pubsub_numsub(channel, target_nodes=RedisCluster.ALL_NODES)  # type: ignore[call-arg]
+    else:
+        [(_, count)] = await redis.pubsub_numsub(channel)
+    return int(count)
 
 
 async def next_turn_enqueued(rt: Runtime, clock: VirtualClock, message: Factory, *texts: str) -> None:
@@ -567,3 +582,27 @@ async def test_a_second_booking_in_one_turn_is_allowed_when_the_salon_allows_sev
     await worker.handle(await next_turn(rt, clock, message, "запишите на два визита"))
     assert len(world.records) == 2
     assert refused(rt, "bookings") == 1
+
+
+async def test_model_quality_and_cost_are_counted_for_evaluating_a_model(
+    rt: Runtime, worker: Worker, world: World, clock: VirtualClock, message: Factory
+) -> None:
+    world.llm_answers.extend(
+        [
+            call("save_client_name", name="Иван"),
+            call("book_everything"),  # no such tool
+            call("search_slots", date=17),  # arguments of the wrong type
+            say("Приятно познакомиться, Иван!"),
+        ]
+    )
+    await worker.handle(await next_turn(rt, clock, message, "Меня зовут Иван"))
+
+    def sample(name: str, **labels: str) -> float | None:
+        return rt.metrics.registry.get_sample_value(name, labels)
+
+    assert sample("aiadmin_llm_completions_total", outcome="ok") == 4
+    assert sample("aiadmin_llm_tool_calls_total", outcome="ok") == 1
+    assert sample("aiadmin_llm_tool_calls_total", outcome="unknown_tool") == 1
+    assert sample("aiadmin_llm_tool_calls_total", outcome="invalid_arguments") == 1
+    assert sample("aiadmin_llm_tokens_total", kind="prompt") == 4 * USAGE["prompt_tokens"]
+    assert sample("aiadmin_llm_tokens_total", kind="completion") == 4 * USAGE["completion_tokens"]

@@ -102,7 +102,7 @@ async def test_killed_worker_leaves_one_reply_and_one_booking_after_the_reclaim(
     assert len(world.llm_requests) == (0 if point == "after_send" else 2)
     assert await rt.queue.in_flight() == 0
     assert await rt.queue.dead_letters() == []
-    assert await rt.redis.llen(Keys.context(962302, CLIENT).messages) == 2
+    assert await rt.redis.llen(Keys().context(962302, CLIENT).messages) == 2
 
 
 async def test_long_reply_killed_after_its_first_part_resumes_at_the_second_part(

@@ -89,6 +89,9 @@ def call(tool: str, **arguments: Any) -> dict[str, Any]:
     return _completion({"role": "assistant", "content": None, "tool_calls": [tool_call]}, "tool_calls")
 
 
+USAGE = {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}  # what every scripted answer reports
+
+
 def _completion(message: dict[str, Any], finish: str) -> dict[str, Any]:
     return {
         "id": "chatcmpl-1",
@@ -96,7 +99,7 @@ def _completion(message: dict[str, Any], finish: str) -> dict[str, Any]:
         "created": 1764064800,  # a fixed Unix time: scripted answers are compared whole
         "model": "deepseek-chat",
         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-        "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110},
+        "usage": dict(USAGE),
     }
 
 

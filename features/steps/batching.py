@@ -14,7 +14,7 @@ from pytest_bdd import given, parsers, then, when
 from steps.common import QUICK_GAP_S
 
 
-@when(parsers.parse("the client {phone} quickly writes {count:d} messages"))
+@when(parsers.re(r"клиент (?P<phone>\d+) быстро пишет (?P<count>\d+) сообщени(?:е|я|й)"), converters={"count": int})
 def client_quickly_writes_many(runner: Runner, phone: str, count: int) -> None:
     for i in range(1, count + 1):
         if i > 1:
@@ -22,30 +22,34 @@ def client_quickly_writes_many(runner: Runner, phone: str, count: int) -> None:
         assert runner.send(phone, f"сообщение {i}") == 200
 
 
-@then(parsers.parse('the administrator reads one turn "{text}"'))
+@then(parsers.parse('администратор читает один ход "{text}"'))
 def one_turn(runner: Runner, text: str) -> None:
     assert runner.turn_texts() == [text]
 
 
-@then("the administrator reads the turns")
+@then("администратор читает ходы")
 def these_turns(runner: Runner, datatable: list[list[str]]) -> None:
     assert runner.turn_texts() == [row[0] for row in datatable[1:]]
 
 
-@then(parsers.parse("the stats show {batches:d} batches flushed"))
+FLUSHED = r"статистика показывает (?P<batches>\d+) сброшенн(?:ый|ых) батч(?:а|ей)?"  # "1 сброшенный батч", "2 … батча"
+
+
+@then(parsers.re(FLUSHED), converters={"batches": int})
 def batches_flushed(runner: Runner, batches: int) -> None:
     assert runner.stats()["batches_flushed"] == batches
 
 
-@then(parsers.parse("the stats show {batches:d} batch flushed with {fragments:d} fragments"))
-@then(parsers.parse("the stats show {batches:d} batches flushed with {fragments:d} fragments"))
+@then(
+    parsers.re(FLUSHED + r" с (?P<fragments>\d+) фрагмент(?:ом|ами)"),
+    converters={"batches": int, "fragments": int},
+)
 def batches_flushed_with(runner: Runner, batches: int, fragments: int) -> None:
     stats = runner.stats()
     assert (stats["batches_flushed"], stats["fragments_flushed"]) == (batches, fragments)
 
 
-@then(parsers.parse("the stats show {count:d} open batch"))
-@then(parsers.parse("the stats show {count:d} open batches"))
+@then(parsers.re(r"статистика показывает (?P<count>\d+) открыт(?:ый|ых) батч(?:а|ей)?"), converters={"count": int})
 def open_batches(runner: Runner, count: int) -> None:
     assert runner.stats()["open_batches"] == count
 
@@ -53,7 +57,7 @@ def open_batches(runner: Runner, count: int) -> None:
 REALTIME_REPORT = Path(__file__).resolve().parents[2] / "out" / "realtime-timeout.json"
 
 
-@given("the wall clock and a real Redis")
+@given("настоящие часы и настоящий Redis")
 def wall_clock(setup: Setup, request: pytest.FixtureRequest) -> None:
     # Skipped here, in the scenario's first step, not at collection: the cucumber JSON then lists it too.
     markexpr = str(request.config.getoption("markexpr", "") or "")
@@ -64,7 +68,10 @@ def wall_clock(setup: Setup, request: pytest.FixtureRequest) -> None:
     setup.realtime = True
 
 
-@then(parsers.parse("the batch is flushed between {low:d} and {high:d} ms after the last message"))
+@then(
+    parsers.re(r"батч сбрасывается через (?P<low>\d+)–(?P<high>\d+) мс после последнего сообщения"),
+    converters={"low": int, "high": int},
+)
 def flushed_on_time(runner: Runner, low: int, high: int) -> None:
     deadline = runner.last_sent_s + high / 1000 + 5
     while runner.stats()["batches_flushed"] < 1 and time.perf_counter() < deadline:

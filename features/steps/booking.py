@@ -10,31 +10,41 @@ from pytest_bdd import given, parsers, then
 from simulator.judge import Booked
 from simulator.simulation import TZ
 
+TIME_FORMAT = "%Y-%m-%d %H:%M"  # a time as the feature files write it
 
-@then(parsers.parse("the CRM has one booking for {phone}"))
+
+@then(parsers.parse("в CRM одна запись клиента {phone}"))
 def one_booking(runner: Runner, phone: str, datatable: list[list[str]]) -> None:
-    [(service, master, time)] = datatable[1:]
-    [booking] = runner.bookings(phone)
-    assert (booking.service_title, booking.master_name) == (service, master)
-    assert booking.start.replace(tzinfo=None) == datetime.fromisoformat(time)
+    """The table names what the booking must be: its service, master and time, or only some of them."""
+    [header, row] = datatable
+    bookings = runner.bookings(phone)
+    assert len(bookings) == 1, bookings
+    [booking] = bookings
+    seen = {
+        "услуга": booking.service_title,
+        "мастер": booking.master_name,
+        "время": booking.start.replace(tzinfo=None).strftime(TIME_FORMAT),
+    }
+    booked = {column: seen[column] for column in header}
+    assert booked == dict(zip(header, row, strict=True)), f"booked {booked}"
 
 
-@given(parsers.parse("the salon's clock shows {moment} Moscow time"))
+@given(parsers.parse("часы салона показывают {moment} по Москве"))
 def salon_clock(setup: Setup, moment: str) -> None:
     setup.start = datetime.fromisoformat(moment).replace(tzinfo=TZ)
 
 
-@given("the salon's records are noted", target_fixture="noted")
+@given("записи салона запомнены", target_fixture="noted")
 def records_noted(runner: Runner) -> list[Booked]:
     return runner.records()
 
 
-@then(parsers.parse("the CRM has no booking for {phone}"))
+@then(parsers.parse("в CRM нет записей клиента {phone}"))
 def no_booking(runner: Runner, phone: str) -> None:
     assert runner.bookings(phone) == []
 
 
-@then(parsers.parse("the client {phone} has no record at {time}"))
+@then(parsers.parse("у клиента {phone} нет записи на {time}"))
 def no_record_at(runner: Runner, phone: str, time: str) -> None:
     at = datetime.fromisoformat(time)
     holders = [b.phone for b in runner.records() if b.start.replace(tzinfo=None) == at]
@@ -42,28 +52,28 @@ def no_record_at(runner: Runner, phone: str, time: str) -> None:
     assert holders and phone not in holders, holders
 
 
-@then(parsers.parse("the client {phone} has no record in the CRM"))
+@then(parsers.parse("у клиента {phone} не осталось записей в CRM"))
 def no_record(runner: Runner, phone: str) -> None:
     assert runner.records_of(phone) == []
 
 
-@then(parsers.parse("the record of {phone} is moved to {time}"))
+@then(parsers.parse("запись клиента {phone} перенесена на {time}"))
 def record_moved(runner: Runner, phone: str, time: str) -> None:
     [record] = runner.records_of(phone)
     assert record.start.replace(tzinfo=None) == datetime.fromisoformat(time)
 
 
-@then("the salon's records are as noted")
+@then("записи салона не изменились")
 def records_unchanged(runner: Runner, noted: list[Booked]) -> None:
     assert runner.records() == noted
 
 
-@then(parsers.parse('the last reply to {phone} mentions "{text}"'))
+@then(parsers.parse('последний ответ клиенту {phone} упоминает "{text}"'))
 def reply_mentions(runner: Runner, phone: str, text: str) -> None:
     assert text in runner.replies_to(phone)[-1], runner.replies_to(phone)
 
 
-@then(parsers.parse("the last reply to {phone} names a service of the salon"))
+@then(parsers.parse("последний ответ клиенту {phone} называет услугу салона"))
 def reply_names_service(runner: Runner, phone: str) -> None:
     titles = [s.title for s in runner.salon.services.values()]
     assert any(title in runner.replies_to(phone)[-1] for title in titles), runner.replies_to(phone)

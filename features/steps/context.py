@@ -5,7 +5,8 @@ from __future__ import annotations
 from harness import Runner
 from pytest_bdd import then
 
-UNITS_S = {"hours": 3600, "days": 86400}
+# The unit of a lifetime as the feature file writes it, in any of its Russian forms.
+UNITS_S = {"час": 3600, "часа": 3600, "часов": 3600, "день": 86400, "дня": 86400, "дней": 86400}
 SLACK_S = 300  # the turn wrote the keys a little (virtual) time before they are read
 
 
@@ -14,7 +15,7 @@ def lifetime_s(text: str) -> int:
     return int(amount) * UNITS_S[unit]
 
 
-@then("the client's context is kept")
+@then("контекст клиента сохранён")
 def context_kept(runner: Runner, datatable: list[list[str]]) -> None:
     for key, lifetime in datatable[1:]:
         expected = lifetime_s(lifetime)

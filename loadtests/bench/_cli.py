@@ -23,8 +23,13 @@ from loadtests.bench._env import BenchError, claim_redis
 from loadtests.bench._figures import write_report
 from loadtests.bench._ingest import render_ingest, run_ingest
 from loadtests.bench._ingest_sections import BenchConfig
+from loadtests.bench._lanes import LanesConfig, render_lanes, run_lanes
+from loadtests.bench._scale import ScaleConfig, run_scale
+from loadtests.bench._scale_report import render_scale
+from loadtests.bench._sim_curve import SimCurveConfig, SimCurveError, render_sim_curve, run_sim_curve
 from loadtests.bench._stages import StagesConfig, render_stages, run_stages
 from loadtests.bench._worker import WORKER_DEFAULT_DB, WorkerBenchConfig, render_worker, run_worker_bench
+from loadtests.bench._wrk_section import check_cluster_url
 from simulator.redis_target import Target, TargetUnreachable, mark_url
 from system.logs import configure_logging
 
@@ -36,6 +41,9 @@ DEFAULT_OUT = Path("out/bench-ingest.json")
 WORKER_REDIS_URL = f"redis://127.0.0.1:6379/{WORKER_DEFAULT_DB}"
 WORKER_OUT = Path("out/bench-worker.json")
 STAGES_OUT = Path("out/bench-stages.json")
+SIM_OUT = Path("out/bench-sim.json")
+SCALE_OUT = Path("out/bench-scale.json")
+LANES_OUT = Path("out/bench-lanes.json")
 
 # The options every benchmark shares.
 RedisUrl = Annotated[
@@ -72,11 +80,25 @@ def ingest(
     connections: Annotated[int, typer.Option(min=1, max=256, help="Connections of the closed loops.")] = 32,
     quick: Annotated[bool, typer.Option("--quick", help="Smoke test: 1 repeat, 1 s phases, 200 batches.")] = False,
     out: Annotated[Path, typer.Option(help="Where the JSON figures go.")] = DEFAULT_OUT,
+    cluster_url: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster-url",
+            envvar="AIADMIN_BENCH_CLUSTER_URL",
+            help="A Redis Cluster node; FLUSHED. The wrk section also runs an API on it, beside the single server.",
+        ),
+    ] = None,
     force: Force = False,
     flush: Flush = False,
 ) -> None:
-    """The ingest path: accept latency, throughput, append, flush lateness, claim (real Redis)."""
+    """The ingest path: accept latency, throughput (own load generator, wrk), append, flush lateness, claim."""
     target = _claim("ingest", redis_url, force=force, flush=flush)
+    if cluster_url:
+        try:
+            check_cluster_url(cluster_url, force=force)
+        except BenchError as exc:
+            typer.echo(f"aiadmin bench ingest: {exc}", err=True)
+            raise typer.Exit(2) from exc
     cfg = BenchConfig.build(
         redis_url=redis_url,
         repeats=repeats,
@@ -84,6 +106,7 @@ def ingest(
         rate_per_s=rate,
         connections=connections,
         quick=quick,
+        cluster_url=cluster_url,
     )
     _run("ingest", lambda console, log_dir: run_ingest(cfg, console, log_dir), render_ingest, out=out, target=target)
 
@@ -130,6 +153,66 @@ def stages(
     _run("stages", lambda console, log_dir: run_stages(cfg, console, log_dir), render_stages, out=out, target=target)
 
 
+@app.command()
+def scale(
+    conversations: Annotated[int, typer.Option(min=10, max=100_000, help="Conversations of each scale run.")] = 2000,
+    llm_latency_s: Annotated[float, typer.Option("--llm-latency-s", min=0.05, max=10, help="LLM stand-in.")] = 0.5,
+    quick: Annotated[bool, typer.Option("--quick", help="Smoke test: 150 conversations, short phases.")] = False,
+    out: Annotated[Path, typer.Option(help="Where the JSON figures go.")] = SCALE_OUT,
+) -> None:
+    """2 APIs, 2 batchers, 3 workers on Redis Clusters of its own (a master killed mid-run); AOF restart."""
+    cfg = ScaleConfig.quick() if quick else ScaleConfig(conversations=conversations, llm_latency_s=llm_latency_s)
+    _run("scale", lambda console, log_dir: run_scale(cfg, console, log_dir), render_scale, out=out, target=None)
+
+
+@app.command()
+def lanes(
+    cluster_url: Annotated[
+        str,
+        typer.Option("--cluster-url", envvar="AIADMIN_BENCH_CLUSTER_URL", help="A node of a loopback Redis Cluster."),
+    ],
+    rounds: Annotated[int, typer.Option(min=10, max=100_000, help="Round trips per lane and measurement.")] = 2000,
+    repeats: Repeats = 3,
+    force: Force = False,
+    out: Annotated[Path, typer.Option(help="Where the JSON figures go.")] = LANES_OUT,
+) -> None:
+    """Script round trips on a cluster: packed by node (the system's) vs redis-py's cluster pipeline."""
+    try:
+        check_cluster_url(cluster_url, force=force)
+    except BenchError as exc:
+        typer.echo(f"aiadmin bench lanes: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    figures = asyncio.run(run_lanes(LanesConfig(cluster_url, rounds=rounds, repeats=repeats)))
+    write_report(out, {"lanes": figures, "problems": []})
+    typer.echo("\n".join(render_lanes(figures)))
+
+
+@app.command()
+def sim(
+    long: Annotated[bool, typer.Option("--long", help="Also 10,000 users (several minutes).")] = False,
+    users: Annotated[str | None, typer.Option(help="Comma-separated user counts instead of the default curve.")] = None,
+    seed: Annotated[int, typer.Option(help="The simulations' seed.")] = 3,
+    out: Annotated[Path, typer.Option(help="Where the JSON figures go.")] = SIM_OUT,
+) -> None:
+    """The simulation's cost curve on the embedded default (no Redis): wall time and per-user ms by users."""
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    log_dir = out.parent / "bench-logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cfg = SimCurveConfig.build(users=users, long=long, seed=seed, log_dir=log_dir)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--users") from exc
+    try:
+        report = run_sim_curve(cfg, console)
+    except SimCurveError as exc:
+        typer.echo(f"aiadmin bench sim: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    write_report(out, report)
+    render_sim_curve(console, report, out)
+    if report["problems"]:
+        raise typer.Exit(1)
+
+
 def _claim(command: str, redis_url: str, *, force: bool, flush: bool) -> Target:
     """Refuse db 0, a remote host or a database holding someone else's keys (exit 2); else flush and mark it."""
     try:
@@ -139,7 +222,7 @@ def _claim(command: str, redis_url: str, *, force: bool, flush: bool) -> Target:
         raise typer.Exit(2) from exc
 
 
-def _run(command: str, bench: Bench, render: Render, *, out: Path, target: Target) -> None:
+def _run(command: str, bench: Bench, render: Render, *, out: Path, target: Target | None) -> None:
     """Run a benchmark on uvloop, write its JSON, print its table; exit 1 on any correctness problem."""
     # A wide table when piped to a file or a CI log; the terminal's own width otherwise.
     console = Console(width=None if sys.stdout.isatty() else 160)
@@ -156,8 +239,9 @@ def _run(command: str, bench: Bench, render: Render, *, out: Path, target: Targe
     finally:
         # The benchmarks flush the database between sections, which takes the marker away: put it back, so that
         # the next run knows the database for ours.
-        with contextlib.suppress(TargetUnreachable):
-            mark_url(target)
+        if target is not None:  # `scale` runs on servers of its own
+            with contextlib.suppress(TargetUnreachable):
+                mark_url(target)
     write_report(out, report)
     render(console, report, out)
     if report["problems"]:

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from loadtests._processes import local_redis_pid
 from loadtests.bench._env import redis_client, settings_env, without_password
-from loadtests.bench._figures import Row, brief, failures, le, machine, pair, render, whole
+from loadtests.bench._figures import Row, brief, failures, ge, le, machine, num, pair, render, whole
 from loadtests.bench._ingest_sections import (
     PHONES,
     Bench,
@@ -27,6 +27,7 @@ from loadtests.bench._ingest_sections import (
     http_sections,
 )
 from loadtests.bench._loadgen import GatewayRequests
+from loadtests.bench._wrk import GOAL_RATIO
 from simulator.phones import russian_mobiles
 from system.settings import load_settings
 from system.store.keys import Keys
@@ -44,6 +45,7 @@ MUST_BE_ZERO = {
         "empty_errors",
         "empty_requests_exhausted",
     ),
+    "wrk": ("api_non_2xx", "api_errors", "empty_non_2xx", "empty_errors"),
     "append": ("errors",),
     "flush_lateness": ("missing", "duplicates", "unexpected", "wrong_fragments", "append_errors"),
     "claim": ("errors",),
@@ -67,19 +69,20 @@ async def run_ingest(cfg: BenchConfig, console: Console, log_dir: Path) -> dict[
         )
         started = datetime.now(UTC).isoformat()
         try:
-            latency, throughput = await http_sections(b)
+            latency, throughput, by_wrk = await http_sections(b)
             appends = await append_cost(b)
-            console.print(f"[3/5] append: {brief(appends['median'], 'append_us', unit='µs')}")
+            console.print(f"[4/6] append: {brief(appends['median'], 'append_us', unit='µs')}")
             lateness = await flush_lateness(b)
-            console.print(f"[4/5] flush lateness: {brief(lateness['median'], 'observed_ms')}")
+            console.print(f"[5/6] flush lateness: {brief(lateness['median'], 'observed_ms')}")
             claims = await claim_cost(b)
-            console.print(f"[5/5] claim: {claims['median']['chunked_per_batch_us']:.0f} µs per batch in chunks")
+            console.print(f"[6/6] claim: {claims['median']['chunked_per_batch_us']:.0f} µs per batch in chunks")
         finally:
             await b.flush()
         redis_version = (await redis.info("server")).get("redis_version")
     sections = {
         "accept_latency": latency,
         "throughput": throughput,
+        "wrk": by_wrk,
         "append": appends,
         "flush_lateness": lateness,
         "claim": claims,
@@ -121,12 +124,13 @@ def summary_rows(s: dict[str, dict[str, Any]]) -> list[Row]:
             thr["api_rps"] >= 1500,
         ),
         Row(
-            "API throughput / empty endpoint",
+            "API throughput / empty endpoint, own load generator",
             f"{whole(thr['ratio_pct'])}% (empty {thr['empty_rps']:,.0f} req/s)",
             "—",
             "≥ 70%",
             thr["ratio_pct"] is not None and thr["ratio_pct"] >= 70,
         ),
+        *wrk_rows(s["wrk"]),
         Row("API RSS after the run", f"{api_rss:.1f} MB", "88 MB", "≤ 70 MB", api_rss <= 70),
         Row(
             "API CPU per request at max throughput",
@@ -166,6 +170,28 @@ def summary_rows(s: dict[str, dict[str, Any]]) -> list[Row]:
             le(claim["single_us_p99"], 1000),
         ),
     ]
+
+
+def wrk_rows(by_wrk: dict[str, Any]) -> list[Row]:
+    """The wrk comparison (the median of the per-alternation ratios against the goal), and the cluster's when run."""
+    stage = "API throughput / empty endpoint, by wrk"
+    goal = f"≥ {GOAL_RATIO:.2f}"
+    if "skipped" in by_wrk:
+        return [Row(stage, by_wrk["skipped"], "—", goal)]
+    m = by_wrk["median"]
+    stage += f" ({by_wrk['threads']} thread, {by_wrk['connections']} conns, {len(by_wrk['runs'])} alternations)"
+    ours = (
+        f"{m['ratio']:.2f} (API {m['api_rps']:,.0f} req/s, {whole(m['api_cpu_us_per_request'])} µs CPU; "
+        f"empty {m['empty_rps']:,.0f} req/s, {whole(m['empty_cpu_us_per_request'])} µs; "
+        f"Redis waited for a CPU {whole(m['api_redis_runqueue_wait_pct'])}% of the API's runs; "
+        f"CPU per request, empty / API: {num('{:.2f}', m['cpu_ratio'])})"
+    )
+    rows = [Row(stage, ours, "—", goal, ge(m["ratio"], GOAL_RATIO))]
+    if "cluster_rps" in m:
+        cluster_cpu_us = whole(m["cluster_cpu_us_per_request"])
+        ours = f"{m['cluster_ratio']:.2f} ({m['cluster_rps']:,.0f} req/s, {cluster_cpu_us} µs CPU)"
+        rows.append(Row("API on a Redis Cluster / empty endpoint, by wrk (same alternations)", ours, "—", "—"))
+    return rows
 
 
 def problems(s: dict[str, dict[str, Any]]) -> list[str]:

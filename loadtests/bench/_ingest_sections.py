@@ -1,4 +1,5 @@
-"""The five sections of `aiadmin bench ingest`: accept latency, throughput, append, flush lateness, claim.
+"""The sections of `aiadmin bench ingest`: accept latency, throughput (own load generator and wrk), append,
+flush lateness, claim.
 
 The API, the empty endpoint and the batcher run as separate processes, as in production; the load
 generator shares the machine with them and Redis. Every section flushes the benchmark database before
@@ -25,6 +26,7 @@ from loadtests.bench._empty_app import EMPTY_ROUTE
 from loadtests.bench._env import BenchError, now_ms, process_env, redis_client, settings_env, wait_batcher_ready
 from loadtests.bench._figures import brief, section, spread
 from loadtests.bench._loadgen import GatewayRequests, Tally, Target, closed_loop, merged, open_loop, sleep_until
+from loadtests.bench._wrk_section import wrk_brief, wrk_section
 from simulator.redis_server import free_port
 from system.clock import WallClock
 from system.ingest.batch_processor import CLAIM_CHUNK
@@ -44,6 +46,7 @@ QUICK_LATENESS_TIMEOUT_MS = 2000
 # Encoded requests per second of a closed-loop phase: far above what two shared cores can serve.
 CLOSED_LOOP_CAP_PER_S = 20_000
 THROUGHPUT_SLICES = 10  # closed-loop slices per server and repeat, interleaved with the other server's
+WRK_DURATION_S = 6  # one wrk run, whole seconds (the issue measured 6-8 s); --quick: 1 s
 CONSUMER_BLOCK_MS = 100
 DUPLICATE_GRACE_S = 0.3  # reading on after the last expected job, to catch a late duplicate
 PREPARE_CHUNK = 500
@@ -66,11 +69,21 @@ class BenchConfig:
     warmup_requests: int
     warmup_s: float
     lateness_timeout_ms: int
+    wrk_duration_s: int
     quick: bool
+    cluster_url: str | None = None  # a Redis Cluster node: the wrk section runs an API on it as well
 
     @classmethod
     def build(
-        cls, *, redis_url: str, repeats: int, duration_s: float, rate_per_s: int, connections: int, quick: bool
+        cls,
+        *,
+        redis_url: str,
+        repeats: int,
+        duration_s: float,
+        rate_per_s: int,
+        connections: int,
+        quick: bool,
+        cluster_url: str | None = None,
     ) -> BenchConfig:
         return cls(
             redis_url=redis_url,
@@ -85,7 +98,9 @@ class BenchConfig:
             warmup_requests=1000 if quick else PHONES,  # every sender once: the phone parse cache is warm
             warmup_s=1.0 if quick else 10.0,
             lateness_timeout_ms=QUICK_LATENESS_TIMEOUT_MS if quick else LATENESS_TIMEOUT_MS,
+            wrk_duration_s=1 if quick else WRK_DURATION_S,
             quick=quick,
+            cluster_url=cluster_url,
         )
 
 
@@ -136,8 +151,8 @@ class Bench:
 # --- sections 1 and 2: the HTTP API ---------------------------------------------------------------------
 
 
-async def http_sections(b: Bench) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Accept latency (open loop) and throughput beside the empty endpoint (closed loop)."""
+async def http_sections(b: Bench) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Accept latency (open loop), and throughput beside the empty endpoint (closed loops, then wrk)."""
     api_port, empty_port = free_port(), free_port()
     api_args = [sys.executable, "-m", "system", "api", "--host", LOCALHOST, "--port", str(api_port)]
     empty_args = [sys.executable, "-m", "loadtests.bench._empty_app", "--host", LOCALHOST, "--port", str(empty_port)]
@@ -152,14 +167,28 @@ async def http_sections(b: Bench) -> tuple[dict[str, Any], dict[str, Any]]:
         idle_rss_mb = {"api_idle_rss_mb": rss_mb(api.pid), "empty_idle_rss_mb": rss_mb(empty.pid)}
         await warm_up(b, api, empty)
         latency = await accept_latency(b, api)
-        b.console.print(f"[1/5] accept latency: {brief(latency['median'], 'latency_ms')}")
+        b.console.print(f"[1/6] accept latency: {brief(latency['median'], 'latency_ms')}")
         throughput = await max_throughput(b, api, empty) | idle_rss_mb
         m = throughput["median"]
-        b.console.print(f"[2/5] throughput: {m['api_rps']:,.0f} req/s, empty {m['empty_rps']:,.0f} req/s")
+        b.console.print(f"[2/6] throughput: {m['api_rps']:,.0f} req/s, empty {m['empty_rps']:,.0f} req/s")
+        by_wrk = await wrk_section(
+            api,
+            empty,
+            flush=b.flush,
+            redis_pid=b.redis_pid,
+            cluster_url=b.cfg.cluster_url,
+            repeats=b.cfg.repeats,
+            connections=b.cfg.connections,
+            duration_s=b.cfg.wrk_duration_s,
+            tag=b.requests.tag,
+            log_dir=b.log_dir,
+        )
+        await b.flush()
+        b.console.print(f"[3/6] wrk: {wrk_brief(by_wrk)}")
         api.check_alive()
         empty.check_alive()
     await b.flush()
-    return latency, throughput
+    return latency, throughput, by_wrk
 
 
 async def warm_up(b: Bench, api: Process, empty: Process) -> None:
@@ -234,7 +263,7 @@ async def max_throughput(b: Bench, api: Process, empty: Process) -> dict[str, An
     )
 
 
-# --- section 3: one append ------------------------------------------------------------------------------
+# --- section 4: one append ------------------------------------------------------------------------------
 
 
 async def append_cost(b: Bench) -> dict[str, Any]:
@@ -257,7 +286,7 @@ async def append_cost(b: Bench) -> dict[str, Any]:
     return section(runs)
 
 
-# --- section 4: flush lateness with many open batches ---------------------------------------------------
+# --- section 5: flush lateness with many open batches ---------------------------------------------------
 
 
 async def flush_lateness(b: Bench) -> dict[str, Any]:
@@ -355,7 +384,7 @@ def delivery_check(phones: Sequence[str], jobs: Sequence[Job]) -> dict[str, int]
     }
 
 
-# --- section 5: claim and enqueue -----------------------------------------------------------------------
+# --- section 6: claim and enqueue -----------------------------------------------------------------------
 
 
 async def claim_cost(b: Bench) -> dict[str, Any]:

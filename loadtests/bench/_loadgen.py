@@ -53,6 +53,11 @@ class GatewayRequests:
         self._tag = tag
         self._next = 0
 
+    @property
+    def tag(self) -> str:
+        """What every messageId of this run carries, so that another run's ids never repeat them."""
+        return self._tag
+
     def take(self, target: Target, count: int) -> list[bytes]:
         """The next `count` requests, fully encoded for `target`."""
         head = (

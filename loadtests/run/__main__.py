@@ -25,24 +25,26 @@ from loadtests._processes import (
     Process,
     ProcessError,
     ResourceSampler,
-    spawn,
     stop,
     stopping,
     tee,
-    wait_http,
 )
 from loadtests._profiles import PROFILES, profile_named
+from loadtests.run._redis_memory import RedisMemory
 from loadtests.run._stack import (
     DEFAULT_DB,
+    SERVE_PORT_BASE,
+    LlmStandIn,
     Ports,
     StackError,
-    aiadmin,
     check_redis_url,
     claim_redis,
     parse_overrides,
     process_env,
     public_settings,
     repo_root,
+    serve,
+    start_stack,
     system_env,
 )
 from simulator.redis_target import Target
@@ -68,7 +70,15 @@ def main(
     ),
     webhook_format: Annotated[str, typer.Option("--format", help="meta (signed Cloud API) or gateway.")] = "meta",
     batch_timeout_ms: Annotated[int, typer.Option(min=100, help="AIADMIN_BATCH_TIMEOUT_MS of the system.")] = 1500,
-    llm_latency_s: Annotated[str, typer.Option(help="The fake LLM's latency: min,mode,max seconds.")] = "0.5,1,2",
+    llm_latency_s: Annotated[
+        str, typer.Option(help="The fake LLM's latency: min,mode,max seconds; default: the profile's.")
+    ] = "",
+    llm_mode: Annotated[
+        str, typer.Option(help="The fake LLM: full or scripted; default: the profile's (steady, soak: scripted).")
+    ] = "",
+    book_share: Annotated[
+        float, typer.Option(max=1.0, help="Scripted LLM: the share of offers it books; default: the profile's.")
+    ] = -1.0,
     port_base: Annotated[
         int,
         typer.Option(
@@ -89,13 +99,41 @@ def main(
     flush: Annotated[
         bool, typer.Option(help="Flush --redis-url even when it holds keys no aiadmin tool wrote.")
     ] = False,
+    serve_only: Annotated[
+        bool,
+        typer.Option(
+            "--serve",
+            help=f"Only start the stack (on --port-base, default {SERVE_PORT_BASE}) for `locust -f loadtests/` and its "
+            "web UI; Ctrl-C stops it.",
+        ),
+    ] = False,
 ) -> None:
     """Run one load profile end to end and write its summary."""
     try:
-        profile_named(profile)
+        stand_ins = profile_named(profile).stand_ins
+        if llm_mode not in ("", "full", "scripted"):
+            raise StackError("--llm-mode must be full or scripted")
         if webhook_format not in ("meta", "gateway"):
             raise StackError("--format must be meta or gateway")
         target = check_redis_url(redis_url, force=force)
+        llm = LlmStandIn(
+            mode=llm_mode or stand_ins.llm_mode,
+            latency_s=llm_latency_s or stand_ins.llm_latency_s,
+            book_share=book_share if book_share >= 0 else stand_ins.book_share,
+        )
+        overrides = dict(stand_ins.system) | parse_overrides(set_ or [])
+        if serve_only:
+            serve(
+                redis=target,
+                flush=flush,
+                ports=Ports.from_base(port_base or SERVE_PORT_BASE),
+                batch_timeout_ms=batch_timeout_ms,
+                llm=llm,
+                overrides=overrides,
+                out_dir=out_dir,
+                profile=profile,
+            )
+            return
         summary = run(
             profile=profile,
             duration_scale=duration_scale,
@@ -104,12 +142,12 @@ def main(
             out_dir=out_dir,
             webhook_format=webhook_format,
             batch_timeout_ms=batch_timeout_ms,
-            llm_latency_s=llm_latency_s,
+            llm=llm,
             ports=Ports.from_base(port_base) if port_base else Ports.free(),
             reply_timeout_s=reply_timeout_s,
             settle_s=settle_s,
             seed=seed,
-            overrides=parse_overrides(set_ or []),
+            overrides=overrides,
             locust_args=locust_arg or [],
         )
     except (StackError, ProcessError, ValueError) as exc:
@@ -132,7 +170,7 @@ def run(
     out_dir: Path,
     webhook_format: str,
     batch_timeout_ms: int,
-    llm_latency_s: str,
+    llm: LlmStandIn,
     ports: Ports,
     reply_timeout_s: float,
     settle_s: float,
@@ -155,17 +193,10 @@ def run(
     system_url = f"http://{LOCALHOST}:{ports.system}"
     procs: list[Process] = []
     sampler = ResourceSampler()
+    memory = RedisMemory(redis_url)
+    memory.start()
     with contextlib.closing(sampler), stopping(procs):
-        for name in ("whatsapp", "llm", "crm"):
-            extra = ["--latency-s", llm_latency_s] if name == "llm" else []
-            command = aiadmin("fake", name, "--host", LOCALHOST, "--port", str(fakes[name]), *extra)
-            procs.append(spawn(f"fake-{name}", command, env=env, log_dir=log_dir, cwd=repo_root()))
-        for proc, name in zip(procs, ("whatsapp", "llm", "crm"), strict=True):
-            wait_http(proc, f"http://{LOCALHOST}:{fakes[name]}/health")  # any answer: the fake is serving
-        command = aiadmin("run", "--host", LOCALHOST, "--port", str(ports.system))
-        system = spawn("aiadmin-run", command, env=env, log_dir=log_dir, cwd=repo_root())
-        procs.append(system)
-        wait_http(system, f"{system_url}/ready", ok=(200,))
+        system = start_stack(procs, ports=ports, env=env, log_dir=log_dir, llm=llm)
         for proc in procs:
             sampler.watch(proc)
         args = locust_command(
@@ -180,7 +211,7 @@ def run(
             webhook_secret=settings.get("AIADMIN_WEBHOOK_SECRET", ""),
             stats_token=settings.get("AIADMIN_STATS_TOKEN", ""),
             batch_timeout_ms=batch_timeout_ms,
-            llm_latency_s=llm_latency_s,
+            llm_latency_s=llm.latency_s,
             reply_timeout_s=reply_timeout_s,
             settle_s=settle_s,
             seed=seed,
@@ -190,11 +221,18 @@ def run(
         locust = run_locust(args, env=env, log_dir=log_dir, sampler=sampler, procs=procs, timeout_s=limit_s)
         sampler.close()
         system_exit = stop(system)
+    redis_figures = memory.close()
     if not summary_path.exists():
         raise StackError(f"Locust (exit {locust}) wrote no {summary_path}; see {log_dir / 'locust.log'}")
     summary: dict[str, Any] = orjson.loads(summary_path.read_bytes())
     summary["processes"] = [sampler.figures(p) for p in procs]
-    summary["settings"] = {**summary.get("settings", {}), "system_env": public_settings(settings)}
+    summary["settings"] = {
+        **summary.get("settings", {}),
+        "system_env": public_settings(settings),
+        "llm_mode": llm.mode,
+        "book_share": llm.book_share,
+    }
+    summary["redis"] = redis_figures
     summary["runner"] = {
         "locust_exit_code": locust,
         "system_exit_code": system_exit,

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtests._processes import LOCALHOST
+import typer
+
+from loadtests._processes import LOCALHOST, Process, spawn, stopping, wait_http
 from simulator.redis_target import Target, TargetRefused, TargetUnreachable, check_target, claim_url
 from simulator.simulation import FAKE_PORTS, system_env_for_fakes
 
+# `--serve`: the system on 8090 and the fakes on 8091-8093, the ports `aiadmin fake …` and the locustfile default to.
+SERVE_PORT_BASE = 8090
 DEFAULT_DB = 11  # the load runs' own Redis database, flushed by each run
 ENV_PREFIX = "AIADMIN_"
 SECRET_WORDS = ("SECRET", "TOKEN", "KEY", "PASSWORD")
@@ -118,3 +124,70 @@ def repo_root() -> Path:
 def aiadmin(*args: str) -> list[str]:
     """`aiadmin …` with this interpreter, whatever is on PATH."""
     return [sys.executable, "-m", "system", *args]
+
+
+def start_stack(procs: list[Process], *, ports: Ports, env: dict[str, str], log_dir: Path, llm: LlmStandIn) -> Process:
+    """The three fakes and `aiadmin run`, each ready, appended to `procs` (stopped by the caller); the system."""
+    fakes = ports.fakes
+    for name in ("whatsapp", "llm", "crm"):
+        extra = llm.args() if name == "llm" else []
+        command = aiadmin("fake", name, "--host", LOCALHOST, "--port", str(fakes[name]), *extra)
+        procs.append(spawn(f"fake-{name}", command, env=env, log_dir=log_dir, cwd=repo_root()))
+    for proc, name in zip(procs, ("whatsapp", "llm", "crm"), strict=True):
+        wait_http(proc, f"http://{LOCALHOST}:{fakes[name]}/health")  # any answer: the fake is serving
+    command = aiadmin("run", "--host", LOCALHOST, "--port", str(ports.system))
+    system = spawn("aiadmin-run", command, env=env, log_dir=log_dir, cwd=repo_root())
+    procs.append(system)
+    wait_http(system, f"http://{LOCALHOST}:{ports.system}/ready", ok=(200,))
+    return system
+
+
+def serve(
+    *,
+    redis: Target,
+    flush: bool,
+    ports: Ports,
+    batch_timeout_ms: int,
+    llm: LlmStandIn,
+    overrides: dict[str, str],
+    out_dir: Path,
+    profile: str,
+) -> None:
+    """Start the stack and keep it up for Locust's web UI until Ctrl-C (or SIGTERM); then stop it all."""
+    claim_redis(redis, flush=flush)
+    settings = system_env(ports, redis_url=redis.url, batch_timeout_ms=batch_timeout_ms, overrides=overrides)
+    log_dir = out_dir.resolve() / "serve-logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs: list[Process] = []
+    signal.signal(signal.SIGTERM, _interrupt)
+    with stopping(procs):
+        start_stack(procs, ports=ports, env=process_env(settings), log_dir=log_dir, llm=llm)
+        typer.echo(
+            f"the stack is up (logs in {log_dir}); in another shell:\n\n"
+            f"  locust -f loadtests/ --aiadmin-profile {profile} --host http://{LOCALHOST}:{ports.system} "
+            f"--whatsapp-url http://{LOCALHOST}:{ports.whatsapp} --redis-url {redis.url} "
+            f"--batch-timeout-ms {batch_timeout_ms} --llm-latency-s {llm.latency_s}\n\n"
+            "and open http://localhost:8089 (Locust's web UI). Ctrl-C here stops the stack."
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                for proc in procs:
+                    proc.check_alive()
+                time.sleep(1)
+
+
+@dataclass(frozen=True, slots=True)
+class LlmStandIn:
+    """How the fake LLM runs: `full` (understands the text) or `scripted` (cheap), its latency and booking share."""
+
+    mode: str
+    latency_s: str
+    book_share: float
+
+    def args(self) -> list[str]:
+        extra = ["--latency-s", self.latency_s, "--mode", self.mode]
+        return [*extra, "--book-share", str(self.book_share)] if self.mode == "scripted" else extra
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the served stack as Ctrl-C does: every process is stopped

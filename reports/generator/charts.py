@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-CHART_NAMES = ("e2e", "lateness", "stages")
+CHART_NAMES = ("e2e", "lateness", "stages", "rss")
 COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860")
 GOAL_COLOR = "#C44E52"
 DPI = 100
@@ -77,6 +77,10 @@ def _draw_all(runs: Sequence[LoadRun], figures: ReportFigures, *, img_dir: Path,
         jobs.append(("lateness", "Опоздание сброса батча по профилям нагрузки", partial(_lateness, runs=late)))
     if stages:
         jobs.append(("stages", "Время наших этапов (p99) и эталона", partial(_stages, stages=stages)))
+    with_series = [run for run in runs if any(len(p.rss_series_mb) > 1 for p in run.processes)]
+    if with_series:
+        caption = "Память процессов (RSS) и Redis по ходу нагрузочных прогонов"
+        jobs.append(("rss", caption, partial(_rss, runs=with_series)))
     if not jobs:
         return []
     new_figure = _figure_factory()
@@ -169,3 +173,21 @@ def _stages(figure: Figure, *, stages: Sequence[Stage]) -> None:
     ax.set_xlabel("мс (логарифмическая шкала)", fontsize=8)
     ax.tick_params(labelsize=8)
     ax.legend(fontsize=7)
+
+
+def _rss(figure: Figure, *, runs: Sequence[LoadRun]) -> None:
+    figure.set_figheight(2.4 * len(runs) + 0.6)
+    axes = figure.subplots(len(runs), 1, squeeze=False)[:, 0]
+    for ax, run in zip(axes, runs, strict=True):
+        lines = [(p.name, p.rss_series_mb) for p in run.processes if len(p.rss_series_mb) > 1]
+        if run.redis is not None and len(run.redis.used_memory_series_mb) > 1:
+            lines.append(("redis (used_memory)", run.redis.used_memory_series_mb))
+        for index, (name, series) in enumerate(lines):
+            shown = [(t, mb) for t, mb in series if mb > 0]  # a process read before it had mapped anything
+            ax.plot([t / 60 for t, _ in shown], [mb for _, mb in shown], label=name, color=COLORS[index % len(COLORS)])
+        ax.set_title(f"{run.profile}", fontsize=9, loc="left")
+        ax.set_ylabel("МБ", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.legend(fontsize=7, loc="upper left", ncol=3)
+    axes[-1].set_xlabel("минуты от начала прогона", fontsize=8)
+    figure.subplots_adjust(hspace=0.6)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from gherkin.errors import ParserError
+from gherkin.parser import Parser
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 Status = Literal["passed", "failed", "skipped"]
@@ -191,35 +193,34 @@ def error_summary(message: str, *, limit: int = 200) -> str:
 
 
 ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})|\\u([0-9a-fA-F]{4})|\\U([0-9a-fA-F]{8})")
-STEP_WORDS = frozenset({"Given", "When", "Then", "And", "But", "*"})
-BLOCK_WORDS = ("Scenario", "Example", "Rule:", "Feature:", "Background:", "@")
 
 
 def written_steps(source: str, line: int) -> int | None:
-    """Steps of the scenario starting at `line` (1-based), with the feature's background; None if not found."""
-    lines = source.splitlines()
-    if not 0 < line <= len(lines) or not lines[line - 1].strip().startswith(("Scenario", "Example")):
+    """Steps of the scenario starting at `line` (1-based), with its backgrounds; None if not found.
+
+    Read by the official Gherkin parser (the one pytest-bdd runs), so a feature file in any of Gherkin's
+    languages counts alike: `# language: ru` with Предыстория, Сценарий, Дано, Когда, Тогда.
+    """
+    try:
+        document = Parser().parse(source)
+    except ParserError:  # not Gherkin, or a language Gherkin does not know
         return None
-    background = next((i for i, text in enumerate(lines) if text.strip().startswith("Background:")), None)
-    own = _count_steps(lines, line)
-    return own + (_count_steps(lines, background + 1) if background is not None else 0)
+    feature = document.get("feature")
+    return _steps_at(feature["children"], line) if feature else None
 
 
-def _count_steps(lines: Sequence[str], heading: int) -> int:
-    """Steps after the block heading at 1-based line `heading`, up to the next block."""
-    steps, in_docstring = 0, False
-    for text in lines[heading:]:
-        stripped = text.strip()
-        if stripped.startswith(('"""', "```")):
-            in_docstring = not in_docstring
-            continue
-        if in_docstring:
-            continue
-        if stripped.startswith(BLOCK_WORDS):
-            break
-        if stripped.split(" ", 1)[0] in STEP_WORDS:
-            steps += 1
-    return steps
+def _steps_at(children: Sequence[Mapping[str, Any]], line: int, *, background: int = 0) -> int | None:
+    """Steps of the scenario at `line` among a feature's or a rule's children, the backgrounds above it included."""
+    for child in children:
+        if "background" in child:
+            background += len(child["background"]["steps"])
+        elif "scenario" in child and child["scenario"]["location"]["line"] == line:
+            return background + len(child["scenario"]["steps"])
+        elif "rule" in child:
+            found = _steps_at(child["rule"]["children"], line, background=background)
+            if found is not None:
+                return found
+    return None
 
 
 def _feature_text(root: Path | None, uri: str) -> str | None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, datetime
 
 from reports.generator.cucumber import Component, Scenario, components
-from reports.generator.inputs import Inputs, LoadRun
+from reports.generator.inputs import Inputs, LoadProcess, LoadRun
 from reports.generator.model import (
     BenchFig,
     ComponentFig,
@@ -17,6 +18,7 @@ from reports.generator.model import (
 )
 
 INPUTS = ("cucumber", "stages", "load")
+WARMUP_S = 300.0  # RSS growth is judged after the first 5 minutes (imports, pools and caches filled by then)
 
 
 def build_figures(inputs: Inputs, *, day: date, generated_at: datetime, version: str) -> ReportFigures:
@@ -99,7 +101,44 @@ def load_figures(run: LoadRun) -> LoadFig:
         queue_lag_p99_ms=run.queue_lag_ms.p99,
         dead_letters=run.dead_letters,
         errors=list(run.errors),
-        processes=[LoadProcessFig(name=p.name, rss_mb=p.rss_mb, cpu_pct=p.cpu_pct) for p in run.processes],
+        processes=[_load_process(p) for p in run.processes],
+        peak_conversations=run.peak_conversations,
+        target_rps=_number(run.profile_definition.get("target_rps")),
+        runs_rps=_complete(w.rps) if (w := run.windows) else (),
+        runs_accept_p99_ms=_complete(w.accept_p99_ms) if w else (),
+        runs_e2e_p99_ms=_complete(w.e2e_p99_ms) if w else (),
+        runs_lateness_p99_ms=_complete(w.lateness_p99_ms) if w else (),
+        runs_queue_lag_p99_ms=_complete(w.queue_lag_p99_ms) if w else (),
+        redis_start_mb=run.redis.used_memory_start_mb if run.redis else None,
+        redis_end_mb=run.redis.used_memory_end_mb if run.redis else None,
+        redis_keys_without_ttl=_int(run.redis.keys.get("without_ttl")) if run.redis else None,
+    )
+
+
+def _complete(values: Sequence[float | None]) -> tuple[float, ...]:
+    """Every window's value, or nothing when one is missing (a partial series would fake the spread)."""
+    if len(values) < 2 or any(v is None for v in values):
+        return ()
+    return tuple(float(v) for v in values if v is not None)
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _load_process(p: LoadProcess) -> LoadProcessFig:
+    """The process's figures, with its RSS growth after the warm-up when its series outlasts it."""
+    after = next((mb for at_s, mb in p.rss_series_mb if at_s >= WARMUP_S), None)
+    last = p.rss_series_mb[-1] if p.rss_series_mb else None
+    growth = None
+    if after and last is not None and last[0] > WARMUP_S:
+        growth = round(100 * (last[1] - after) / after, 1)
+    return LoadProcessFig(
+        name=p.name, rss_mb=p.rss_mb, cpu_pct=p.cpu_pct, rss_after_warmup_mb=after, rss_growth_pct=growth
     )
 
 

@@ -152,6 +152,29 @@ class LoadProcess(_Input):
     name: str
     rss_mb: float | None = None
     cpu_pct: float | None = None
+    rss_series_mb: tuple[tuple[float, float], ...] = ()  # (s since the run's start, RSS MB); older runs: none
+
+
+class Windows(_Input):
+    """The run's figures in equal sub-windows of its planned length (`loadtests._windows`): its measured noise."""
+
+    count: int = 0
+    window_s: float | None = None
+    accept_p99_ms: tuple[float | None, ...] = ()
+    e2e_p99_ms: tuple[float | None, ...] = ()
+    queue_lag_p99_ms: tuple[float | None, ...] = ()
+    lateness_p99_ms: tuple[float | None, ...] = ()
+    rps: tuple[float | None, ...] = ()
+    peak_conversations: tuple[int, ...] = ()
+
+
+class RedisUse(_Input):
+    """The run's Redis: memory at the start and the end, over time, and keys that would never expire."""
+
+    used_memory_start_mb: float | None = None
+    used_memory_end_mb: float | None = None
+    used_memory_series_mb: tuple[tuple[float, float], ...] = ()
+    keys: dict[str, JsonValue] = {}
 
 
 class LoadRun(_Input):
@@ -183,6 +206,11 @@ class LoadRun(_Input):
     dead_letters: int
     errors: tuple[str, ...]
     processes: tuple[LoadProcess, ...] = ()
+    # Newer summaries only; an older file without them still loads.
+    windows: Windows | None = None
+    profile_definition: dict[str, JsonValue] = {}  # `target_rps`: the rate the profile must sustain
+    peak_conversations: int | None = None
+    redis: RedisUse | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,6 +69,9 @@ class LoadProcessFig(_Fig):
     name: str
     rss_mb: float | None = None
     cpu_pct: float | None = None
+    # RSS growth from the end of the warm-up (the first 5 minutes) to the end of the run; None for short runs.
+    rss_after_warmup_mb: float | None = None
+    rss_growth_pct: float | None = None
 
 
 class LoadFig(_Fig):
@@ -104,6 +107,18 @@ class LoadFig(_Fig):
     dead_letters: int
     errors: list[str] = []
     processes: list[LoadProcessFig] = []
+    peak_conversations: int | None = None
+    target_rps: float | None = None  # the webhook rate the profile is defined to sustain: a goal
+    # Each window's figure (the run cut into equal windows): a goal is judged beyond this noise. Empty when a
+    # window was not measured (a partial series would fake the spread).
+    runs_rps: tuple[float, ...] = ()
+    runs_accept_p99_ms: tuple[float, ...] = ()
+    runs_e2e_p99_ms: tuple[float, ...] = ()
+    runs_lateness_p99_ms: tuple[float, ...] = ()
+    runs_queue_lag_p99_ms: tuple[float, ...] = ()
+    redis_start_mb: float | None = None
+    redis_end_mb: float | None = None
+    redis_keys_without_ttl: int | None = None
 
     @property
     def arrival_per_s(self) -> float | None:

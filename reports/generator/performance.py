@@ -8,6 +8,7 @@ from reports.generator import reference as ref
 from reports.generator.figures import peak_under_load
 from reports.generator.format import DASH, NO_DATA, count, ms, number, pair_ms, ru_units, table, with_unit
 from reports.generator.inputs import Rate, Stage
+from reports.generator.load_spread import memory_lines, windows_lines
 from reports.generator.model import LoadFig
 from reports.generator.page import MET, Page
 
@@ -129,7 +130,15 @@ def _load(page: Page) -> list[str]:
         for run in runs
     )
     columns = ("Профиль", "Начат", "Длительность", "Запросов", "Поток ходов", "Мёртвые письма", "Формат")
-    return [*lines, *table(columns, details), "", *page.image("e2e"), *page.image("lateness")]
+    return [
+        *lines,
+        *table(columns, details),
+        "",
+        *windows_lines(page),
+        *memory_lines(page),
+        *page.image("e2e"),
+        *page.image("lateness"),
+    ]
 
 
 def _load_row(page: Page, run: LoadFig) -> tuple[str, ...]:

@@ -71,6 +71,8 @@ QUEUE_LAG_P99_GOAL_MS = 1000.0
 # slowest configured LLM latency + the reference's 1-2 s of sending.
 MODEL_CALLS_PER_TURN = 3
 SENDING_ALLOWANCE_MS = 2000.0
+# A long run's processes keep their memory flat: RSS grows less than this after the first 5 minutes.
+RSS_GROWTH_GOAL_PCT = 10.0
 
 
 def process_role(name: str) -> str | None:

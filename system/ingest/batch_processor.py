@@ -104,6 +104,8 @@ class BatchProcessor:
             # Forget processors silent for a minute; /ready only looks at the freshest one.
             pipe.zremrangebyscore(self._keys.batchers, "-inf", now_ms - 60_000)
             await pipe.execute()
+        self._metrics.batcher_heartbeat.set(now_ms / 1000)
+        self._metrics.redis_up.set(1)
 
     async def retire(self) -> None:
         """Take this processor off the heartbeat list; never raises (its entry ages out within a minute)."""
@@ -145,6 +147,7 @@ class BatchProcessor:
                     # outage: it backs off, logs once per outage, and carries on where it left off.
                     failures += 1
                     scripts_loaded = False
+                    self._metrics.redis_up.set(0)
                     delay_s = redis_retry_delay_s(failures)
                     if failures == 1:
                         outage_started_ms = self._clock.now_ms()

@@ -63,6 +63,8 @@ class BatchConfig:
     allowlist: frozenset[str]
     queued_lease_ms: int
     queue_max_len: int
+    wait_replicas: int = 0  # an append is acknowledged once this many replicas hold it (WAIT); 0: off
+    wait_timeout_ms: int = 0
 
     @classmethod
     def from_settings(cls, s: Settings) -> BatchConfig:
@@ -76,12 +78,19 @@ class BatchConfig:
             dedup_ttl_ms=s.dedup_ttl_s * 1000,
             sender_burst=s.rate_limit_sender_burst,
             sender_refill_per_ms=s.rate_limit_sender_per_min / 60_000,
-            company_burst=max(1, round(company_per_s)) if s.rate_limit_global_per_s > 0 else 0,
+            # Never below one sender's burst: with many shards (a cluster) a shard's share of the company's burst
+            # would otherwise stop a single fast sender before his own limit does. The sustained rate stays the
+            # company's; only the burst of a company spread over all shards may exceed it, by up to this floor.
+            company_burst=max(1, round(company_per_s), s.rate_limit_sender_burst)
+            if s.rate_limit_global_per_s > 0
+            else 0,
             company_refill_per_ms=company_per_s / 1000,
             allowlist=s.rate_limit_allowlist,
             # A queued job holds its conversation's turn for as long as a fragment may wait.
             queued_lease_ms=s.batch_ttl_s * 1000,
             queue_max_len=s.queue_max_len,
+            wait_replicas=s.redis_wait_replicas,
+            wait_timeout_ms=s.redis_wait_timeout_ms,
         )
 
 
@@ -173,7 +182,12 @@ class BatchStore:
             if call is None:
                 call = calls[shard.index] = _ShardAppend(shard)
             call.add(i, message, conv, now_ms=now_ms, limited=message.phone not in allowlist)
-        batch = ScriptBatch(self._redis, lane=borrowed)
+        batch = ScriptBatch(
+            self._redis,
+            lane=borrowed,
+            wait_replicas=self._config.wait_replicas,
+            wait_timeout_ms=self._config.wait_timeout_ms,
+        )
         for call in calls.values():
             batch.add(self._append_script, keys=call.keys, args=call.args)
         outcomes: dict[int, AppendOutcome | BaseException] = {}

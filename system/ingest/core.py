@@ -79,7 +79,7 @@ class Ingestor:
         self._clock = clock
         self._metrics = metrics
         self._scripts = Scripts.register(redis)
-        self._context = ContextStore(redis)
+        self._context = ContextStore(redis, keys=keys)
         self._outcomes = {o: metrics.messages.labels(o) for o in _OUTCOMES}
         # Bound once: every call through the module's lazy proxy binds again, and the hot path logs
         # (at DEBUG, usually filtered out) once per message.

@@ -1,10 +1,8 @@
-"""The HTTP API: thin FastAPI routes over the ingest core, stats and health checks."""
+"""The HTTP API: the webhook routes (`system.ingest.webhooks`) in front of FastAPI routes for the rest."""
 
 from __future__ import annotations
 
 import hmac
-import time
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -13,111 +11,30 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
 from redis.exceptions import RedisError
-from starlette.requests import ClientDisconnect
+from starlette.routing import Route
 
-from system.errors import PayloadError
-from system.ingest import signatures
-from system.ingest.core import IngestReport
-from system.ingest.payloads import ParseResult, parse_gateway, parse_meta
+from system.ingest.webhooks import (
+    GATEWAY_ROUTE,
+    META_ROUTE,
+    RETRY_AFTER_S,
+    HTTPProblem,
+    WebhookRoutes,
+    unavailable_body,
+    webhook_handlers,
+)
 from system.runtime import Runtime
 
+__all__ = ["GATEWAY_ROUTE", "META_ROUTE", "WebhookRoutes", "create_app", "json_response"]
+
 log = structlog.get_logger(__name__)
-
-GATEWAY_ROUTE = "/webhook/whatsapp/batched"
-META_ROUTE = "/webhook/whatsapp"
-RETRY_AFTER_S = "5"
-JSON_MEDIA_TYPE = "application/json"
-# A gateway request may sign `X-Timestamp` (unix seconds) with its body; it is refused outside this window.
-SIGNED_TIMESTAMP_WINDOW_S = 300
-
-
-class HTTPProblem(Exception):
-    """An answer other than success, with a JSON body naming the problem."""
-
-    def __init__(self, status_code: int, code: str, message: str, *, errors: list[dict[str, str]] | None = None):
-        super().__init__(message)
-        self.status_code = status_code
-        self.body: dict[str, Any] = {"error": code, "message": message, "errors": errors or []}
 
 
 def json_response(body: dict[str, Any], status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status_code, media_type="application/json", headers=headers)
 
 
-async def read_body(request: Request, *, limit: int) -> bytes:
-    """The raw body, refusing anything over `limit` bytes before reading it all."""
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise HTTPProblem(413, "body_too_large", f"body is larger than {limit} bytes")
-    # Straight from the ASGI channel: Starlette's body() goes through an async generator per request,
-    # which costs more than the webhook's own parsing.
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise HTTPProblem(413, "body_too_large", f"body is larger than {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def check_content_type(request: Request) -> None:
-    """Only JSON bodies are webhook bodies; a missing Content-Type is refused too (Meta always sends one)."""
-    value = request.headers.get("content-type")
-    media_type = (value or "").partition(";")[0].strip().lower()
-    if media_type != JSON_MEDIA_TYPE:
-        problem = f"must be {JSON_MEDIA_TYPE}" + (f", not {media_type!r}" if media_type else "; it is missing")
-        raise HTTPProblem(
-            415,
-            "unsupported_media_type",
-            f"the body must be JSON (Content-Type: {JSON_MEDIA_TYPE})",
-            errors=[{"field": "Content-Type", "problem": problem}],
-        )
-
-
-def verify_signature(
-    raw: bytes, request: Request, secret: str, *, header: str, timestamped: bool, now_ms: int
-) -> int | None:
-    """Check the body's signature; with `timestamped`, an `X-Timestamp` header is signed as `<ts>.<body>`.
-
-    Returns the signed timestamp in ms (None when the request had none). A signed timestamp outside
-    `SIGNED_TIMESTAMP_WINDOW_S` of now is refused: an old request cannot be replayed after the window.
-    """
-    given = request.headers.get(header)
-    stamp = request.headers.get("x-timestamp") if timestamped else None
-    signed = raw if stamp is None else stamp.strip().encode() + b"." + raw
-    try:
-        signatures.verify(signed, given, secret, header=header)
-    except signatures.SignatureError as exc:
-        raise HTTPProblem(exc.status_code, "bad_signature", exc.message) from exc
-    if stamp is None:
-        return None
-    stamp = stamp.strip()
-    if not stamp.isdigit() or len(stamp) > 12:
-        raise HTTPProblem(
-            400,
-            "bad_timestamp",
-            "X-Timestamp must be unix seconds",
-            errors=[{"field": "X-Timestamp", "problem": stamp}],
-        )
-    signed_ms = int(stamp) * 1000
-    if abs(now_ms - signed_ms) > SIGNED_TIMESTAMP_WINDOW_S * 1000:
-        raise HTTPProblem(
-            403,
-            "stale_timestamp",
-            f"X-Timestamp is more than {SIGNED_TIMESTAMP_WINDOW_S} s away from now",
-            errors=[{"field": "X-Timestamp", "problem": f"outside the {SIGNED_TIMESTAMP_WINDOW_S} s window"}],
-        )
-    return signed_ms
-
-
-def create_app(rt: Runtime) -> FastAPI:
-    """The API of one process over the given runtime."""
+def create_app(rt: Runtime) -> WebhookRoutes:
+    """The API of one process over the given runtime: the webhook POSTs, then the FastAPI app."""
     settings = rt.settings
     app = FastAPI(title="AI Admin", version="0.1.0", docs_url=None, redoc_url=None)
 
@@ -133,67 +50,7 @@ def create_app(rt: Runtime) -> FastAPI:
     @app.exception_handler(RedisError)
     async def _redis_down(_: Request, exc: RedisError) -> Response:
         log.error("redis_unavailable", error=str(exc))
-        body = {"error": "unavailable", "message": "storage is unavailable, retry later", "errors": []}
-        return json_response(body, 503, {"Retry-After": RETRY_AFTER_S})
-
-    requests = RequestMetrics(rt)
-
-    async def ingest(
-        request: Request,
-        route: str,
-        secret: str | None,
-        header: str,
-        parse: Callable[[bytes, int, int | None], ParseResult],
-    ) -> Response:
-        started = time.perf_counter()
-        status = 500
-        try:
-            check_content_type(request)
-            raw = await read_body(request, limit=settings.max_body_bytes)
-            now_ms = rt.clock.now_ms()
-            signed_ms = None
-            if secret:
-                timestamped = route == GATEWAY_ROUTE
-                signed_ms = verify_signature(
-                    raw, request, secret, header=header, timestamped=timestamped, now_ms=now_ms
-                )
-            try:
-                parsed = parse(raw, now_ms, signed_ms)
-            except PayloadError as exc:
-                status = exc.status_code
-                return json_response(exc.body(), exc.status_code)
-            report = await rt.ingestor.ingest(parsed)
-            status = _status_of(report, gateway=route == GATEWAY_ROUTE)
-            headers = {"Retry-After": RETRY_AFTER_S} if status == 429 else None
-            return json_response(report.body(), status, headers)
-        except HTTPProblem as exc:
-            status = exc.status_code
-            raise
-        except RedisError:
-            status = 503
-            raise
-        finally:
-            requests.observe(route, status, time.perf_counter() - started)
-
-    gateway_secret = _secret(settings.webhook_secret)
-    app_secret = _secret(settings.whatsapp_app_secret)
-
-    def gateway_parse(raw: bytes, received_ms: int, signed_ms: int | None) -> ParseResult:
-        return parse_gateway(raw, settings=settings, received_ms=received_ms, signed_ms=signed_ms)
-
-    def meta_parse(raw: bytes, received_ms: int, _: int | None) -> ParseResult:
-        return parse_meta(raw, settings=settings, received_ms=received_ms)
-
-    async def gateway_webhook(request: Request) -> Response:
-        return await ingest(request, GATEWAY_ROUTE, gateway_secret, "X-Signature", gateway_parse)
-
-    async def meta_webhook(request: Request) -> Response:
-        return await ingest(request, META_ROUTE, app_secret, "X-Hub-Signature-256", meta_parse)
-
-    # The hot routes are plain Starlette routes inside the FastAPI app: they take the raw request and
-    # skip FastAPI's parameter resolution, which is a fifth of the per-request cost at full load.
-    app.router.add_route(GATEWAY_ROUTE, gateway_webhook, methods=["POST"])
-    app.router.add_route(META_ROUTE, meta_webhook, methods=["POST"])
+        return json_response(unavailable_body(), 503, {"Retry-After": RETRY_AFTER_S})
 
     @app.get(META_ROUTE)
     async def meta_verify(request: Request) -> Response:
@@ -227,33 +84,17 @@ def create_app(rt: Runtime) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        await rt.metrics.read_queue(rt.queue)
         return Response(rt.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    return app
-
-
-class RequestMetrics:
-    """Webhook request metrics with their label children looked up once, not per request."""
-
-    def __init__(self, rt: Runtime) -> None:
-        self._metrics = rt.metrics
-        self._counters: dict[tuple[str, int], Any] = {}
-        self._timers = {r: rt.metrics.accept_seconds.labels(r) for r in (GATEWAY_ROUTE, META_ROUTE)}
-
-    def observe(self, route: str, status: int, seconds: float) -> None:
-        counter = self._counters.get((route, status))
-        if counter is None:
-            counter = self._counters[(route, status)] = self._metrics.requests.labels(route, str(status))
-        counter.inc()
-        self._timers[route].observe(seconds)
-
-
-def _status_of(report: IngestReport, *, gateway: bool) -> int:
-    if report.rate_limited:
-        return 429  # the sender retries; what was accepted is de-duplicated then
-    if gateway and report.rejected and not (report.accepted or report.duplicates):
-        return 422
-    return 200  # Meta: what can never succeed is acknowledged (and recorded), not retried for days
+    # The hot routes skip FastAPI's middleware stack and Starlette's Request (see `system.ingest.webhooks`).
+    handlers = webhook_handlers(
+        rt, gateway_secret=_secret(settings.webhook_secret), app_secret=_secret(settings.whatsapp_app_secret)
+    )
+    for path, handler in handlers.items():
+        # Also in the app's route table (as ASGI endpoints), so that other methods get its 405 naming POST.
+        app.router.routes.append(Route(path, handler, methods=["POST"]))
+    return WebhookRoutes(app, handlers)
 
 
 def _secret(value: Any) -> str | None:

@@ -25,12 +25,13 @@ stays inside one hash slot. Keys used only by single-key commands need no tag.
 | `{p}:rls:{recipient}:{window}` | string: delivery statuses about one recipient in a 60 s window | 2 windows |
 | `{p}:batchers` | zset batcher id → last heartbeat ms | pruned |
 | `{p}:{sN}:turn:{batch id}` | hash: a turn's idempotency record (reply, `part:{i}` ids, stage, delivery) | 7 days |
-| `dialog:{company}:{phone}` | hash: stage, booking draft, slots offered, client name | 24 h |
+| `dialog:{company}:{phone}` | hash: stage, booking draft, slots offered, client name, last turn applied | 24 h |
 | `messages:{company}:{phone}` | list: the last 50 messages of both sides | 30 days |
 | `preferences:{company}:{phone}` | hash: name, favourite master, usual services | 90 days |
 
-The three context keys keep the reference system's names, so they carry no hash tag: on Redis Cluster
-their per-turn MULTI needs them on one node (see the README).
+The three context keys keep the reference system's names on a single server. On a cluster
+(`AIADMIN_REDIS_CLUSTER`) the client part becomes a hash tag, `dialog:{962302:79001234567}`, so the three
+share a slot: a turn writes them in one script, marked with the turn's key so a redelivery never writes twice.
 """
 
 from __future__ import annotations
@@ -90,11 +91,12 @@ class ContextKeys:
 class Keys:
     """Builds every key name from a prefix and a shard count (set once per deployment)."""
 
-    def __init__(self, *, prefix: str = "aiadmin", shards: int = 1) -> None:
+    def __init__(self, *, prefix: str = "aiadmin", shards: int = 1, cluster: bool = False) -> None:
         if shards < 1:
             raise ValueError("shards must be >= 1")
         self.prefix = prefix
         self.shards = shards
+        self.cluster = cluster
         self.stats = f"{prefix}:stats"
         self.ignored = f"{prefix}:ignored"
         self.batchers = f"{prefix}:batchers"
@@ -159,11 +161,15 @@ class Keys:
         shard, _ = self.conversation(company_id, phone)
         return f"{self.prefix}:{{s{shard.index}}}:turn:{batch_id}"
 
-    @staticmethod
-    def context(company_id: int, phone: str) -> ContextKeys:
-        """The dialog context keys, named exactly as the reference system named them (no prefix)."""
+    def context(self, company_id: int, phone: str) -> ContextKeys:
+        """The dialog context keys, named as the reference system named them (no prefix).
+
+        On a cluster the client part is a hash tag, `dialog:{962302:79001234567}`, so that the three keys
+        share a slot and a turn writes them in one atomic script.
+        """
+        client = f"{{{company_id}:{phone}}}" if self.cluster else f"{company_id}:{phone}"
         return ContextKeys(
-            dialog=f"dialog:{company_id}:{phone}",
-            messages=f"messages:{company_id}:{phone}",
-            preferences=f"preferences:{company_id}:{phone}",
+            dialog=f"dialog:{client}",
+            messages=f"messages:{client}",
+            preferences=f"preferences:{client}",
         )

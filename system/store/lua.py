@@ -425,3 +425,29 @@ redis.call('HSET', status_key, 'status', status, 'rank', rank, 'ts_ms', ts_ms, '
 redis.call('PEXPIRE', status_key, ttl_ms)
 return {1, turn}
 """
+
+# One turn's context write, atomic in the context's slot. `turn_mark` (the turn record's key) is kept in the
+# dialog hash: a redelivered turn whose write already landed finds its mark and writes nothing twice, without a
+# transaction spanning the turn record (another slot on a cluster). Returns 1 when written, 0 when already done.
+# ARGV: turn_mark, dialog TTL s, messages TTL s, preferences TTL s, messages kept, then the dialog's field count
+# and fields, the preferences' field count and fields, then the new messages.
+CONTEXT_SAVE = """
+local dialog_key, messages_key, preferences_key = KEYS[1], KEYS[2], KEYS[3]
+local turn_mark = ARGV[1]
+local dialog_ttl, messages_ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+local preferences_ttl, messages_kept = tonumber(ARGV[4]), tonumber(ARGV[5])
+if turn_mark ~= '' and redis.call('HGET', dialog_key, 'turn') == turn_mark then return 0 end
+local at = 6
+local dialog_fields = tonumber(ARGV[at])
+redis.call('HSET', dialog_key, 'turn', turn_mark, unpack(ARGV, at + 1, at + dialog_fields))
+redis.call('EXPIRE', dialog_key, dialog_ttl)
+at = at + dialog_fields + 1
+local preference_fields = tonumber(ARGV[at])
+redis.call('HSET', preferences_key, unpack(ARGV, at + 1, at + preference_fields))
+redis.call('EXPIRE', preferences_key, preferences_ttl)
+at = at + preference_fields + 1
+if at <= #ARGV then redis.call('RPUSH', messages_key, unpack(ARGV, at, #ARGV)) end
+redis.call('LTRIM', messages_key, -messages_kept, -1)
+redis.call('EXPIRE', messages_key, messages_ttl)
+return 1
+"""

@@ -13,6 +13,7 @@ from redis.exceptions import ResponseError
 from system.models import Job
 from system.retry import backoff_s
 from system.settings import Settings
+from system.store.cluster import is_cluster
 from system.store.keys import WORKER_GROUP, Keys, ShardKeys
 from system.store.scripts import Scripts
 
@@ -71,6 +72,7 @@ class JobQueue:
         self._config = config
         self._rng = rng
         self._scripts = Scripts.register(redis)
+        self._next_shard = 0  # where the next read by shard starts (cluster)
 
     @property
     def config(self) -> QueueConfig:
@@ -112,6 +114,8 @@ class JobQueue:
         """New jobs for `consumer` (non-blocking); poison entries go to the dead letters at once."""
         if count <= 0:
             return []
+        if is_cluster(self._redis):
+            return await self._read_by_shard(consumer, count=count, now_ms=now_ms)
         streams: dict[Any, Any] = {shard.queue: ">" for shard in self._keys.all_shards}
         rows: Any = await self._redis.xreadgroup(WORKER_GROUP, consumer, streams, count=count)
         by_queue = {shard.queue: shard for shard in self._keys.all_shards}
@@ -119,6 +123,22 @@ class JobQueue:
         for stream, entries in rows or []:
             shard = by_queue[_text(stream)]
             out.extend(await self._deliveries(shard, entries, now_ms=now_ms))
+        return out
+
+    async def _read_by_shard(self, consumer: str, *, count: int, now_ms: int) -> list[Delivery]:
+        """On a cluster one XREADGROUP cannot name streams of several slots: shard by shard, until `count`.
+
+        Each read starts at the next shard, so that a busy shard cannot starve the ones after it.
+        """
+        shards = self._keys.all_shards
+        start, self._next_shard = self._next_shard, (self._next_shard + 1) % len(shards)
+        out: list[Delivery] = []
+        for shard in shards[start:] + shards[:start]:
+            if len(out) >= count:
+                break
+            rows: Any = await self._redis.xreadgroup(WORKER_GROUP, consumer, {shard.queue: ">"}, count=count - len(out))
+            for _, entries in rows or []:
+                out.extend(await self._deliveries(shard, entries, now_ms=now_ms))
         return out
 
     async def reclaim(self, consumer: str, *, count: int, now_ms: int) -> list[Delivery]:

@@ -28,11 +28,13 @@ async def borrow_connection(redis: Redis) -> Connection:
 class Lane:
     """A pool connection kept for good by one caller; each exchange on it carries its own deadline."""
 
-    connection: Connection
+    connection: Connection | None  # None on a cluster: each call goes to the node of its slot
     timeout_s: float | None
 
     @classmethod
     async def borrow(cls, redis: Redis) -> Lane:
+        if not hasattr(redis, "connection_pool"):  # a cluster client has a pool per node, none of its own
+            return cls(None, None)
         conn = await borrow_connection(redis)
         # Without a socket timeout redis-py writes straight to the socket instead of wrapping each
         # write in a task of its own (asyncio.wait_for); the exchange's deadline bounds it instead.

@@ -10,7 +10,9 @@ import orjson
 from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
+from system.store import lua
 from system.store.keys import Keys
+from system.store.scripts import Script
 
 DIALOG_TTL_S = 24 * 3600
 MESSAGES_TTL_S = 30 * 24 * 3600
@@ -63,13 +65,15 @@ class ContextUpdate:
 
 
 class ContextStore:
-    """Reads and writes the context keys; a turn's writes go in one MULTI/EXEC."""
+    """Reads and writes the context keys; a turn's writes are one script in the context's slot."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, keys: Keys) -> None:
         self._redis = redis
+        self._keys = keys
+        self._save = Script(redis, lua.CONTEXT_SAVE)
 
     async def load(self, company_id: int, phone: str) -> Context:
-        k = Keys.context(company_id, phone)
+        k = self._keys.context(company_id, phone)
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(k.dialog)
             pipe.lrange(k.messages, -MESSAGES_KEPT, -1)
@@ -88,46 +92,61 @@ class ContextStore:
         update: ContextUpdate,
         *,
         also: Mapping[str, Mapping[FieldT, EncodableT]] | None = None,
-    ) -> None:
-        """Write the turn's context atomically; `also` adds hash fields (the turn record) to the same MULTI."""
-        k = Keys.context(company_id, phone)
+    ) -> bool:
+        """Write the turn's context atomically, then `also` (the turn record's fields that mark it done).
+
+        With `also`, its first key marks the write in the dialog hash: a repeat of the same turn (a redelivery
+        after a crash between the two writes) writes the context no second time. False when it was a repeat.
+        The turn record lives in another slot on a cluster, so the two writes are not one transaction; the mark
+        makes the pair idempotent instead.
+        """
+        k = self._keys.context(company_id, phone)
         d, p = update.dialog, update.preferences
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                k.dialog,
-                mapping={
-                    "stage": d.stage,
-                    "draft": orjson.dumps(d.draft),
-                    "offered_slots": orjson.dumps(list(d.offered_slots)),
-                    "client_name": d.client_name,
-                },
-            )
-            pipe.expire(k.dialog, DIALOG_TTL_S)
-            if update.new_messages:
-                pipe.rpush(k.messages, *(m.to_json() for m in update.new_messages))
-            pipe.ltrim(k.messages, -MESSAGES_KEPT, -1)
-            pipe.expire(k.messages, MESSAGES_TTL_S)
-            pipe.hset(
-                k.preferences,
-                mapping={
-                    "name": p.name,
-                    "favourite_master": p.favourite_master,
-                    "usual_services": orjson.dumps(list(p.usual_services)),
-                },
-            )
-            pipe.expire(k.preferences, PREFERENCES_TTL_S)
-            for key, mapping in (also or {}).items():
-                pipe.hset(key, mapping=mapping)
-            await pipe.execute()
+        dialog_fields = _flat(
+            {
+                "stage": d.stage,
+                "draft": orjson.dumps(d.draft),
+                "offered_slots": orjson.dumps(list(d.offered_slots)),
+                "client_name": d.client_name,
+            }
+        )
+        preference_fields = _flat(
+            {
+                "name": p.name,
+                "favourite_master": p.favourite_master,
+                "usual_services": orjson.dumps(list(p.usual_services)),
+            }
+        )
+        written = await self._save(
+            keys=[k.dialog, k.messages, k.preferences],
+            args=[
+                next(iter(also), "") if also else "",
+                DIALOG_TTL_S,
+                MESSAGES_TTL_S,
+                PREFERENCES_TTL_S,
+                MESSAGES_KEPT,
+                len(dialog_fields),
+                *dialog_fields,
+                len(preference_fields),
+                *preference_fields,
+                *(m.to_json() for m in update.new_messages),
+            ],
+        )
+        if also:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key, mapping in also.items():
+                    pipe.hset(key, mapping=mapping)
+                await pipe.execute()
+        return bool(written)
 
     async def move(self, company_id: int, old_phone: str, new_phone: str) -> bool:
         """Carry a client's context to the new number they moved to (Meta's `user_changed_number`).
 
         False when the new number already has a context of its own: that one is kept, the old one is left
-        to expire. Key by key (DUMP/RESTORE keeps each TTL), since the keys carry no hash tag and may live on
-        different cluster nodes; a repeat of the same change finds nothing left to move.
+        to expire. Key by key (DUMP/RESTORE keeps each TTL): the old and the new number's keys are in different
+        slots on a cluster; a repeat of the same change finds nothing left to move.
         """
-        k, n = Keys.context(company_id, old_phone), Keys.context(company_id, new_phone)
+        k, n = self._keys.context(company_id, old_phone), self._keys.context(company_id, new_phone)
         old, new = (k.dialog, k.messages, k.preferences), (n.dialog, n.messages, n.preferences)
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.exists(*new)
@@ -151,6 +170,11 @@ def remember_service(prefs: Preferences, service: str) -> Preferences:
     """The client's usual services, most recent first, bounded."""
     usual = (service, *(s for s in prefs.usual_services if s != service))[:USUAL_SERVICES_KEPT]
     return replace(prefs, usual_services=usual)
+
+
+def _flat(mapping: Mapping[str, EncodableT]) -> list[EncodableT]:
+    """A hash's fields and values, one after the other, as HSET takes them."""
+    return [item for pair in mapping.items() for item in pair]
 
 
 def _texts(raw: dict[Any, Any]) -> dict[str, str]:

@@ -23,6 +23,11 @@ _FALLBACK_PART = "fallback:"
 DELIVERY_FIELD = "delivery"
 DELIVERY_ERROR_FIELD = "delivery_error"
 STATUS_TURN_FIELD = "turn"  # the status hash's pointer back to the turn that sent the message
+# A draft dropped as stale (`system.turn.stale`): its text, when, and the shard's counter of them.
+DRAFT_FIELD = "draft"
+DROPPED_MS_FIELD = "dropped_ms"
+SIDE_EFFECTS_FIELD = "side_effects"  # "1" once the turn may have changed a booking (noted before the CRM is asked)
+STALE_DROPPED_COUNTER = "stale_drafts_dropped"
 
 
 class TurnStage(StrEnum):
@@ -30,6 +35,7 @@ class TurnStage(StrEnum):
     REPLIED = "replied"  # the reply is decided (and any booking made); not yet (wholly) sent
     FALLBACK_SENT = "fallback_sent"  # the client got the apology; a replay may still answer properly
     SENT = "sent"  # every part of the reply reached WhatsApp
+    DROPPED = "dropped"  # the draft was dropped as stale, never sent; the client's text is not yet in the history
     DONE = "done"  # the context is saved too
 
 
@@ -40,10 +46,14 @@ class TurnRecord:
     sent_ids: tuple[str, ...] = ()  # message ids of the reply's parts already sent, index-aligned from part 0
     fallback_ids: tuple[str, ...] = ()  # message ids of the apology's parts already sent
     delivery_failed: str | None = None  # WhatsApp's error code when it later reported a sent part as failed
+    draft: str = ""  # the reply dropped as stale (kept for the stats), never sent
+    dropped: bool = False  # the draft was dropped: nothing of this turn is ever sent
+    # Whether the turn may have changed a booking (noted before the CRM is asked); None when not known.
+    side_effects: bool | None = None
 
     @property
     def sent(self) -> bool:
-        return self.stage in (TurnStage.SENT, TurnStage.DONE)
+        return self.stage in (TurnStage.SENT, TurnStage.DONE) and not self.dropped
 
 
 class TurnStore:
@@ -74,10 +84,33 @@ class TurnStore:
             sent_ids=sent_ids,
             fallback_ids=_parts(doc, _FALLBACK_PART),
             delivery_failed=(doc.get(DELIVERY_ERROR_FIELD) or "failed") if failed else None,
+            draft=doc.get(DRAFT_FIELD, ""),
+            dropped=DROPPED_MS_FIELD in doc,
+            side_effects=doc[SIDE_EFFECTS_FIELD] == "1" if SIDE_EFFECTS_FIELD in doc else None,
         )
 
-    async def save_reply(self, job: Job, reply: str) -> None:
-        await self._write(job, {"stage": TurnStage.REPLIED, "reply": reply})
+    async def save_reply(self, job: Job, reply: str, *, side_effects: bool = True) -> None:
+        fields: dict[FieldT, EncodableT] = {"stage": TurnStage.REPLIED, "reply": reply}
+        fields[SIDE_EFFECTS_FIELD] = "1" if side_effects else "0"
+        await self._write(job, fields)
+
+    async def note_side_effects(self, job: Job) -> None:
+        """The turn is about to change a booking: from now on its reply is sent, even after a redelivery."""
+        await self._write(job, {SIDE_EFFECTS_FIELD: "1"})
+
+    async def drop(self, job: Job, draft: str, *, now_ms: int) -> None:
+        """The draft is dropped as stale: kept in the record, never sent, and counted in the shard's stats.
+
+        One MULTI: the turn and the shard's counters share the conversation's hash slot.
+        """
+        key = self.key(job)
+        shard, _ = self._keys.conversation(job.company_id, job.phone)
+        fields: dict[FieldT, EncodableT] = {"stage": TurnStage.DROPPED, DRAFT_FIELD: draft, DROPPED_MS_FIELD: now_ms}
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, TURN_TTL_S)
+            pipe.hincrby(shard.stats, STALE_DROPPED_COUNTER, 1)
+            await pipe.execute()
 
     async def record_part(self, job: Job, index: int, message_id: str, *, fallback: bool = False) -> None:
         """Part `index` of the reply (or of the apology) went out as `message_id`.

@@ -160,15 +160,28 @@ class BookingTools:
             )
         return out
 
-    async def call(self, name: str, arguments: str, state: TurnState) -> dict[str, Any]:
+    def problem_of(self, name: str, arguments: str) -> str | None:
+        """Why a call cannot run ("unknown_tool", "invalid_arguments"), or None: for the model's quality figures."""
+        parsed = self._parse(name, arguments)
+        if isinstance(parsed, dict):
+            return "unknown_tool" if "tools" in parsed else "invalid_arguments"
+        return None
+
+    def _parse(self, name: str, arguments: str) -> tuple[_Tool, Any] | dict[str, Any]:
+        """The tool and its validated arguments, or the error result the model reads."""
         tool = self._tools.get(name)
         if tool is None:
             return {"error": f"нет такого инструмента: {name}", "tools": list(self._tools)}
         try:
-            raw = orjson.loads(arguments or "{}")
-            args = tool.args.model_validate(raw)
+            return tool, tool.args.model_validate(orjson.loads(arguments or "{}"))
         except (orjson.JSONDecodeError, ValidationError) as exc:
             return {"error": f"неверные аргументы для {name}: {_short(exc)}"}
+
+    async def call(self, name: str, arguments: str, state: TurnState) -> dict[str, Any]:
+        parsed = self._parse(name, arguments)
+        if isinstance(parsed, dict):
+            return parsed
+        tool, args = parsed
         try:
             return await tool.run(args, state)
         except ToolError as exc:

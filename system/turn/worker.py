@@ -6,45 +6,34 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
 
-import orjson
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from system.booking.base import BookingBackend, Master, Service
+from system.booking.base import BookingBackend
 from system.channels.whatsapp import Sender
 from system.clock import Clock, wait_event
-from system.errors import AIAdminError, BookingError, LLMError
+from system.errors import AIAdminError, LLMError, SendError
 from system.metrics import Metrics
 from system.models import Job
 from system.settings import Settings, Tenant
 from system.store.notify import ChannelListener
 from system.store.queue import Delivery, JobQueue
 from system.turn.context import Context, ContextStore, ContextUpdate, Dialog, HistoryItem, Preferences
-from system.turn.dates import salon_now
-from system.turn.llm import (
-    LLMClient,
-    MalformedToolCall,
-    ToolCall,
-    assistant_message,
-    system_message,
-    tool_message,
-)
-from system.turn.prompt import conversation, system_prompt, turn_text
+from system.turn.llm import LLMClient
+from system.turn.prompt import turn_text
 from system.turn.records import TurnRecord, TurnStage, TurnStore
-from system.turn.tool_limits import ToolBudget, ToolLimits
-from system.turn.tools import BookingTools, TurnState
+from system.turn.stale import DROPS_IN_A_ROW_MAX, Overtaken, TurnEffects, drops_in_a_row, fragments_waiting
+from system.turn.thinking import CONFUSED_REPLY as CONFUSED_REPLY  # the worker's answers, named in one place
+from system.turn.thinking import Thinker
+from system.turn.tools import TurnState
 
 log = structlog.get_logger(__name__)
 
 FALLBACK_REPLY = (
     "Извините, у меня сейчас техническая заминка 🙏 Администратор ответит вам в ближайшее время. "
     "Если срочно — позвоните, пожалуйста, в салон."
-)
-CONFUSED_REPLY = (
-    "Простите, не совсем понял 🙈 Подскажите, пожалуйста: хотите записаться, перенести или отменить запись?"
 )
 BUSY_RETRY_MS = 1000
 # Backoff of the worker's loop while Redis fails: from 0.5 s, doubling, at most 10 s.
@@ -82,10 +71,8 @@ class Worker:
         self._queue = queue
         self._context = context
         self._turns = turns
-        self._llm = llm
         self._backend = backend
-        self._tools = BookingTools(backend, clock=clock)
-        self._limits = ToolLimits.from_settings(settings)
+        self._thinker = Thinker(settings=settings, llm=llm, backend=backend, clock=clock, metrics=metrics)
         self._sender = sender
         self._clock = clock
         self._metrics = metrics
@@ -234,6 +221,8 @@ class Worker:
         try:
             await self._turn(job, tenant)
         except (AIAdminError, RedisError, OSError) as exc:
+            if isinstance(exc, SendError):
+                self._metrics.send_failures.labels(str(exc.code) if exc.code is not None else "none").inc()
             return partial(self._fail, error=failure_text(exc), retryable=retry_may_help(exc))
         return self._done
 
@@ -257,6 +246,10 @@ class Worker:
     async def _turn(self, job: Job, tenant: Tenant) -> None:
         record = await self._turns.get(job)
         context = await self._context.load(job.company_id, job.phone)
+        if record.dropped:  # redelivered after its draft was dropped as stale: never send it later
+            if record.stage is not TurnStage.DONE:
+                await self._save(job, context.dialog, context.preferences, None)
+            return
         if record.sent:  # redelivered after the reply went out: never send it twice
             if record.stage is not TurnStage.DONE:
                 await self._save(job, context.dialog, context.preferences, record.reply)
@@ -273,24 +266,38 @@ class Worker:
             preferences=context.preferences,
         )
         replayed = record.stage is TurnStage.REPLIED
+        # A decided reply in a record older than the field may have changed a booking: assume it did.
+        changed = record.side_effects is not False if replayed else record.side_effects is True
+        effects = TurnEffects(
+            self._backend, changed=changed, before_first_write=partial(self._turns.note_side_effects, job)
+        )
         if replayed:
             reply = record.reply
         else:
+            overtaken = partial(self._is_stale, job, context, effects)
             try:
-                reply = await self._think(job, tenant, context, state)
+                reply = await self._thinker.think(job, tenant, context, state, effects, overtaken=overtaken)
             except LLMError as exc:
                 await self._apologise(job, pnid, record)
                 raise UnanswerableTurn(f"LLM: {type(exc).__name__}: {exc}") from exc
-            await self._turns.save_reply(job, reply)
+            except Overtaken as exc:  # about to book while the client was saying more: read it first
+                await self._drop(job, context, f"[{exc.args[0]}]")
+                return
         # Parts already sent by an earlier attempt (a crash, a failed send) are not sent again.
         already = record.sent_ids if replayed else ()
-        sent_ids = await self._sender.send_text(
-            phone_number_id=pnid,
-            to=job.phone,
-            text=reply,
-            first_part=len(already),
-            on_sent=partial(self._turns.record_part, job),
-        )
+        if not already and await self._is_stale(job, context, effects):
+            await self._drop(job, context, reply)
+            return
+        if not replayed:
+            await self._turns.save_reply(job, reply, side_effects=effects.changed)
+        with self._metrics.send_seconds.time():
+            sent_ids = await self._sender.send_text(
+                phone_number_id=pnid,
+                to=job.phone,
+                text=reply,
+                first_part=len(already),
+                on_sent=partial(self._turns.record_part, job),
+            )
         await self._turns.mark_sent(job, [*already, *sent_ids])
         await self._save(job, state.dialog, state.preferences, reply)
         log.info(
@@ -301,6 +308,25 @@ class Worker:
             replayed=replayed,
             parts_resumed=len(already),
         )
+
+    async def _is_stale(self, job: Job, context: Context, effects: TurnEffects) -> bool:
+        """The client wrote again during a turn that changed nothing: its draft answers an outdated question."""
+        if not self._settings.drop_stale_replies or effects.changed:
+            return False
+        if drops_in_a_row(context.history) >= DROPS_IN_A_ROW_MAX:
+            return False  # a client writing during every turn is answered all the same
+        return await fragments_waiting(self._redis, self._queue.keys, job)
+
+    async def _drop(self, job: Job, context: Context, draft: str) -> None:
+        """Keep the draft in the turn record, unsent; the client's text joins the history unanswered.
+
+        The ack then releases the waiting fragments as the next turn, whose model reads this text in the
+        history and answers both. The dialog is saved as it was loaded: slots the draft offered were never seen.
+        """
+        await self._turns.drop(job, draft, now_ms=self._clock.now_ms())
+        self._metrics.stale_drafts_dropped.inc()
+        log.info("stale_draft_dropped", batch_id=job.batch_id, phone=job.phone, fragments=len(job.messages))
+        await self._save(job, context.dialog, context.preferences, None)
 
     def _sending_number(self, job: Job, tenant: Tenant) -> str:
         """The business number the reply goes out from: the one the client wrote to, else the salon's."""
@@ -328,77 +354,15 @@ class Worker:
         )
         await self._turns.mark_sent(job, [*record.fallback_ids, *ids], fallback=True)
 
-    async def _save(self, job: Job, dialog: Dialog, preferences: Preferences, reply: str) -> None:
-        now_ms = self._clock.now_ms()
+    async def _save(self, job: Job, dialog: Dialog, preferences: Preferences, reply: str | None) -> None:
+        """The turn's context and its record's `done`, in one transaction; no `reply` for a dropped draft."""
+        client = HistoryItem("client", turn_text(job), job.last_received_ms)
         update = ContextUpdate(
-            new_messages=(
-                HistoryItem("client", turn_text(job), job.last_received_ms),
-                HistoryItem("admin", reply, now_ms),
-            ),
+            new_messages=(client,) if reply is None else (client, HistoryItem("admin", reply, self._clock.now_ms())),
             dialog=dialog,
             preferences=preferences,
         )
         await self._context.save(job.company_id, job.phone, update, also=self._turns.done_fields(job))
-
-    async def _think(self, job: Job, tenant: Tenant, context: Context, state: TurnState) -> str:
-        """The bounded LLM loop: tool calls are executed for this client only, then the model answers."""
-        services, masters = await self._catalogue(job.company_id)
-        now = salon_now(self._clock, tenant.timezone)
-        prompt = system_prompt(
-            salon_name=tenant.name,
-            now=now,
-            working_hours=tenant.working_hours,
-            services=services,
-            masters=masters,
-            context=context,
-        )
-        messages = conversation(prompt, context, job, max_client_chars=self._settings.max_message_chars)
-        schemas = self._tools.schemas()
-        budget = ToolBudget(self._limits)
-        for _ in range(self._settings.llm_max_tool_rounds):
-            try:
-                completion = await self._llm.complete(messages, tools=schemas)
-            except MalformedToolCall as exc:
-                messages.append(system_message(f"Твой вызов инструмента не разобрать ({exc}). Повтори корректно."))
-                continue
-            if completion.tool_calls:
-                messages.append(assistant_message(completion.content, completion.tool_calls))
-                results = await self._run_tools(completion.tool_calls, budget, state)
-                messages.extend(tool_message(call.id, orjson.dumps(result).decode()) for call, result in results)
-                continue
-            if completion.content and completion.content.strip():
-                return completion.content.strip()
-            break
-        return CONFUSED_REPLY
-
-    async def _run_tools(
-        self, calls: tuple[ToolCall, ...], budget: ToolBudget, state: TurnState
-    ) -> list[tuple[ToolCall, dict[str, Any]]]:
-        """Each call's result; a call over a limit is not executed, its result is an error the model reads."""
-        results: list[tuple[ToolCall, dict[str, Any]]] = []
-        refused: dict[str, int] = {}  # by reason
-        for position, call in enumerate(calls):
-            refusal = budget.admit(call.name, position=position)
-            if refusal is None:
-                result = await self._tools.call(call.name, call.arguments, state)
-                budget.spent(call.name, result)
-            else:
-                result = budget.refusal_result(refusal)
-                refused[refusal.value] = refused.get(refusal.value, 0) + 1
-            results.append((call, result))
-        for reason, count in refused.items():
-            self._metrics.tool_calls_refused.labels(reason).inc(count)
-        if refused:
-            log.warning("tool_calls_refused", batch_id=state.batch_id, calls=len(calls), **refused)
-        return results
-
-    async def _catalogue(self, company_id: int) -> tuple[list[Service], list[Master]]:
-        """Services and masters for the prompt; a CRM outage leaves them to the tools."""
-        try:
-            return await self._backend.services(company_id), await self._backend.masters(company_id)
-        except BookingError as exc:
-            log.warning("catalogue_unavailable", company_id=company_id, error=type(exc).__name__)
-            return [], []
 
 
 def retry_may_help(exc: AIAdminError | RedisError | OSError) -> bool:
