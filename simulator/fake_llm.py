@@ -263,6 +263,19 @@ def _tool_choice_refusal(choice: Any, offered: Sequence[str]) -> Refusal | None:
     return None
 
 
+async def read_request(request: Request, api_key: str | None) -> tuple[bytes, dict[str, Any]] | Response:
+    """The request's bytes and body, or the real API's refusal: 401 without the key, 400 for a body it would refuse."""
+    if api_key is not None:
+        refused = _unauthorized(request.headers.get("authorization"), api_key)
+        if refused is not None:
+            return refused
+    raw = await request.body()
+    body, problem = _read(raw)
+    if problem is not None:
+        return _error(400, problem.message, "invalid_request_error", param=problem.param, code=problem.code)
+    return raw, body
+
+
 def _unauthorized(authorization: str | None, api_key: str) -> Response | None:
     """None when the bearer key matches; otherwise the 401 the real API answers."""
     scheme, _, given = (authorization or "").partition(" ")
@@ -327,14 +340,10 @@ def create_app(
     app = FastAPI(title="fake LLM", docs_url=None, redoc_url=None, openapi_url=None)
 
     async def completions(request: Request) -> Response:
-        if api_key is not None:
-            refused = _unauthorized(request.headers.get("authorization"), api_key)
-            if refused is not None:
-                return refused
-        raw = await request.body()
-        body, problem = _read(raw)
-        if problem is not None:
-            return _error(400, problem.message, "invalid_request_error", param=problem.param, code=problem.code)
+        read = await read_request(request, api_key)
+        if isinstance(read, Response):
+            return read
+        raw, body = read
         request_key = hashlib.sha256(raw).hexdigest()
         attempt = seen.pop(request_key, 0)
         seen[request_key] = attempt + 1

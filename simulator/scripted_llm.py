@@ -34,12 +34,10 @@ from simulator.fake_llm import (
     LatencyModel,
     _as_chosen,
     _chars_to_tokens,
-    _error,
     _guarded,
     _message,
-    _read,
     _tool_names,
-    _unauthorized,
+    read_request,
 )
 from simulator.llm_replies import DONE, is_real_master
 from simulator.llm_turn import Decision, Say, Turn, call, read_turn
@@ -181,13 +179,10 @@ def create_app(
     app = FastAPI(title="fake LLM (scripted)", docs_url=None, redoc_url=None, openapi_url=None)
 
     async def completions(request: Request) -> Response:
-        if api_key is not None:
-            refused = _unauthorized(request.headers.get("authorization"), api_key)
-            if refused is not None:
-                return refused
-        body, problem = _read(await request.body())
-        if problem is not None:
-            return _error(400, problem.message, "invalid_request_error", param=problem.param, code=problem.code)
+        read = await read_request(request, api_key)
+        if isinstance(read, Response):
+            return read
+        _, body = read
         if latency is not None:
             await clock.sleep(latency.sample_s(draw))
         payload = model.complete(body, created_s=clock.now_ms() // 1000)
