@@ -111,7 +111,7 @@ async def claim(redis: Redis, target: Target, *, flush: bool) -> None:
     """Check the database's contents, then flush it and mark it as `target.owner`'s."""
     try:
         marker = await redis.get(MARKER_KEY)
-        keys = int(await redis.dbsize())
+        keys = int(await redis.dbsize(**_every_master(target)))
         check_contents(target, keys=keys, marker=marker, flush=flush)
         await redis.flushdb()
         await mark(redis, target)
@@ -128,7 +128,7 @@ def claim_sync(redis: SyncRedis, target: Target, *, flush: bool) -> None:
     """`claim` for a synchronous client."""
     try:
         marker = redis.get(MARKER_KEY)
-        keys = int(redis.dbsize())
+        keys = int(redis.dbsize(**_every_master(target)))
         check_contents(target, keys=keys, marker=marker, flush=flush)
         redis.flushdb()
         mark_sync(redis, target)
@@ -172,6 +172,11 @@ def mark_url(target: Target) -> None:
             client.close()
     except (RedisError, OSError) as exc:
         raise TargetUnreachable(f"{target.owner}: Redis at {_shown(target.url)}: {exc}") from exc
+
+
+def _every_master(target: Target) -> dict[str, Any]:
+    """DBSIZE's keywords: a cluster client asks one node unless told to sum every master's count."""
+    return {"target_nodes": SyncRedisCluster.PRIMARIES} if target.cluster else {}
 
 
 def _shown(url: str) -> str:

@@ -9,13 +9,11 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import fakeredis
 import pytest
 import structlog
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from structlog._config import BoundLoggerLazyProxy
@@ -28,7 +26,6 @@ from simulator.redis_target import (
     TargetUnreachable,
     check_target,
     claim,
-    is_loopback,
     mark,
 )
 from system.models import InboundMessage, MessageKind
@@ -133,36 +130,43 @@ async def flush_and_mark(client: Redis, db: ClaimedDatabase) -> None:
 
 
 async def cluster_or_skip() -> Redis:
-    """A client of the tests' Redis Cluster, emptied; in CI a missing cluster fails the run.
+    """A client of the tests' Redis Cluster, claimed and emptied; in CI a missing cluster fails the run.
 
-    A cluster has database 0 only, so the guard is the marker: a cluster is emptied only when it is empty or
-    holds the marker our tests left, and only on a loopback address unless forced.
+    A cluster has database 0 only: the guard (`simulator.redis_target`, as for every test database) empties it only
+    when it is on a loopback address (unless forced) and empty or marked by our tools.
     """
     if not CLUSTER_URL:
         pytest.skip("AIADMIN_TEST_REDIS_CLUSTER_URL is unset (.ci/run starts a cluster and sets it)")
-    if not (is_loopback(urlsplit(CLUSTER_URL).hostname or "") or REDIS_FORCE):
-        pytest.fail(
-            f"AIADMIN_TEST_REDIS_CLUSTER_URL={CLUSTER_URL} is not a loopback address (AIADMIN_TEST_REDIS_FORCE=1)"
+    try:
+        target = check_target(
+            CLUSTER_URL,
+            owner="pytest (AIADMIN_TEST_REDIS_CLUSTER_URL)",
+            force=REDIS_FORCE,
+            flush_option="AIADMIN_TEST_REDIS_FLUSH=1",
+            force_option="AIADMIN_TEST_REDIS_FORCE=1",
+            cluster=True,
         )
+    except TargetRefused as exc:
+        pytest.fail(str(exc))
     client = connect_cluster(CLUSTER_URL)
     try:
         await client.ping()
-        keys = await client.dbsize(target_nodes=RedisCluster.PRIMARIES)
-        marked = await client.exists(MARKER_KEY)
     except (RedisError, OSError) as exc:
         await client.aclose()
         if IN_CI:
             pytest.fail(f"CI=true but no Redis Cluster answers at {CLUSTER_URL} (.ci/redis-cluster starts one): {exc}")
         pytest.skip(f"no Redis Cluster at {CLUSTER_URL}")
-    if keys and not marked and not REDIS_FLUSH:
+    try:
+        await claim(client, target, flush=REDIS_FLUSH)
+    except (TargetRefused, TargetUnreachable) as exc:
         await client.aclose()
-        pytest.fail(f"the Redis Cluster at {CLUSTER_URL} holds {keys} keys no test wrote (AIADMIN_TEST_REDIS_FLUSH=1)")
-    await empty_cluster(client)
+        pytest.fail(str(exc))
     return client
 
 
 async def empty_cluster(client: Redis) -> None:
-    await client.flushdb(target_nodes=RedisCluster.PRIMARIES)
+    """Empty every master (FLUSHDB goes to all of them on a cluster client), keeping the marker."""
+    await client.flushdb()
     await client.set(MARKER_KEY, "pytest (AIADMIN_TEST_REDIS_CLUSTER_URL)")
 
 

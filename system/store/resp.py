@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -33,7 +34,7 @@ class Lane:
 
     @classmethod
     async def borrow(cls, redis: Redis) -> Lane:
-        if not hasattr(redis, "connection_pool"):  # a cluster client has a pool per node, none of its own
+        if isinstance(redis, RedisCluster):  # a pool per node, none of its own: calls are routed by slot
             return cls(None, None)
         conn = await borrow_connection(redis)
         # Without a socket timeout redis-py writes straight to the socket instead of wrapping each
