@@ -15,6 +15,7 @@ from loadtests._probes import PAGE, ProbeError
 
 HISTORY_SLACK_MS = 5_000  # stored messages this much older than the run's start are a previous run's
 PULL_MS = 1_000  # one long poll while draining, so the deadlines are re-checked at least this often
+MERGE_CHECK_EVERY_S = 60.0
 
 
 class Inbox(Protocol):
@@ -77,18 +78,48 @@ def _pages(inbox: Inbox, after: int, wait_ms: int) -> Iterator[Reply]:
         yield from page
 
 
-def check_merges(load: LoadRun, *, history: HistoryReader) -> MergeCheck:
-    """Every client's turns against the messages the worker stored for its phone during this run."""
+def check_merges(load: LoadRun, *, history: HistoryReader, closed_by_ms: int | None = None) -> MergeCheck:
+    """Every client's turns against the messages the worker stored for its phone during this run; the total so far.
+
+    Each phone is checked once. With `closed_by_ms`, only the phones whose conversation closed by then: the run
+    checks as it goes, so a system whose retention (`AIADMIN_MESSAGES_TTL_S`) is shorter than the run is checked
+    before it forgets.
+    """
     o = load.options
     by_phone: dict[str, list[Turn]] = {}
     for turn in load.turns:
+        if turn.phone in load.merge_checked:
+            continue
+        if closed_by_ms is not None and load.closed_ms.get(turn.phone, closed_by_ms + 1) > closed_by_ms:
+            continue
         by_phone.setdefault(turn.phone, []).append(turn)
-    stored = history(o.redis_url, company_id=o.company_id, phones=by_phone)
-    since_ms = load.started_ms - HISTORY_SLACK_MS
-    total = MergeCheck()
-    for phone, turns in by_phone.items():
-        total += check_merge(turns, _since(stored.get(phone, []), since_ms))
-    return total
+    if by_phone:
+        stored = history(o.redis_url, company_id=o.company_id, phones=by_phone)
+        since_ms = load.started_ms - HISTORY_SLACK_MS
+        for phone, turns in by_phone.items():
+            load.merge_so_far += check_merge(turns, _since(stored.get(phone, []), since_ms))
+        load.merge_checked.update(by_phone)
+    return load.merge_so_far
+
+
+def check_merges_as_they_close(
+    load: LoadRun,
+    *,
+    history: HistoryReader,
+    every_s: float = MERGE_CHECK_EVERY_S,
+    now_ms: Callable[[], int] = wall_ms,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Forever (the run kills it): every `every_s`, check the conversations closed long enough ago that no reply
+    to them is still due."""
+    o = load.options
+    quiet_ms = round((o.reply_timeout_s + o.settle_s) * 1000)
+    while True:
+        sleep(every_s)
+        try:
+            check_merges(load, history=history, closed_by_ms=now_ms() - quiet_ms)
+        except ProbeError as exc:
+            load.error(f"merge check: {exc}")
 
 
 def _since(items: Iterable[HistoryItem], since_ms: int) -> list[HistoryItem]:

@@ -113,6 +113,11 @@ class LoadRun:
     edges: list[Edge] = field(default_factory=list)
     open_conversations: int = 0
     peak_conversations: int = 0
+    # The merge check as the run goes (`loadtests._drain.check_merges`): when each phone's conversation closed,
+    # the phones checked, and their total so far.
+    closed_ms: dict[str, int] = field(default_factory=dict)
+    merge_checked: set[str] = field(default_factory=set)
+    merge_so_far: MergeCheck = field(default_factory=MergeCheck)
 
     def __post_init__(self) -> None:
         self.accept = Reservoir(cap=ACCEPT_SAMPLES_KEPT, rng=random.Random(self.rng.getrandbits(32)))
@@ -127,8 +132,9 @@ class LoadRun:
         w = self.window(now_ms)
         self.window_peak_conversations[w] = max(self.window_peak_conversations[w], self.open_conversations)
 
-    def conversation_closed(self) -> None:
+    def conversation_closed(self, phone: str, *, now_ms: int) -> None:
         self.open_conversations = max(0, self.open_conversations - 1)
+        self.closed_ms[phone] = now_ms
 
     @classmethod
     def create(cls, options: LoadOptions) -> LoadRun:

@@ -1,7 +1,7 @@
 """The load profiles: how many clients at which moment, how they type, and the stand-ins they need (pure data).
 
 `steady` and `soak` load at the reference's rate: the reference API handled 100 requests/s, so `steady` keeps
-1,100 clients in conversation (≥ 1,000 at once: each thinks 10-20 s between its turns and pauses only 1-3 s
+1,250 clients in conversation (≥ 1,000 at once: each thinks 10-20 s between its turns and pauses only 1-3 s
 between clients), 100+ webhook requests/s, for 10 minutes; `soak` keeps 220 of them (20+ requests/s) for an
 hour. At that rate two things of the stand-ins change, and the profile says so (`StandIns`, recorded in the
 summary): the fake LLM runs its scripted dialogue (`aiadmin fake llm --mode scripted`: no text understanding,
@@ -84,6 +84,8 @@ class Profile:
     typing: Typing
     stand_ins: StandIns = field(default_factory=StandIns)
     target_rps: float | None = None  # webhook requests/s the profile must sustain (the report's goal for it)
+    # After the run, with the stack stopped, how long the runner waits for every key with a TTL to expire (0: not)
+    expire_wait_s: float = 0.0
 
     @property
     def duration_s(self) -> float:
@@ -149,6 +151,7 @@ class Profile:
             },
             "stand_ins": self.stand_ins.describe(),
             "target_rps": self.target_rps,
+            "expire_wait_s": self.expire_wait_s,
         }
 
 
@@ -169,7 +172,8 @@ _RAPID = Typing(
 
 # The reference's rate: an opening of 4-8 fragments, 10-20 s of thought, a 1-3 fragment answer, 1-3 s to the next
 # client. Sized on measured runs, not on arithmetic: with 3-6 fragments and 20-40 s of thought 1,100 clients sent
-# ~60 requests/s and 170 ~11/s on the load machine (each turn's e2e ~12 s at 5 s a model call).
+# ~60 requests/s and 170 ~11/s on the load machine (each turn's e2e ~12 s at 5 s a model call); with this typing
+# 1,100 clients sent 93 requests/s on a quiet machine, so `steady` has 1,250 for 100+.
 _REFERENCE_RATE = Typing(
     opening_fragments=(4, 8),
     follow_fragments=(1, 3),
@@ -192,7 +196,19 @@ _AT_SCALE = StandIns(
         ("AIADMIN_RATE_LIMIT_GLOBAL_PER_S", "2000"),
     ),
 )
-STEADY_USERS = 1_100
+# The soak keeps a conversation 15 minutes instead of the default 24 h to 90 days, so that within one run it can
+# show Redis memory going back to where it started once the conversations expire; 15 minutes is 90 times the
+# longest turn (5 s batch, two 5 s model calls) and 1.5 times the batch TTL that a turn's record must outlive.
+SOAK_RETENTION_S = 900
+_SOAK = replace(
+    _AT_SCALE,
+    system=(
+        *_AT_SCALE.system,
+        *((f"AIADMIN_{name}_TTL_S", str(SOAK_RETENTION_S)) for name in ("DIALOG", "MESSAGES", "PREFERENCES", "TURN")),
+        ("AIADMIN_DEDUP_TTL_S", str(SOAK_RETENTION_S)),
+    ),
+)
+STEADY_USERS = 1_250
 SOAK_USERS = 220
 
 PROFILES: dict[str, Profile] = {
@@ -225,8 +241,9 @@ PROFILES: dict[str, Profile] = {
             "scripted LLM at 5 s",
             (Stage(3600, SOAK_USERS, 10),),
             _REFERENCE_RATE,
-            _AT_SCALE,
+            _SOAK,
             target_rps=20.0,
+            expire_wait_s=SOAK_RETENTION_S + 300,  # the last keys written, then Redis's active expiry catching up
         ),
     )
 }

@@ -19,8 +19,10 @@ still due, then checks them and the merged messages, and writes `<out-dir>/<prof
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import ssl
 import sys
 import time
 import weakref
@@ -43,7 +45,7 @@ except ImportError:  # `locust -f` from outside the repository: its root is not 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loadtests._abort import AbortRule
-from loadtests._drain import check_merges, collect_replies
+from loadtests._drain import check_merges, check_merges_as_they_close, collect_replies
 from loadtests._edges import read_window_edges
 from loadtests._ledger import Outcome, Reply, Turn, reconcile
 from loadtests._load import LoadOptions, LoadRun, wall_ms
@@ -56,7 +58,19 @@ from loadtests._windows import Edge
 
 log = logging.getLogger("loadtests")
 POLL_MS = 10_000  # one long poll of the fake WhatsApp; a client waits in several up to its reply timeout
-INBOX_CONNECTIONS = 10_000  # one long poll per client at a time: more than any profile's users
+# The run's own reads (the guard, the edges, the drain) share one client; each Locust user long-polls for its
+# replies on a client of its own: httpcore scans every connection of a pool on each request, and one pool of
+# 1,250 users' long polls took a whole core of the load generator.
+INBOX_CONNECTIONS = 64
+_ONE_CONNECTION = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+
+
+@functools.cache
+def _inbox_tls() -> ssl.SSLContext:
+    """One TLS context for every user's inbox client: each of its own would load the CA bundle (~0.6 MB each)."""
+    return ssl.create_default_context()
+
+
 GUARD_INTERVAL_S = 1.0  # how often the guard probes the system and reads Locust's totals
 GUARD_PROBE_TIMEOUT_S = 5.0  # one liveness probe; a slower answer counts as none
 DEFAULT_HOST = "http://127.0.0.1:8090"  # where `python -m loadtests.run --serve` puts the system (no --host given)
@@ -66,6 +80,7 @@ _RUNS: weakref.WeakKeyDictionary[Environment, LoadRun] = weakref.WeakKeyDictiona
 _INBOX_HTTP: weakref.WeakKeyDictionary[Environment, httpx.Client] = weakref.WeakKeyDictionary()
 _GUARDS: weakref.WeakKeyDictionary[Environment, gevent.Greenlet] = weakref.WeakKeyDictionary()
 _EDGES: weakref.WeakKeyDictionary[Environment, gevent.Greenlet] = weakref.WeakKeyDictionary()
+_MERGES: weakref.WeakKeyDictionary[Environment, gevent.Greenlet] = weakref.WeakKeyDictionary()
 
 
 @events.init_command_line_parser.add_listener
@@ -245,9 +260,13 @@ class WhatsAppClient(FastHttpUser):
         self.load = _run(self.environment)
         self.rng = self.load.user_rng()
         self.webhook = self.load.options.webhook()
-        self.inbox = FakeWhatsAppInbox(self.load.options.whatsapp_url, http=_INBOX_HTTP[self.environment])
+        self.inbox_http = httpx.Client(limits=_ONE_CONNECTION, verify=_inbox_tls())
+        self.inbox = FakeWhatsAppInbox(self.load.options.whatsapp_url, http=self.inbox_http)
         runner = self.environment.runner
         self.load.peak_users = max(self.load.peak_users, runner.user_count if runner is not None else 0)
+
+    def on_stop(self) -> None:
+        self.inbox_http.close()
 
     @task
     def visit(self) -> None:
@@ -269,7 +288,7 @@ class WhatsAppClient(FastHttpUser):
                 if fragments:
                     gevent.sleep(self.rng.randint(*typing.think_ms) / 1000)
         finally:
-            self.load.conversation_closed()
+            self.load.conversation_closed(conversation.phone, now_ms=wall_ms())
         gevent.sleep(self.rng.randint(*typing.pause_ms) / 1000)
 
     def _send(self, phone: str, index: int, parts: list[str]) -> Turn:
@@ -379,7 +398,7 @@ def _guard(environment: Environment, load: LoadRun) -> None:
 
 
 def _stop_guard(environment: Environment) -> None:
-    for greenlets in (_GUARDS, _EDGES):
+    for greenlets in (_GUARDS, _EDGES, _MERGES):
         greenlet = greenlets.pop(environment, None)
         if greenlet is not None and greenlet is not gevent.getcurrent():
             greenlet.kill(block=False)
@@ -413,6 +432,8 @@ def _test_start(environment: Environment, **_: Any) -> None:
         load.error(f"at start: {exc}")
     load.edges = [Edge(at_ms=load.started_ms, stats=load.stats_before, queue_wait=load.queue_wait_before)]
     _EDGES[environment] = gevent.spawn(read_window_edges, load, probe)
+    if o.redis_url:
+        _MERGES[environment] = gevent.spawn(check_merges_as_they_close, load, history=stored_history)
 
 
 @events.test_stop.add_listener

@@ -347,18 +347,44 @@ class FakeCloudApi:
         return "".join(self._traces.choice(alphabet) for _ in range(27))
 
 
-class _Arrivals:
-    """Wakes the inspection route's long polls whenever a message is accepted."""
+class Arrivals:
+    """Wakes the inspection route's long polls: one for a recipient on that recipient's messages only, one for
+    any recipient on every message.
+
+    Waking every poll on every message cost the load runs a core: a thousand clients each long-poll for their own
+    reply, and each wake re-arms two tasks.
+    """
 
     def __init__(self) -> None:
-        self._event = asyncio.Event()
+        self._any = asyncio.Event()
+        self._to: dict[str, tuple[asyncio.Event, int]] = {}  # recipient → (its event, polls waiting on it)
 
-    def notify(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()  # the woken waiters hold the old one; the next wait is for the next message
+    @property
+    def waiting(self) -> int:
+        """Recipients with a poll waiting: bounded by the polls, not by the recipients ever seen."""
+        return len(self._to)
 
-    async def wait(self, clock: Clock, *, timeout_s: float) -> bool:
-        return await wait_event(clock, self._event, timeout_s=timeout_s)
+    def notify(self, to: str) -> None:
+        self._any.set()
+        self._any = asyncio.Event()  # the woken waiters hold the old one; the next wait is for the next message
+        waiting = self._to.pop(to, None)
+        if waiting is not None:
+            waiting[0].set()
+
+    async def wait(self, clock: Clock, *, to: str | None, timeout_s: float) -> bool:
+        if to is None:
+            return await wait_event(clock, self._any, timeout_s=timeout_s)
+        event, polls = self._to.get(to, (asyncio.Event(), 0))
+        self._to[to] = (event, polls + 1)
+        try:
+            return await wait_event(clock, event, timeout_s=timeout_s)
+        finally:
+            current = self._to.get(to)
+            if current is not None and current[0] is event:  # not yet woken: this poll no longer waits on it
+                if current[1] <= 1:
+                    del self._to[to]
+                else:
+                    self._to[to] = (event, current[1] - 1)
 
 
 def _listed(seq: int, m: OutboundMessage) -> dict[str, Any]:
@@ -467,7 +493,7 @@ def create_app(
     api = FakeCloudApi(token=token, clock=clock, rng=rng, faults=faults or WhatsAppFaults(), outbox=outbox or Outbox())
     app = FastAPI(title="Fake WhatsApp Cloud API", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.api = api
-    arrivals = _Arrivals()
+    arrivals = Arrivals()
 
     @app.post("/{version}/{phone_number_id}/messages")
     async def messages(version: str, phone_number_id: str, request: Request) -> Response:
@@ -479,7 +505,7 @@ def create_app(
             body=await request.body(),
         )
         if api.outbox.count != before:
-            arrivals.notify()
+            arrivals.notify(api.outbox.messages[-1].to)
         return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
     @app.get("/_sim/messages")
@@ -495,7 +521,7 @@ def create_app(
             left_ms = deadline_ms - clock.now_ms()
             if found or left_ms <= 0:
                 break
-            await arrivals.wait(clock, timeout_s=left_ms / 1000)
+            await arrivals.wait(clock, to=None if to is None else to.removeprefix("+"), timeout_s=left_ms / 1000)
         body = {"messages": [_listed(n, m) for n, m in found], "last_seq": api.outbox.count}
         return Response(orjson.dumps(body), media_type="application/json")
 

@@ -105,7 +105,12 @@ class Runtime:
         redis = redis if redis is not None else connect_redis(settings)
         clock = clock or WallClock()
         rng = rng or random.Random()
-        keys = Keys(prefix=settings.redis_prefix, shards=settings.redis_shards, cluster=settings.redis_cluster)
+        keys = Keys(
+            prefix=settings.redis_prefix,
+            shards=settings.redis_shards,
+            cluster=settings.redis_cluster,
+            retention=settings.retention,
+        )
         metrics = Metrics()
         store = BatchStore(redis, keys=keys, config=BatchConfig.from_settings(settings))
         queue = JobQueue(redis, keys=keys, config=QueueConfig.from_settings(settings), rng=rng)

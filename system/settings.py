@@ -29,6 +29,7 @@ from pydantic_settings.sources.utils import parse_env_vars
 
 from system.errors import SettingsError
 from system.phones import PhoneError, normalize_phone
+from system.store.keys import Retention
 
 ENV_PREFIX = "AIADMIN_"
 TENANTS_ENV = "AIADMIN_TENANTS"
@@ -157,6 +158,22 @@ class Settings(BaseSettings):
     )
     dedup_ttl_s: int = Field(
         default=604800, gt=0, description="How long a seen message id is remembered to drop redeliveries."
+    )
+    dialog_ttl_s: int = Field(
+        default=86400,
+        gt=0,
+        description="How long a client's dialog state (stage, draft, offered times) outlives its last turn.",
+    )
+    messages_ttl_s: int = Field(
+        default=2592000, gt=0, description="How long a client's message history outlives its last turn."
+    )
+    preferences_ttl_s: int = Field(
+        default=7776000, gt=0, description="How long a client's name, favourite master and usual services are kept."
+    )
+    turn_ttl_s: int = Field(
+        default=604800,
+        gt=0,
+        description="How long a turn's idempotency record and its sent messages' delivery statuses are kept.",
     )
     rate_limit_sender_burst: int = Field(
         default=20, ge=0, description="Messages one sender may send at once; 0 disables the per-sender limit."
@@ -421,6 +438,11 @@ class Settings(BaseSettings):
                 "AIADMIN_VISIBILITY_TIMEOUT_S * 2 must be less than AIADMIN_BATCH_TTL_S "
                 f"(got {self.visibility_timeout_s} and {self.batch_ttl_s}): a batch must outlive a redelivery"
             )
+        if self.turn_ttl_s < self.batch_ttl_s:
+            problems.append(
+                "AIADMIN_TURN_TTL_S must not be less than AIADMIN_BATCH_TTL_S "
+                f"(got {self.turn_ttl_s} and {self.batch_ttl_s}): a redelivered job must find its turn's record"
+            )
         if self.retry_backoff_max_s < self.retry_backoff_base_s:
             problems.append("AIADMIN_RETRY_BACKOFF_MAX_S must not be less than AIADMIN_RETRY_BACKOFF_BASE_S")
         if self.heartbeat_stale_s <= self.heartbeat_interval_s:
@@ -454,6 +476,16 @@ class Settings(BaseSettings):
             phone_number_id=None,
             name=self.default_salon_name,
             timezone=DEFAULT_TIMEZONE,
+        )
+
+    @property
+    def retention(self) -> Retention:
+        """The lifetimes of a conversation's keys."""
+        return Retention(
+            dialog_s=self.dialog_ttl_s,
+            messages_s=self.messages_ttl_s,
+            preferences_s=self.preferences_ttl_s,
+            turn_s=self.turn_ttl_s,
         )
 
     @property

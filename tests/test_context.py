@@ -5,6 +5,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from system.models import BatchedMessage, Job, MessageKind
+from system.store.keys import Retention
 from system.turn.context import ContextStore, ContextUpdate, Dialog, HistoryItem, Preferences, remember_service
 from system.turn.records import TurnStage, TurnStore
 from tests.conftest import keys_for
@@ -107,3 +108,20 @@ async def test_turn_saved_twice_after_a_crash_between_its_two_writes_lands_in_th
     assert (await turns.get(job)).stage is TurnStage.DONE
     assert await store.save(962302, PHONE, update(2)) is True  # the next turn is written as usual
     assert len((await store.load(962302, PHONE)).history) == 4
+
+
+async def test_the_deployment_s_retention_sets_every_context_and_turn_ttl(redis: Redis) -> None:
+    keys = keys_for(redis, retention=Retention(dialog_s=60, messages_s=120, preferences_s=180, turn_s=240))
+    store, turns = ContextStore(redis, keys=keys), TurnStore(redis, keys=keys)
+    await store.save(962302, PHONE, update(1))
+    job = Job(
+        batch_id="962302:79001234567:wamid.7",
+        company_id=962302,
+        phone=PHONE,
+        messages=(BatchedMessage("wamid.7", "привет", MessageKind.TEXT, 1),),
+        enqueued_ms=1,
+    )
+    await turns.save_reply(job, "Здравствуйте!")
+    k = keys.context(962302, PHONE)
+    ttls = {key: await redis.ttl(key) for key in (k.dialog, k.messages, k.preferences, turns.key(job))}
+    assert list(ttls.values()) == [60, 120, 180, 240], ttls  # just written: whole seconds left

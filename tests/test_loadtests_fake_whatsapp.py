@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from simulator.clock import VirtualClock
-from simulator.whatsapp import OutboundMessage, Outbox, create_app
+from simulator.whatsapp import Arrivals, OutboundMessage, Outbox, create_app
 
 from .conftest import START_MS
 from .loadtests_support import PHONE
@@ -69,3 +69,21 @@ def test_outbox_numbers_messages_past_what_it_keeps() -> None:
     assert [n for n, _ in box.since(3, limit=1)] == [4]
     assert [(n, m.text) for n, m in box.since(0, to=PHONE)] == [(2, "t1"), (4, "t3")]
     assert box.since(5) == [] and box.count == 5
+
+
+async def test_a_message_wakes_only_its_recipient_s_polls_and_a_poll_that_gave_up_leaves_nothing(
+    driven: VirtualClock,
+) -> None:
+    """Waking every poll on every message took the fake WhatsApp a core with a thousand clients polling."""
+    arrivals = Arrivals()
+    mine = asyncio.create_task(arrivals.wait(driven, to=PHONE, timeout_s=5))
+    also_mine = asyncio.create_task(arrivals.wait(driven, to=PHONE, timeout_s=5))
+    other = asyncio.create_task(arrivals.wait(driven, to="79000000001", timeout_s=1))
+    anyone = asyncio.create_task(arrivals.wait(driven, to=None, timeout_s=5))
+    await asyncio.sleep(0)
+    arrivals.notify(PHONE)
+    assert await asyncio.gather(mine, also_mine, anyone) == [True, True, True]
+    assert driven.now_ms() == START_MS
+    assert await other is False  # timed out, never woken by PHONE's message
+    assert driven.now_ms() == START_MS + 1_000
+    assert arrivals.waiting == 0

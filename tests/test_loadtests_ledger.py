@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from loadtests._drain import check_merges, collect_replies
+from loadtests._drain import check_merges, check_merges_as_they_close, collect_replies
 from loadtests._ledger import HistoryItem, MergeCheck, Reply, check_merge, reconcile
 from loadtests._load import LoadOptions, LoadRun
 from loadtests._profiles import profile_named
@@ -182,6 +182,36 @@ def test_merges_are_checked_against_this_runs_stored_messages_only() -> None:
         turns_checked=1, fragments_sent=1, fragments_processed=1, unprocessed=1
     )
     assert asked == [("redis://unused/11", 962302, [PHONE, "79000000001"])]
+
+
+def test_merges_are_checked_as_conversations_close_each_phone_once() -> None:
+    """A soak whose retention is shorter than the run would find the first clients' history expired at its end."""
+    clock = DrainClock(START_MS)
+    run = drain_run(clock, reply_timeout_s=5, settle_s=1)
+    stored = {PHONE: history("привет #aa", at_ms=run.started_ms + 1), "79000000001": []}
+    asked: list[list[str]] = []
+
+    def reader(redis_url: str, *, company_id: int, phones: Iterable[str]) -> dict[str, list[HistoryItem]]:
+        asked.append(list(phones))
+        return {phone: stored[phone] for phone in phones}
+
+    run.conversation_closed(PHONE, now_ms=START_MS + 1_000)
+    checked_at: list[tuple[int, list[str]]] = []
+
+    def sleep(seconds: float) -> None:
+        checked_at.append((clock.now - START_MS, [p for batch in asked for p in batch]))
+        if len(checked_at) == 4:
+            raise StopIteration  # the run kills the loop; here the fourth nap ends it
+        clock.sleep(seconds)
+
+    with pytest.raises(StopIteration):
+        check_merges_as_they_close(run, history=reader, every_s=3, now_ms=clock.now_ms, sleep=sleep)
+    # PHONE closed at 1 s; its late replies may come for 5 s of timeout and 1 s of settle: checked at 9 s, not before.
+    assert checked_at == [(0, []), (3_000, []), (6_000, []), (9_000, [PHONE])]
+    assert run.merge_so_far.turns_checked == 1
+    total = check_merges(run, history=reader)  # the end of the run: the rest, and never PHONE again
+    assert asked == [[PHONE], ["79000000001"]]
+    assert total == MergeCheck(turns_checked=1, fragments_sent=1, fragments_processed=1, unprocessed=1)
 
 
 def test_a_turn_the_client_paused_for_a_batch_timeout_is_the_clients_split() -> None:

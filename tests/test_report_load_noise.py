@@ -72,6 +72,16 @@ def test_the_e2e_goal_is_judged_across_the_windows_in_seconds() -> None:
     assert check.shown == "19 с (окна: 12 / 19 / 13; разброс 7)"
 
 
+def test_the_scripted_stand_in_s_two_model_calls_a_turn_make_the_e2e_goal() -> None:
+    settings = {"batch_timeout_ms": 1500, "llm_latency_s": "5,5,5", "llm_mode": "scripted"}  # 1.5 + 2 × 5 + 2 s
+    over = run(settings=settings, e2e_p99_ms=14_000.0, runs_e2e_p99_ms=(14_000.0, 13_900.0, 13_800.0))
+    under = run(settings=settings, e2e_p99_ms=13_000.0, runs_e2e_p99_ms=(13_000.0, 12_900.0, 13_100.0))
+
+    [goal] = {c.goal for c in load_checks(over) if c.key == "load:steady:e2e_p99"}
+    assert goal == "≤ 13.5 с (таймаут 1.50 с + 2 вызова LLM до 5 с + 2 с на отправку)"
+    assert (verdict(over, "e2e_p99"), verdict(under, "e2e_p99")) == (False, True)
+
+
 def test_the_profiles_own_rate_is_a_goal_judged_across_its_windows() -> None:
     ramping = run(rps=97.0, target_rps=100.0, runs_rps=(70.0, 110.0, 111.0))  # the first window ramps up
     short = run(rps=80.0, target_rps=100.0, runs_rps=(79.0, 80.0, 81.0))
@@ -118,3 +128,23 @@ def test_an_older_summary_without_windows_still_loads() -> None:
     fig = load_figures(LoadRun.model_validate(doc))
 
     assert (fig.runs_accept_p99_ms, fig.target_rps, fig.peak_conversations) == ((), None, None)
+
+
+def test_redis_memory_back_at_its_start_once_the_conversations_expired_is_a_goal() -> None:
+    doc = json.loads((DATA / "load" / "soak.json").read_text(encoding="utf-8"))
+    doc["redis"] = {
+        "used_memory_start_mb": 1.1,
+        "used_memory_end_mb": 60.0,
+        "keys": {"keys": 9_000, "without_ttl": 3},
+        "expiry": {"waited_s": 905.0, "keys_expiring_at_end": 8_997, "keys_with_ttl_left": 0, "used_memory_mb": 1.6},
+    }
+    back = load_figures(LoadRun.model_validate(doc))
+    assert (back.redis_after_expiry_mb, back.redis_expiry_wait_s) == (1.6, 905.0)
+    assert verdict(back, "redis_memory_back") is True
+
+    doc["redis"]["expiry"] |= {"used_memory_mb": 9.0}
+    assert verdict(load_figures(LoadRun.model_validate(doc)), "redis_memory_back") is False
+    doc["redis"]["expiry"] |= {"used_memory_mb": 1.2, "keys_with_ttl_left": 40}
+    assert verdict(load_figures(LoadRun.model_validate(doc)), "redis_memory_back") is False
+
+    assert "load:steady:redis_memory_back" not in {c.key for c in load_checks(run(redis_start_mb=1.0))}

@@ -166,6 +166,14 @@ def test_visibility_timeout_must_fit_twice_in_the_batch_ttl() -> None:
     assert load_settings({"AIADMIN_VISIBILITY_TIMEOUT_S": "299", "AIADMIN_BATCH_TTL_S": "600"})
 
 
+def test_a_turn_record_must_outlive_a_queued_job() -> None:
+    message = settings_error({"AIADMIN_TURN_TTL_S": "599", "AIADMIN_BATCH_TTL_S": "600"})
+    assert "AIADMIN_TURN_TTL_S" in message and "AIADMIN_BATCH_TTL_S" in message
+    short = load_settings({"AIADMIN_TURN_TTL_S": "600", "AIADMIN_DIALOG_TTL_S": "300", "AIADMIN_MESSAGES_TTL_S": "900"})
+    assert (short.retention.turn_s, short.retention.dialog_s, short.retention.messages_s) == (600, 300, 900)
+    assert load_settings({}).retention.preferences_s == 90 * 24 * 3600
+
+
 def test_settings_are_frozen() -> None:
     s = load_settings({})
     with pytest.raises(ValueError, match="frozen"):

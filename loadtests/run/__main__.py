@@ -99,6 +99,13 @@ def main(
     flush: Annotated[
         bool, typer.Option(help="Flush --redis-url even when it holds keys no aiadmin tool wrote.")
     ] = False,
+    stack: Annotated[
+        str,
+        typer.Option(
+            help="The system as `run` (one `aiadmin run` process) or `split` (`aiadmin api`, `batcher` and `worker`, "
+            "each its own process, as deployed)."
+        ),
+    ] = "run",
     serve_only: Annotated[
         bool,
         typer.Option(
@@ -115,6 +122,8 @@ def main(
             raise StackError("--llm-mode must be full or scripted")
         if webhook_format not in ("meta", "gateway"):
             raise StackError("--format must be meta or gateway")
+        if stack not in ("run", "split"):
+            raise StackError("--stack must be run or split")
         target = check_redis_url(redis_url, force=force)
         llm = LlmStandIn(
             mode=llm_mode or stand_ins.llm_mode,
@@ -149,6 +158,7 @@ def main(
             seed=seed,
             overrides=overrides,
             locust_args=locust_arg or [],
+            split=stack == "split",
         )
     except (StackError, ProcessError, ValueError) as exc:
         typer.echo(f"loadtests.run: {exc}", err=True)
@@ -177,6 +187,7 @@ def run(
     seed: int,
     overrides: dict[str, str],
     locust_args: list[str],
+    split: bool = False,
 ) -> dict[str, Any]:
     """Start everything, run Locust, stop everything; the summary JSON with the processes added."""
     started = time.monotonic()
@@ -196,7 +207,7 @@ def run(
     memory = RedisMemory(redis_url)
     memory.start()
     with contextlib.closing(sampler), stopping(procs):
-        system = start_stack(procs, ports=ports, env=env, log_dir=log_dir, llm=llm)
+        system = start_stack(procs, ports=ports, env=env, log_dir=log_dir, llm=llm, split=split)
         for proc in procs:
             sampler.watch(proc)
         args = locust_command(
@@ -215,13 +226,13 @@ def run(
             reply_timeout_s=reply_timeout_s,
             settle_s=settle_s,
             seed=seed,
-            extra=locust_args,
+            extra=[*locust_args, "--metrics-url", ",".join(system.metrics_urls)],
         )
         limit_s = profile_named(profile, scale=duration_scale).duration_s + reply_timeout_s + settle_s + LOCUST_MARGIN_S
         locust = run_locust(args, env=env, log_dir=log_dir, sampler=sampler, procs=procs, timeout_s=limit_s)
         sampler.close()
-        system_exit = stop(system)
-    redis_figures = memory.close()
+        system_exit = system.stop()
+    redis_figures = memory.close(expire_wait_s=profile_named(profile).expire_wait_s)
     if not summary_path.exists():
         raise StackError(f"Locust (exit {locust}) wrote no {summary_path}; see {log_dir / 'locust.log'}")
     summary: dict[str, Any] = orjson.loads(summary_path.read_bytes())
@@ -230,6 +241,7 @@ def run(
         **summary.get("settings", {}),
         "system_env": public_settings(settings),
         "llm_mode": llm.mode,
+        "stack": "split" if split else "run",
         "book_share": llm.book_share,
     }
     summary["redis"] = redis_figures

@@ -3,10 +3,10 @@
 `used_memory` is the whole server's: other databases on the same server count in it, so a run that wants this
 figure clean gets a Redis server of its own. The number of keys (`DBSIZE`) is the run's database's own.
 
-Whether Redis memory comes back once the conversations expire cannot be waited out in a run: the system keeps a
-dialog 24 h, its messages 30 days and a seen message id 7 days. What a run can show is that memory grows with the
-conversations and nothing else, and that every key the run left has a TTL (so all of it goes back), with the
-longest TTL it found.
+Whether Redis memory comes back once the conversations expire: at the system's default retention (a dialog 24 h,
+its messages 30 days, a seen message id 7 days) no run waits that out, and the run shows that every key it left
+has a TTL, with the longest TTL it found. A profile that shortens the retention (`soak`: 15 minutes) also waits,
+after the stack has stopped, until every key with a TTL is gone, and reads the memory then (`expiry`).
 """
 
 from __future__ import annotations
@@ -68,15 +68,21 @@ class RedisMemory:
         self.start_mb = self._read()
         self._thread.start()
 
-    def close(self) -> dict[str, Any]:
-        """Stop sampling; the figures for the summary (start, end, peak, series, TTL audit)."""
+    def close(self, *, expire_wait_s: float = 0.0) -> dict[str, Any]:
+        """Stop sampling; the figures for the summary (start, end, peak, series, TTL audit).
+
+        With `expire_wait_s`, first wait up to that long (still sampling) for every key with a TTL to expire.
+        """
         if self._thread.is_alive():
             self._stop.set()
             self._thread.join(timeout=10)
         end_mb = self._read()
         audit: dict[str, Any] = {}
+        expiry: dict[str, Any] | None = None
         try:
             audit = ttl_audit(self._client)
+            if expire_wait_s > 0:
+                expiry = self._wait_for_expiry(audit, timeout_s=expire_wait_s)
         except redis.RedisError as exc:
             self.errors.append(f"ttl audit: {exc}")
         with contextlib.suppress(redis.RedisError):
@@ -89,7 +95,26 @@ class RedisMemory:
             "used_memory_series_mb": [list(point) for point in self.series],
             "keys_series": [list(point) for point in self.keys_series],
             "keys": audit,
+            "expiry": expiry,
             "errors": self.errors[:5],
+        }
+
+    def _wait_for_expiry(self, audit: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
+        """Sample until only the keys without a TTL (and the claim marker) are left, or `timeout_s` passes."""
+        expiring = int(audit["keys"]) - int(audit["without_ttl"])
+        left_at_end = int(self._client.dbsize())
+        floor = left_at_end - expiring
+        started = time.monotonic()
+        keys = left_at_end
+        while keys > floor and time.monotonic() - started < timeout_s:
+            time.sleep(min(self._every_s, MEMORY_EVERY_S))
+            self._read()
+            keys = self.keys_series[-1][1]
+        return {
+            "waited_s": round(time.monotonic() - started, 1),
+            "keys_expiring_at_end": expiring,
+            "keys_with_ttl_left": max(0, keys - floor),
+            "used_memory_mb": self.series[-1][1] if self.series else None,
         }
 
     def _read(self) -> float | None:

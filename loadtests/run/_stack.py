@@ -19,7 +19,8 @@ from pathlib import Path
 
 import typer
 
-from loadtests._processes import LOCALHOST, Process, spawn, stopping, wait_http
+from loadtests._processes import LOCALHOST, Process, spawn, stop, stopping, wait_http
+from simulator.redis_server import free_port
 from simulator.redis_target import Target, TargetRefused, TargetUnreachable, check_target, claim_url
 from simulator.simulation import FAKE_PORTS, system_env_for_fakes
 
@@ -126,8 +127,14 @@ def aiadmin(*args: str) -> list[str]:
     return [sys.executable, "-m", "system", *args]
 
 
-def start_stack(procs: list[Process], *, ports: Ports, env: dict[str, str], log_dir: Path, llm: LlmStandIn) -> Process:
-    """The three fakes and `aiadmin run`, each ready, appended to `procs` (stopped by the caller); the system."""
+def start_stack(
+    procs: list[Process], *, ports: Ports, env: dict[str, str], log_dir: Path, llm: LlmStandIn, split: bool = False
+) -> SystemUnderTest:
+    """The three fakes and the system, each ready, appended to `procs` (stopped by the caller).
+
+    The system is `aiadmin run` (one process), or with `split` `aiadmin api`, `batcher` and `worker`, each a process
+    of its own on its own event loop, as a deployment runs them.
+    """
     fakes = ports.fakes
     for name in ("whatsapp", "llm", "crm"):
         extra = llm.args() if name == "llm" else []
@@ -135,11 +142,40 @@ def start_stack(procs: list[Process], *, ports: Ports, env: dict[str, str], log_
         procs.append(spawn(f"fake-{name}", command, env=env, log_dir=log_dir, cwd=repo_root()))
     for proc, name in zip(procs, ("whatsapp", "llm", "crm"), strict=True):
         wait_http(proc, f"http://{LOCALHOST}:{fakes[name]}/health")  # any answer: the fake is serving
-    command = aiadmin("run", "--host", LOCALHOST, "--port", str(ports.system))
-    system = spawn("aiadmin-run", command, env=env, log_dir=log_dir, cwd=repo_root())
-    procs.append(system)
-    wait_http(system, f"http://{LOCALHOST}:{ports.system}/ready", ok=(200,))
-    return system
+    api_url = f"http://{LOCALHOST}:{ports.system}"
+    if not split:
+        command = aiadmin("run", "--host", LOCALHOST, "--port", str(ports.system))
+        system = spawn("aiadmin-run", command, env=env, log_dir=log_dir, cwd=repo_root())
+        procs.append(system)
+        wait_http(system, f"{api_url}/ready", ok=(200,))
+        return SystemUnderTest((system,), (f"{api_url}/metrics",))
+    worker_metrics = free_port()
+    commands = {
+        "aiadmin-api": aiadmin("api", "--host", LOCALHOST, "--port", str(ports.system)),
+        "aiadmin-batcher": aiadmin("batcher"),
+        "aiadmin-worker": aiadmin("worker", "--metrics-port", str(worker_metrics)),
+    }
+    started = tuple(
+        spawn(name, command, env=env, log_dir=log_dir, cwd=repo_root()) for name, command in commands.items()
+    )
+    procs.extend(started)
+    wait_http(started[0], f"{api_url}/ready", ok=(200,))  # ready: Redis answers and a batch processor is alive
+    worker_url = f"http://{LOCALHOST}:{worker_metrics}/metrics"
+    wait_http(started[2], worker_url, ok=(200,))
+    return SystemUnderTest(started, (f"{api_url}/metrics", worker_url))
+
+
+@dataclass(frozen=True, slots=True)
+class SystemUnderTest:
+    """The system's processes and the metrics URLs that cover them (the worker's queue wait among them)."""
+
+    processes: tuple[Process, ...]
+    metrics_urls: tuple[str, ...]
+
+    def stop(self) -> int | None:
+        """Stop every process; the first non-zero exit code, else the last one."""
+        codes = [stop(proc) for proc in self.processes]
+        return next((code for code in codes if code), codes[-1])
 
 
 def serve(

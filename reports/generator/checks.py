@@ -272,6 +272,7 @@ def load_checks(run: LoadFig) -> list[Check]:
             )
         )
     found.extend(_rss_growth_checks(run))
+    found.extend(_redis_return_checks(run))
     return found
 
 
@@ -308,6 +309,27 @@ def _rss_growth_checks(run: LoadFig) -> list[Check]:
     return found
 
 
+def _redis_return_checks(run: LoadFig) -> list[Check]:
+    """Redis memory back at its starting level once the conversations expired (runs that waited for it)."""
+    after, start = run.redis_after_expiry_mb, run.redis_start_mb
+    if after is None or start is None:
+        return []
+    grown = round(after - start, 2)
+    left = run.redis_keys_left_after_expiry or 0
+    return [
+        Check(
+            key=f"load:{run.profile}:redis_memory_back",
+            source=f"load:{run.profile}",
+            label=f"Нагрузка {run.profile}: память Redis после истечения TTL разговоров, сверх начальной",
+            value=grown,
+            unit=" МБ",
+            goal=f"≤ {number(ref.REDIS_RETURN_SLACK_MB)} МБ, все ключи с TTL истекли",
+            met=grown <= ref.REDIS_RETURN_SLACK_MB and left == 0,
+            used=used(max(grown, 0.0), Goal("le", ref.REDIS_RETURN_SLACK_MB, " МБ")),
+        )
+    ]
+
+
 def e2e_goal(run: LoadFig) -> tuple[float, str] | None:
     """The end-to-end bound this run's own settings imply, with how it is made up; None without them."""
     timeout_ms = run.settings.get("batch_timeout_ms")
@@ -317,7 +339,7 @@ def e2e_goal(run: LoadFig) -> tuple[float, str] | None:
     slowest_s = _slowest_latency_s(llm)
     if slowest_s is None:
         return None
-    calls = ref.MODEL_CALLS_PER_TURN
+    calls = ref.SCRIPTED_CALLS_PER_TURN if run.settings.get("llm_mode") == "scripted" else ref.MODEL_CALLS_PER_TURN
     limit = float(timeout_ms) + calls * slowest_s * 1000 + ref.SENDING_ALLOWANCE_MS
     text = (
         f"≤ {number(limit / 1000)} с (таймаут {number(timeout_ms / 1000)} с + {calls} вызова LLM до "

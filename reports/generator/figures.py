@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 
 from reports.generator.cucumber import Component, Scenario, components
@@ -112,7 +112,14 @@ def load_figures(run: LoadRun) -> LoadFig:
         redis_start_mb=run.redis.used_memory_start_mb if run.redis else None,
         redis_end_mb=run.redis.used_memory_end_mb if run.redis else None,
         redis_keys_without_ttl=_int(run.redis.keys.get("without_ttl")) if run.redis else None,
+        redis_after_expiry_mb=_number(expiry.get("used_memory_mb")) if (expiry := _expiry(run)) else None,
+        redis_expiry_wait_s=_number(expiry.get("waited_s")) if expiry else None,
+        redis_keys_left_after_expiry=_int(expiry.get("keys_with_ttl_left")) if expiry else None,
     )
+
+
+def _expiry(run: LoadRun) -> Mapping[str, object] | None:
+    return run.redis.expiry if run.redis is not None else None
 
 
 def _complete(values: Sequence[float | None]) -> tuple[float, ...]:

@@ -175,6 +175,7 @@ class RedisUse(_Input):
     used_memory_end_mb: float | None = None
     used_memory_series_mb: tuple[tuple[float, float], ...] = ()
     keys: dict[str, JsonValue] = {}
+    expiry: dict[str, JsonValue] | None = None  # after the run, once every key with a TTL expired (short retention)
 
 
 class LoadRun(_Input):

@@ -86,4 +86,11 @@ def _redis(run: LoadFig) -> str:
     start = NO_DATA if run.redis_start_mb is None else number(run.redis_start_mb)
     without = run.redis_keys_without_ttl
     keys = "" if without is None else f"; ключей без TTL: {count(without)}"
-    return f"{start} → {number(run.redis_end_mb)}{keys}"
+    expired = ""
+    if run.redis_after_expiry_mb is not None:
+        left = run.redis_keys_left_after_expiry
+        expired = (
+            f"; через {number(run.redis_expiry_wait_s or 0)} с после остановки, когда истекли TTL: "
+            f"{number(run.redis_after_expiry_mb)}" + ("" if not left else f" (не истекли ещё {count(left)} ключей)")
+        )
+    return f"{start} → {number(run.redis_end_mb)}{keys}{expired}"

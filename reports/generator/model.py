@@ -119,6 +119,9 @@ class LoadFig(_Fig):
     redis_start_mb: float | None = None
     redis_end_mb: float | None = None
     redis_keys_without_ttl: int | None = None
+    redis_after_expiry_mb: float | None = None  # once every key with a TTL expired; None when the run did not wait
+    redis_expiry_wait_s: float | None = None
+    redis_keys_left_after_expiry: int | None = None
 
     @property
     def arrival_per_s(self) -> float | None:

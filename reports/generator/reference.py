@@ -70,9 +70,15 @@ QUEUE_LAG_P99_GOAL_MS = 1000.0
 # End to end: the batch timeout + the model calls of a booking turn (look up times, book, answer) at the
 # slowest configured LLM latency + the reference's 1-2 s of sending.
 MODEL_CALLS_PER_TURN = 3
+# The load runs' scripted stand-in (`aiadmin fake llm --mode scripted`) makes at most two: a tool call, then the answer.
+SCRIPTED_CALLS_PER_TURN = 2
 SENDING_ALLOWANCE_MS = 2000.0
 # A long run's processes keep their memory flat: RSS grows less than this after the first 5 minutes.
 RSS_GROWTH_GOAL_PCT = 10.0
+# Redis memory once every conversation has expired, over its level at the start: the bounded structures that never
+# expire (a shard's stats, the last 1,000 flush lateness values, the queue stream's skeleton) and the loaded
+# scripts stay, well under a megabyte.
+REDIS_RETURN_SLACK_MB = 1.0
 
 
 def process_role(name: str) -> str | None:

@@ -18,13 +18,12 @@ from system.phones import mask_phone
 from system.store.keys import Keys
 from system.store.scripts import ScriptBatch, Scripts
 from system.turn.context import ContextStore
-from system.turn.records import DELIVERY_ERROR_FIELD, DELIVERY_FIELD, TURN_TTL_S
+from system.turn.records import DELIVERY_ERROR_FIELD, DELIVERY_FIELD
 
 log = structlog.get_logger(__name__)
 
 _OUTCOMES = ("accepted", "duplicate", "rate_limited", "rejected", "ignored")
 IGNORED_KEPT = 10_000
-STATUS_TTL_MS = 7 * 24 * 3600 * 1000
 # Per request, at most this many problems are listed in the answer, kept in the stream and logged one by
 # one; all of them are counted (one HINCRBY per reason), so a forged body costs a few writes, not thousands.
 PROBLEMS_LISTED = 10
@@ -205,7 +204,7 @@ class Ingestor:
                     st.status.rank,
                     st.timestamp_ms or self._clock.now_ms(),
                     "" if st.error_code is None else st.error_code,
-                    STATUS_TTL_MS,
+                    self._keys.retention.turn_s * 1000,
                 ],
             )
         counts: Counter[str] = Counter()
@@ -236,7 +235,9 @@ class Ingestor:
                 )
                 if turn:
                     pipe.hset(turn, mapping={DELIVERY_FIELD: "failed", DELIVERY_ERROR_FIELD: code})
-                    pipe.expire(turn, TURN_TTL_S, nx=True)  # the turn record had expired: do not keep it forever
+                    pipe.expire(
+                        turn, self._keys.retention.turn_s, nx=True
+                    )  # the turn record had expired: do not keep it forever
             for name, count in counts.items():
                 pipe.hincrby(self._keys.stats, name, count)
             await pipe.execute()

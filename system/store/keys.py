@@ -21,13 +21,16 @@ stays inside one hash slot. Keys used only by single-key commands need no tag.
 | `{p}:{sN}:lateness` | list of the last flush lateness values, ms | capped |
 | `{p}:stats` | hash of counters outside a conversation | none |
 | `{p}:ignored` | stream of acknowledged-but-unbatched inbound items | capped |
-| `{p}:status:{wamid}` | hash: outbound delivery status; `turn` = the key of the turn that sent it | 7 days |
+| `{p}:status:{wamid}` | hash: outbound delivery status; `turn` = the key of the turn that sent it | turn TTL (7 days) |
 | `{p}:rls:{recipient}:{window}` | string: delivery statuses about one recipient in a 60 s window | 2 windows |
 | `{p}:batchers` | zset batcher id → last heartbeat ms | pruned |
-| `{p}:{sN}:turn:{batch id}` | hash: a turn's idempotency record (reply, `part:{i}` ids, stage, delivery) | 7 days |
-| `dialog:{company}:{phone}` | hash: stage, booking draft, slots offered, client name, last turn applied | 24 h |
-| `messages:{company}:{phone}` | list: the last 50 messages of both sides | 30 days |
-| `preferences:{company}:{phone}` | hash: name, favourite master, usual services | 90 days |
+| `{p}:{sN}:turn:{batch id}` | hash: a turn's record (reply, `part:{i}` ids, stage, delivery) | turn TTL (7 days) |
+| `dialog:{company}:{phone}` | hash: stage, draft, slots offered, client name, last turn applied | dialog TTL (24 h) |
+| `messages:{company}:{phone}` | list: the last 50 messages of both sides | messages TTL (30 days) |
+| `preferences:{company}:{phone}` | hash: name, favourite master, usual services | preferences TTL (90 days) |
+
+The four TTLs are the deployment's retention (`Retention`, from `AIADMIN_DIALOG_TTL_S`, `AIADMIN_MESSAGES_TTL_S`,
+`AIADMIN_PREFERENCES_TTL_S`, `AIADMIN_TURN_TTL_S`); each is refreshed by every write of its key.
 
 The three context keys keep the reference system's names on a single server. On a cluster
 (`AIADMIN_REDIS_CLUSTER`) the client part becomes a hash tag, `dialog:{962302:79001234567}`, so the three
@@ -80,8 +83,18 @@ class ShardKeys:
 
 
 @dataclass(frozen=True, slots=True)
+class Retention:
+    """How long a conversation's keys live after their last write, in seconds (the reference's figures)."""
+
+    dialog_s: int = 24 * 3600  # where the conversation stands: a new day starts a new dialog
+    messages_s: int = 30 * 24 * 3600  # the history the model reads
+    preferences_s: int = 90 * 24 * 3600  # name, favourite master, usual services
+    turn_s: int = 7 * 24 * 3600  # a turn's record and its sent messages' delivery statuses
+
+
+@dataclass(frozen=True, slots=True)
 class ContextKeys:
-    """One client's dialog context (TTLs in `system.turn.context`)."""
+    """One client's dialog context (lifetimes in `Retention`)."""
 
     dialog: str
     messages: str
@@ -89,14 +102,17 @@ class ContextKeys:
 
 
 class Keys:
-    """Builds every key name from a prefix and a shard count (set once per deployment)."""
+    """Builds every key name from a prefix and a shard count, and carries their lifetimes (set once per deployment)."""
 
-    def __init__(self, *, prefix: str = "aiadmin", shards: int = 1, cluster: bool = False) -> None:
+    def __init__(
+        self, *, prefix: str = "aiadmin", shards: int = 1, cluster: bool = False, retention: Retention | None = None
+    ) -> None:
         if shards < 1:
             raise ValueError("shards must be >= 1")
         self.prefix = prefix
         self.shards = shards
         self.cluster = cluster
+        self.retention = retention or Retention()
         self.stats = f"{prefix}:stats"
         self.ignored = f"{prefix}:ignored"
         self.batchers = f"{prefix}:batchers"

@@ -14,9 +14,6 @@ from system.store import lua
 from system.store.keys import Keys
 from system.store.scripts import Script
 
-DIALOG_TTL_S = 24 * 3600
-MESSAGES_TTL_S = 30 * 24 * 3600
-PREFERENCES_TTL_S = 90 * 24 * 3600
 MESSAGES_KEPT = 50
 USUAL_SERVICES_KEPT = 5
 
@@ -100,7 +97,7 @@ class ContextStore:
         The turn record lives in another slot on a cluster, so the two writes are not one transaction; the mark
         makes the pair idempotent instead.
         """
-        k = self._keys.context(company_id, phone)
+        k, ttl = self._keys.context(company_id, phone), self._keys.retention
         d, p = update.dialog, update.preferences
         dialog_fields = _flat(
             {
@@ -121,9 +118,9 @@ class ContextStore:
             keys=[k.dialog, k.messages, k.preferences],
             args=[
                 next(iter(also), "") if also else "",
-                DIALOG_TTL_S,
-                MESSAGES_TTL_S,
-                PREFERENCES_TTL_S,
+                ttl.dialog_s,
+                ttl.messages_s,
+                ttl.preferences_s,
                 MESSAGES_KEPT,
                 len(dialog_fields),
                 *dialog_fields,

@@ -13,9 +13,6 @@ from redis.typing import EncodableT, FieldT
 from system.models import Job
 from system.store.keys import Keys
 
-TURN_TTL_S = 7 * 24 * 3600
-# The status pointer lives as long as the ingest keeps a status hash (7 days, `system.ingest.STATUS_TTL_MS`).
-STATUS_TTL_S = 7 * 24 * 3600
 # Hash fields: `part:{i}` / `fallback:{i}` hold the message id of part i of the reply / of the apology.
 _PART = "part:"
 _FALLBACK_PART = "fallback:"
@@ -108,7 +105,7 @@ class TurnStore:
         fields: dict[FieldT, EncodableT] = {"stage": TurnStage.DROPPED, DRAFT_FIELD: draft, DROPPED_MS_FIELD: now_ms}
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=fields)
-            pipe.expire(key, TURN_TTL_S)
+            pipe.expire(key, self._keys.retention.turn_s)
             pipe.hincrby(shard.stats, STALE_DROPPED_COUNTER, 1)
             await pipe.execute()
 
@@ -126,9 +123,9 @@ class TurnStore:
         # turn. The turn's field goes first: losing the pointer only loses a failure report, never a resend.
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hset(key, field, message_id)
-            pipe.expire(key, TURN_TTL_S)
+            pipe.expire(key, self._keys.retention.turn_s)
             pipe.hset(status, STATUS_TURN_FIELD, key)
-            pipe.expire(status, STATUS_TTL_S)
+            pipe.expire(status, self._keys.retention.turn_s)  # as long as the ingest keeps the status hash
             await pipe.execute()
 
     async def mark_sent(self, job: Job, sent_ids: Sequence[str] = (), *, fallback: bool = False) -> None:
@@ -147,7 +144,7 @@ class TurnStore:
         key = self.key(job)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=mapping)
-            pipe.expire(key, TURN_TTL_S)
+            pipe.expire(key, self._keys.retention.turn_s)
             await pipe.execute()
 
 
