@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 
-from simulator.personas import CATALOGUE, MASTERS, Goal, in_window, tolerance_min
+from simulator.personas import CATALOGUE, MASTERS, Goal, day_fits, in_window, tolerance_min
 from simulator.reading import Ask, read_reply
 from simulator.users import Said, User
 
@@ -182,7 +182,7 @@ def _fits(user: User, s: Said) -> bool:
     days = {d for d, _ in asked if d is not None}
     hours = [a for _, a in asked if a is not None]
     close = any(abs(_minutes(at) - _minutes(h)) <= tolerance_min(len(hours)) for h in hours)
-    return day in days and close
+    return day_fits(day, days, times_asked=len(hours)) and close
 
 
 def _minutes(at: time) -> int:

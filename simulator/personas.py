@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import date, time, timedelta
 from enum import StrEnum
@@ -96,10 +97,31 @@ BOOK_TOLERANCE_MIN = 60
 # a client takes the nearest offer within WIDE_TOLERANCE_MIN instead: a real client gives in before walking away.
 ASKS_BEFORE_GIVING_IN = 3
 WIDE_TOLERANCE_MIN = 240
+# After this many, any time of the day it asked for: a client who wants one master (the sought-after ones are booked
+# for days in a full salon) keeps the master and gives up the hour rather than walk away.
+ASKS_BEFORE_ANY_TIME = 5
+ANY_TIME_MIN = 24 * 60
+
+
+# Having asked this many times, a client also takes a fitting time on a day the bot offers instead of the one asked
+# for, up to a few days after the last day it asked about ("во вторник в 12:00 есть" after asking Mon, Sun, Sat...).
+ASKS_BEFORE_ANOTHER_DAY = 4
+ANOTHER_DAY_SPAN_DAYS = 3
+
+
+def day_fits(day: date, asked_days: Collection[date], *, times_asked: int) -> bool:
+    """Whether a client who asked for `asked_days` takes a time on `day` (the time itself judged apart)."""
+    if day in asked_days:
+        return True
+    if times_asked < ASKS_BEFORE_ANOTHER_DAY or not asked_days:
+        return False
+    return min(asked_days) <= day <= max(asked_days) + timedelta(days=ANOTHER_DAY_SPAN_DAYS)
 
 
 def tolerance_min(times_asked: int) -> int:
     """How far from the hour it wants a client takes an offered time, having asked for its time `times_asked` times."""
+    if times_asked >= ASKS_BEFORE_ANY_TIME:
+        return ANY_TIME_MIN
     return WIDE_TOLERANCE_MIN if times_asked >= ASKS_BEFORE_GIVING_IN else BOOK_TOLERANCE_MIN
 
 

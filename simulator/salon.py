@@ -445,11 +445,19 @@ class Salon:
             return FreeSlot(master.id, local, duration)
         candidates = self.masters_for(service_ids)
         prefer = self.record(ignore_id).master_id if ignore_id is not None else None
-        candidates.sort(key=lambda m: m.id != prefer)  # stable: the preferred master first, then the usual order
+        # The preferred master first, then the one with the fewest visits that day, then the usual order: a salon
+        # spreads its "any master" clients, or the first master of the list fills up and a client who asks for him
+        # by name finds him booked day after day.
+        load = {m.id: self._visits_on(m, local.date()) for m in candidates}
+        candidates.sort(key=lambda m: (m.id != prefer, load[m.id]))
         for master in candidates:
             if self._refusal(master, local, duration, now=now, ignore_id=ignore_id) is None:
                 return FreeSlot(master.id, local, duration)
         raise BookingConflict(NO_MASTER_FREE, f"no master is free at {local.isoformat()}")
+
+    def _visits_on(self, master: SalonMaster, day: date) -> int:
+        span = self._working_span(master, day)
+        return 0 if span is None else sum(1 for _ in self._records.busy(master.id, span[0], span[1]))
 
     def _check_hours_within(self, opens: time, closes: time) -> None:
         for master in self.masters.values():

@@ -205,7 +205,11 @@ def load_redis() -> Any:
 
 @pytest.mark.redis
 @pytest.mark.timeout(120)
-def test_short_steady_run_answers_every_turn_once_with_exact_merges(load_redis: Redis, tmp_path: Path) -> None:
+@pytest.mark.parametrize("system", ["run", "split"])
+def test_short_steady_run_answers_every_turn_once_with_exact_merges(
+    load_redis: Redis, tmp_path: Path, system: str
+) -> None:
+    """`split`: the system as a deployment runs it, `aiadmin api`, `batcher` and `worker` as processes of their own."""
     done = subprocess.run(
         [
             sys.executable,
@@ -231,6 +235,8 @@ def test_short_steady_run_answers_every_turn_once_with_exact_merges(load_redis: 
             "2",
             "--seed",
             "11",
+            "--stack",
+            system,
             # The profile's shape at a handful of clients: 1,100 of them are the 10-minute benchmark, not CI's.
             "--locust-arg=-u",
             "--locust-arg=8",
@@ -257,7 +263,8 @@ def test_short_steady_run_answers_every_turn_once_with_exact_merges(load_redis: 
     answered = summary["requests"]["count"]
     assert answered <= merge["fragments_sent"] <= summary["fragments_sent"] <= answered + 8
     assert 1000 <= summary["e2e_ms"]["p50"] < 15_000  # at least the batch timeout, never the reply timeout
-    assert summary["queue_lag_ms"]["count"] >= summary["turns_sent"]
+    assert summary["queue_lag_ms"]["count"] >= summary["turns_sent"]  # read from the worker's own metrics when split
+    assert summary["settings"]["stack"] == system
     assert summary["flush_lateness_ms"]["p99"] is not None and summary["dead_letters"] == 0
     assert summary["settings"]["batch_timeout_ms"] == 1000 and summary["settings"]["llm_latency_s"] == "0.05,0.1,0.3"
     # The steady profile's stand-ins: the scripted LLM and the raised CRM budget, recorded.
@@ -270,12 +277,7 @@ def test_short_steady_run_answers_every_turn_once_with_exact_merges(load_redis: 
     assert len(windows["accept_p99_ms"]) == len(windows["queue_lag_p99_ms"]) == 3
     assert windows["accept_p99_ms"][0] is not None and windows["requests"][0] > 0
     assert summary["redis"]["keys"]["without_ttl"] <= 3  # the stats, lateness and queue structures only
-    assert [p["name"] for p in summary["processes"]] == [
-        "fake-whatsapp",
-        "fake-llm",
-        "fake-crm",
-        "aiadmin-run",
-        "locust",
-    ]
+    ours = ["aiadmin-run"] if system == "run" else ["aiadmin-api", "aiadmin-batcher", "aiadmin-worker"]
+    assert [p["name"] for p in summary["processes"]] == ["fake-whatsapp", "fake-llm", "fake-crm", *ours, "locust"]
     assert all(p["rss_mb"] > 10 and p["cpu_pct"] is not None for p in summary["processes"])
     assert (tmp_path / "steady_stats.csv").read_text().count("E2E,reply") == 1

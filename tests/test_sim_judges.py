@@ -18,7 +18,7 @@ from datetime import date, datetime, time
 from zoneinfo import ZoneInfo
 
 from simulator.judges import Record, Turn, judge_turns, turns_from_history
-from simulator.personas import PERSONAS, Goal, Style, Want
+from simulator.personas import ASKS_BEFORE_ANOTHER_DAY, PERSONAS, Goal, Style, Want, day_fits
 from simulator.reading import Slot
 from simulator.salon import Salon
 from simulator.simulation import SimOptions, achieved, simulate
@@ -93,6 +93,17 @@ def test_the_goal_holding_user_refuses_the_offer_that_contradicts_its_message() 
     assert (answer.accepted, answer.correction) == (False, True)
     assert (answer.day, answer.at) == (date(2026, 1, 14), time(17))
     assert "послезавтра в 17:00" in answer.text
+
+
+def test_a_client_refused_day_after_day_takes_its_time_on_a_day_the_bot_offers() -> None:
+    """In a full salon a client wanting one master at one hour asked day after day until it gave up; a real client,
+    told «во вторник в 12:00 есть», takes it."""
+    asked = {date(2026, 1, 14), date(2026, 1, 15), date(2026, 1, 16), date(2026, 1, 17)}
+    tuesday, too_far, before = date(2026, 1, 20), date(2026, 1, 21), date(2026, 1, 13)
+    assert not day_fits(tuesday, asked, times_asked=ASKS_BEFORE_ANOTHER_DAY - 1)
+    assert day_fits(tuesday, asked, times_asked=ASKS_BEFORE_ANOTHER_DAY)
+    assert not day_fits(too_far, asked, times_asked=10) and not day_fits(before, asked, times_asked=10)
+    assert day_fits(date(2026, 1, 15), asked, times_asked=1)  # a day it asked about: always
 
 
 def test_the_goal_holding_user_corrects_a_confirmation_of_the_wrong_time() -> None:
