@@ -300,7 +300,7 @@ class _Crm:
         masters = [m for m in self._salon.masters_for(ids) if staff_id in (0, m.id)]
         days = [start + timedelta(days=offset) for offset in range((end - start).days + 1)]
         working = [day for day in days if today <= day <= horizon and any(m.hours_on(day) for m in masters)]
-        bookable = [day for day in working if self._salon.free_slots(staff_id, day, ids, now=now)]
+        bookable = [day for day in working if self._salon.has_free_slot(staff_id, day, ids, now=now)]
         return _ok(
             {
                 "booking_days": _by_month(bookable),

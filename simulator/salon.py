@@ -232,6 +232,18 @@ class Salon:
                 by_start.setdefault(start, FreeSlot(master.id, start, duration))
         return [by_start[start] for start in sorted(by_start)]
 
+    def has_free_slot(
+        self, master_id: int, day: date, service_ids: Sequence[int] = (), *, now: datetime | None = None
+    ) -> bool:
+        """Whether `free_slots` would list anything, stopping at the first free time (the month's booking days)."""
+        if any(service_id not in self.services for service_id in service_ids):
+            return False
+        duration = self.duration_min(service_ids)
+        return any(
+            next(self._grid(master, day, duration, now=now), None) is not None
+            for master in self._candidates(master_id, service_ids)
+        )
+
     def check(self, appointments: Sequence[Appointment], *, now: datetime | None = None) -> list[FreeSlot]:
         """Where each appointment would go (masters resolved), or BookingConflict with the code YClients gives."""
         if not 1 <= len(appointments) <= MAX_APPOINTMENTS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -524,6 +525,39 @@ def test_move_with_any_master_keeps_the_master_when_free() -> None:
     with pytest.raises(BookingConflict):
         salon.move(record.id, start=at(WED, "11:00"), master_id=DMITRY, now=START)  # his fixture booking
     assert salon.move(record.id, start=at(WED, "11:00"), master_id=DMITRY, force=True).start == at(WED, "11:00")
+
+
+def test_an_any_master_booking_goes_to_the_master_with_the_fewest_visits_that_day() -> None:
+    """Given to the first master of the list, "any master" clients filled Сергей first, and a client asking for
+    Сергей by name found him booked day after day."""
+    salon = make_salon()
+    masters = [
+        salon.book(
+            phone=f"7900000{hour:04d}", client_name="", appointments=[Appointment((CLIPPER,), 0, at(WED, f"{hour}:00"))]
+        )[0].master_id
+        for hour in (12, 13, 14, 15)
+    ]
+
+    assert len(set(masters)) == 4  # each went to a master who had fewer visits that day than the others
+    assert set(masters) == {SERGEY, ALEXEY, DMITRY, IGOR}
+
+
+def test_a_free_day_is_one_with_a_free_time_whoever_asks() -> None:
+    salon = make_salon()
+    for hour in range(10, 20):
+        for master in (SERGEY, ALEXEY):
+            with contextlib.suppress(BookingConflict):
+                salon.book(
+                    phone=PHONE, client_name="", appointments=[Appointment((HAIRCUT,), master, at(WED, f"{hour}:00"))]
+                )
+    answers = set()
+    for master in (0, SERGEY, ALEXEY, DMITRY, IGOR):
+        for day in (TODAY, WED, WED + timedelta(days=1)):
+            for services in ([HAIRCUT], [SHAVE], [COMBO]):
+                expected = bool(salon.free_slots(master, day, services, now=START))
+                assert salon.has_free_slot(master, day, services, now=START) is expected, (master, day, services)
+                answers.add(expected)
+    assert answers == {True, False}  # full days and free ones both asked about
 
 
 def test_the_salon_is_deterministic() -> None:
