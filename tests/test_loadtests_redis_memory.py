@@ -33,3 +33,17 @@ async def test_without_a_wait_the_summary_has_no_expiry(real_redis: Redis) -> No
     figures = memory.close()
     assert figures["expiry"] is None
     assert figures["keys"]["longest_ttl_s"] > 3_500
+
+
+async def test_keys_that_expired_while_the_audit_scanned_do_not_keep_the_wait_going(real_redis: Redis) -> None:
+    """The soak's first wait ran to its timeout: its floor was counted as the keys left minus those the audit saw
+    expiring, and 9,000 of those had already expired while it scanned."""
+    memory = RedisMemory(REAL_REDIS_URL, every_s=0.05)
+    memory.start()
+    await real_redis.set("aiadmin:{s0}:stats", "kept")
+    for i in range(10):
+        await real_redis.set(f"dialog:962302:7900000{i:04d}", "x", px=200)
+    audit_while_more_lived = {"keys": 61, "without_ttl": 1}  # 50 more had a TTL when the scan passed them
+    expiry = memory._wait_for_expiry(audit_while_more_lived, timeout_s=20)
+    memory.close()
+    assert expiry["keys_with_ttl_left"] == 0 and expiry["waited_s"] < 20

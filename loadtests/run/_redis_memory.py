@@ -102,10 +102,11 @@ class RedisMemory:
     def _wait_for_expiry(self, audit: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
         """Sample until only the keys without a TTL (and the claim marker) are left, or `timeout_s` passes."""
         expiring = int(audit["keys"]) - int(audit["without_ttl"])
-        left_at_end = int(self._client.dbsize())
-        floor = left_at_end - expiring
+        # What stays: the keys without a TTL and the claim marker. Not "the keys now minus those that expire": keys
+        # expire while the audit scans, and a floor counted that way was never reached.
+        floor = int(audit["without_ttl"]) + int(self._client.exists(MARKER_KEY))
         started = time.monotonic()
-        keys = left_at_end
+        keys = int(self._client.dbsize())
         while keys > floor and time.monotonic() - started < timeout_s:
             time.sleep(min(self._every_s, MEMORY_EVERY_S))
             self._read()
