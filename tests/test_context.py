@@ -21,6 +21,17 @@ def update(n: int) -> ContextUpdate:
     )
 
 
+def turn_job(message_id: str) -> Job:
+    """The job of a one-message turn of PHONE's."""
+    return Job(
+        batch_id=f"962302:{PHONE}:{message_id}",
+        company_id=962302,
+        phone=PHONE,
+        messages=(BatchedMessage(message_id, "привет", MessageKind.TEXT, 1),),
+        enqueued_ms=1,
+    )
+
+
 async def test_a_turn_is_read_back_as_written(redis: Redis) -> None:
     store = ContextStore(redis, keys=keys_for(redis))
     await store.save(962302, PHONE, update(1))
@@ -54,13 +65,7 @@ async def test_the_same_phone_in_two_salons_has_two_contexts(redis: Redis) -> No
 
 async def test_turn_records_move_forward_and_expire(redis: Redis) -> None:
     turns = TurnStore(redis, keys=keys_for(redis))
-    job = Job(
-        batch_id="962302:79001234567:wamid.1",
-        company_id=962302,
-        phone=PHONE,
-        messages=(BatchedMessage("wamid.1", "привет", MessageKind.TEXT, 1),),
-        enqueued_ms=1,
-    )
+    job = turn_job("wamid.1")
     assert (await turns.get(job)).stage is TurnStage.NEW
     await turns.save_reply(job, "Здравствуйте!")
     assert (await turns.get(job)).reply == "Здравствуйте!"
@@ -114,13 +119,7 @@ async def test_the_deployment_s_retention_sets_every_context_and_turn_ttl(redis:
     keys = keys_for(redis, retention=Retention(dialog_s=60, messages_s=120, preferences_s=180, turn_s=240))
     store, turns = ContextStore(redis, keys=keys), TurnStore(redis, keys=keys)
     await store.save(962302, PHONE, update(1))
-    job = Job(
-        batch_id="962302:79001234567:wamid.7",
-        company_id=962302,
-        phone=PHONE,
-        messages=(BatchedMessage("wamid.7", "привет", MessageKind.TEXT, 1),),
-        enqueued_ms=1,
-    )
+    job = turn_job("wamid.7")
     await turns.save_reply(job, "Здравствуйте!")
     k = keys.context(962302, PHONE)
     ttls = {key: await redis.ttl(key) for key in (k.dialog, k.messages, k.preferences, turns.key(job))}
