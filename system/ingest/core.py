@@ -235,9 +235,8 @@ class Ingestor:
                 )
                 if turn:
                     pipe.hset(turn, mapping={DELIVERY_FIELD: "failed", DELIVERY_ERROR_FIELD: code})
-                    pipe.expire(
-                        turn, self._keys.retention.turn_s, nx=True
-                    )  # the turn record had expired: do not keep it forever
+                    # The turn record had expired: do not keep it forever.
+                    pipe.expire(turn, self._keys.retention.turn_s, nx=True)
             for name, count in counts.items():
                 pipe.hincrby(self._keys.stats, name, count)
             await pipe.execute()
