@@ -111,7 +111,8 @@ def _load(page: Page) -> list[str]:
         f"Цели под нагрузкой: приём p99 ≤ {number(ref.ACCEPT_P99_GOAL_MS)} мс (не медленнее эталона), "
         f"опоздание сброса p99 ≤ {number(ref.LATENESS_P99_GOAL_MS)} мс (граница сценария @realtime), "
         f"ожидание в очереди p99 ≤ {number(ref.QUEUE_LAG_P99_GOAL_MS)} мс, e2e p99 ≤ таймаут батча + "
-        f"{ref.MODEL_CALLS_PER_TURN} вызова LLM с самой долгой задержкой + "
+        f"{ref.MODEL_CALLS_PER_TURN} вызова LLM с самой долгой задержкой (у сценарной заглушки LLM — "
+        f"{ref.SCRIPTED_CALLS_PER_TURN}) + "
         f"{number(ref.SENDING_ALLOWANCE_MS / 1000)} с; потерь, двойных ответов и расхождений "
         "склейки — 0. "
         "⚠️ — вне цели, ❌ — ошибка.",
