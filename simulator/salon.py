@@ -222,27 +222,28 @@ class Salon:
         self, master_id: int, day: date, service_ids: Sequence[int] = (), *, now: datetime | None = None
     ) -> list[FreeSlot]:
         """Free start times on the slot grid; master 0: the union over masters, each time given to the first free."""
-        masters = self._candidates(master_id, service_ids)
-        if any(service_id not in self.services for service_id in service_ids):
-            return []
-        duration = self.duration_min(service_ids)
         by_start: dict[datetime, FreeSlot] = {}
-        for master in masters:
-            for start in self._grid(master, day, duration, now=now):
-                by_start.setdefault(start, FreeSlot(master.id, start, duration))
+        for slot in self._free_starts(master_id, day, service_ids, now=now):
+            by_start.setdefault(slot.start, slot)
         return [by_start[start] for start in sorted(by_start)]
 
     def has_free_slot(
         self, master_id: int, day: date, service_ids: Sequence[int] = (), *, now: datetime | None = None
     ) -> bool:
         """Whether `free_slots` would list anything, stopping at the first free time (the month's booking days)."""
+        return next(self._free_starts(master_id, day, service_ids, now=now), None) is not None
+
+    def _free_starts(
+        self, master_id: int, day: date, service_ids: Sequence[int], *, now: datetime | None
+    ) -> Iterator[FreeSlot]:
+        """Each candidate master's free starts in turn, master by master in the usual order."""
+        masters = self._candidates(master_id, service_ids)
         if any(service_id not in self.services for service_id in service_ids):
-            return False
+            return
         duration = self.duration_min(service_ids)
-        return any(
-            next(self._grid(master, day, duration, now=now), None) is not None
-            for master in self._candidates(master_id, service_ids)
-        )
+        for master in masters:
+            for start in self._grid(master, day, duration, now=now):
+                yield FreeSlot(master.id, start, duration)
 
     def check(self, appointments: Sequence[Appointment], *, now: datetime | None = None) -> list[FreeSlot]:
         """Where each appointment would go (masters resolved), or BookingConflict with the code YClients gives."""

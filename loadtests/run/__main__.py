@@ -191,6 +191,7 @@ def run(
 ) -> dict[str, Any]:
     """Start everything, run Locust, stop everything; the summary JSON with the processes added."""
     started = time.monotonic()
+    shape = profile_named(profile, scale=duration_scale)  # scaling changes the stages only, not the expiry wait
     out_dir = out_dir.resolve()
     log_dir = out_dir / f"{profile}-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -228,11 +229,11 @@ def run(
             seed=seed,
             extra=[*locust_args, "--metrics-url", ",".join(system.metrics_urls)],
         )
-        limit_s = profile_named(profile, scale=duration_scale).duration_s + reply_timeout_s + settle_s + LOCUST_MARGIN_S
+        limit_s = shape.duration_s + reply_timeout_s + settle_s + LOCUST_MARGIN_S
         locust = run_locust(args, env=env, log_dir=log_dir, sampler=sampler, procs=procs, timeout_s=limit_s)
         sampler.close()
         system_exit = system.stop()
-    redis_figures = memory.close(expire_wait_s=profile_named(profile).expire_wait_s)
+    redis_figures = memory.close(expire_wait_s=shape.expire_wait_s)
     if not summary_path.exists():
         raise StackError(f"Locust (exit {locust}) wrote no {summary_path}; see {log_dir / 'locust.log'}")
     summary: dict[str, Any] = orjson.loads(summary_path.read_bytes())
