@@ -31,6 +31,7 @@ from system.channels.whatsapp import (
     TokenExpired,
     TransientSendError,
     Undeliverable,
+    _Pacer,
     build_sender,
     classify,
     cloud_api_base,
@@ -365,6 +366,21 @@ async def test_a_send_after_the_gap_has_passed_does_not_wait(
     clock.now += GAP_MS
     await cloud.send_text(phone_number_id=PNID, to=PHONE, text="Второе")
     assert clock.sleeps == []
+
+
+async def test_the_pacer_remembers_only_recipients_still_inside_their_gap(clock: ManualClock) -> None:
+    pacer = _Pacer(clock, gap_ms=GAP_MS)
+    for i in range(100):
+        await pacer.wait(("pnid", f"7900000{i:04d}"))
+    assert len(pacer) == 100  # every one of them must still wait a gap
+    clock.now += GAP_MS // 2
+    await pacer.wait(("pnid", PHONE))
+    assert len(pacer) == 101
+    clock.now += GAP_MS // 2
+    await pacer.wait(("pnid", OTHER_PHONE))
+    assert len(pacer) == 2  # the first hundred's gaps have passed; the last two still pace
+    await pacer.wait(("pnid", PHONE))
+    assert clock.sleeps == [GAP_MS / 2 / 1000]
 
 
 # Cloud API: read receipts

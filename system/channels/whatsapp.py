@@ -23,7 +23,7 @@ log = structlog.get_logger(__name__)
 
 MAX_TEXT_CHARS = 4096  # Cloud API limit of one text body
 RECIPIENT_BACKOFF_BASE_S = 6.0  # Meta: about one message per 6 s to one recipient, sustained
-_MAX_TRACKED_RECIPIENTS = 10_000  # pacing memory; the least recently messaged recipients are forgotten first
+_MAX_TRACKED_RECIPIENTS = 10_000  # pacing memory beyond the recipients inside their gap; the oldest go first
 # A sentence ends at whitespace after . ! ? … or at a line break; the cut goes before that whitespace.
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s|\n")
 _WHITESPACE = re.compile(r"\s")
@@ -426,8 +426,16 @@ class _Pacer:
     def _reserve(self, key: tuple[str, str], next_ms: int) -> None:
         self._next_ms[key] = next_ms
         self._next_ms.move_to_end(key)
-        while len(self._next_ms) > self._capacity:
-            self._next_ms.popitem(last=False)
+        # A recipient whose gap has passed paces nothing: forget it, oldest reservations first.
+        now = self._clock.now_ms()
+        while self._next_ms:
+            oldest, oldest_next_ms = next(iter(self._next_ms.items()))
+            if oldest_next_ms > now and len(self._next_ms) <= self._capacity:
+                break
+            del self._next_ms[oldest]
+
+    def __len__(self) -> int:
+        return len(self._next_ms)
 
 
 class _RetryHints:

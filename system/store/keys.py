@@ -145,7 +145,7 @@ class Keys:
         # The same conversations come back on the hot path; the bound keeps memory flat.
         return self._conversation(company_id, phone)
 
-    @lru_cache(maxsize=4096)  # noqa: B019 - one Keys per process, kept for the process's life
+    @lru_cache(maxsize=1024)  # noqa: B019 - one Keys per process, kept for the process's life
     def _conversation(self, company_id: int, phone: str) -> tuple[ShardKeys, ConversationKeys]:
         shard = self.shard(self.shard_of(company_id, phone))
         base = f"{self.prefix}:{{s{shard.index}}}"
