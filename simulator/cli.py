@@ -24,6 +24,7 @@ from simulator.personas import PERSONAS
 from simulator.redis_target import TargetRefused, TargetUnreachable, claim_url
 from simulator.simulation import (
     DEFAULT_START,
+    SALON_USERS,
     SimOptions,
     SimResult,
     sim_target,
@@ -31,8 +32,8 @@ from simulator.simulation import (
     system_env_for_fakes,
 )
 from simulator.stack import TOKENS
-from simulator.trials import run_trials
 from simulator.users import REPLY_TIMEOUT_S
+from simulator.worlds import run_worlds, salons_of
 from system.clock import WallClock
 from system.logs import configure_logging
 from system.stats import percentile
@@ -70,8 +71,13 @@ def simulate_command(
     trials: Annotated[
         int, typer.Option(min=1, max=16, help="Runs of the same users and goals, other typing and latency (pass^k).")
     ] = 1,
+    salon_users: Annotated[
+        int,
+        typer.Option(min=1, help="Users per salon: a larger run is a chain of salons, each a world of its own."),
+    ] = SALON_USERS,
     jobs: Annotated[
-        int | None, typer.Option(min=1, help="Processes the trials run in (default: trials, at most CPUs).")
+        int | None,
+        typer.Option(min=1, help="Processes the trials and salons run in (default: one per CPU, at most one each)."),
     ] = None,
     reply_timeout_s: Annotated[
         float,
@@ -118,6 +124,7 @@ def simulate_command(
         llm_latency_s=(low, likely, high),
         system_url=system_url,
         reply_timeout_s=reply_timeout_s,
+        salon_users=salon_users,
     )
     if redis_url:
         _check_redis(opts)
@@ -125,27 +132,35 @@ def simulate_command(
         env = " ".join(f"{k}={v}" for k, v in system_env_for_fakes().items())
         Console(stderr=True).print(f"the system at {system_url} must run with: {env}")
     console = Console(stderr=True)
-    if trials > 1:
-        workers = jobs or max(1, min(trials, os.cpu_count() or 1))
-        console.print(f"simulating {trials} trials of {users} users in {workers} processes")
-        results = run_trials(opts, trials=trials, jobs=workers)
-        _finish(results, opts, out)
-        return
+    worlds = trials * len(salons_of(opts))
+    workers = min(worlds, jobs or os.cpu_count() or 1)
+    if worlds > 1:
+        console.print(
+            f"simulating {trials} × {users} users as {worlds} worlds in {workers} process{'es' if workers > 1 else ''}"
+        )
+    used = ModelUsage()
     with Progress(
         TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     ) as bar:
-        task = bar.add_task("users", total=users)
-        try:
-            before = _usage(metrics_url)
-            result = asyncio.run(simulate(opts, progress=lambda done, _: bar.update(task, completed=done)))
-            used = _usage(metrics_url) - before
-        except (TargetRefused, TargetUnreachable) as exc:
-            typer.echo(str(exc), err=True)  # it names the command
-            raise typer.Exit(2) from exc
-        except httpx.HTTPError as exc:
-            typer.echo(f"aiadmin simulate: --metrics-url: {exc}", err=True)
-            raise typer.Exit(2) from exc
-    _finish([result], opts, out, model=(used, prices) if metrics_url else None)
+        task = bar.add_task("users", total=trials * users)
+
+        def advance(done: int, _: int) -> None:
+            bar.update(task, completed=done)
+
+        if worlds > 1:
+            results = run_worlds(opts, trials=trials, jobs=workers, progress=advance)
+        else:
+            try:
+                before = _usage(metrics_url)
+                results = [asyncio.run(simulate(opts, progress=advance))]
+                used = _usage(metrics_url) - before
+            except (TargetRefused, TargetUnreachable) as exc:
+                typer.echo(str(exc), err=True)  # it names the command
+                raise typer.Exit(2) from exc
+            except httpx.HTTPError as exc:
+                typer.echo(f"aiadmin simulate: --metrics-url: {exc}", err=True)
+                raise typer.Exit(2) from exc
+    _finish(results, opts, out, model=(used, prices) if metrics_url else None)
 
 
 def _usage(urls: list[str] | None) -> ModelUsage:

@@ -50,6 +50,8 @@ REALTIME_WINDOW_S = 60.0
 USERS_PER_DAY = 100  # a barbershop of four masters hears from about this many clients a day
 DRAIN_LIMIT_S = 3600.0
 TRIAL_SEED_STEP = 1_000_003  # a trial's model seed: far from every other run's seed, the same for one trial
+SALON_SEED_STEP = 7_000_003  # likewise for another salon of the chain
+SALON_USERS = 500  # one salon's working week (USERS_PER_DAY × 5); a larger run is a chain of such salons
 FAKE_PORTS = {"whatsapp": 8091, "llm": 8092, "crm": 8093}  # as `aiadmin fake` serves them by default
 FAKE_PORT_BASE_ENV = "AIADMIN_SIM_FAKE_PORT_BASE"  # --system-url: the fakes on P, P+1, P+2 instead of 8091-8093
 
@@ -77,6 +79,10 @@ class SimOptions:
     system_url: str | None = None  # drive separately started system processes (real time; fakes on FAKE_PORTS)
     window_s: float | None = None  # arrival window per day of users; default a working day, 60 s in real time
     trial: int = 0  # another trial of the same users and goals: other typing and model latency (pass^k)
+    # A run of more users is a chain of salons of `salon_users` each (`simulator.worlds`). `salon` is which one this
+    # world is: its users are the run's users from salon × salon_users on; salon 0 is the whole of a small run.
+    salon_users: int = SALON_USERS
+    salon: int = 0
     # How long a user waits for a reply: free in virtual time; in real time (`--realtime`, `--system-url`) a run
     # lasts at least this long after its last reply, so the CLI may shorten it there.
     reply_timeout_s: float = REPLY_TIMEOUT_S
@@ -196,12 +202,13 @@ def make_users(opts: SimOptions, salon: Salon, rng: random.Random) -> list[User]
     # In real time every user arrives today, the days' windows one after the other: a second simulated day must
     # not mean waiting for tomorrow on the wall clock.
     real_time = opts.realtime or opts.system_url is not None
+    first = opts.salon * opts.salon_users
     for i in range(opts.users):
-        persona = personas[i % len(personas)]
+        persona = personas[(first + i) % len(personas)]
         day = i // USERS_PER_DAY
         arrival_day = opts.start + timedelta(days=0 if real_time else day)
         want = want_for(persona, rng)
-        phone = f"7915{i:07d}"
+        phone = f"7915{first + i:07d}"
         if want.goal in (Goal.CANCEL, Goal.RESCHEDULE):
             want = _own_booking(salon, phone, want, arrival_day, rng)
         window_ms = int(1000 * (opts.window_s or (REALTIME_WINDOW_S if opts.realtime else WORKDAY_S)))
@@ -320,7 +327,7 @@ async def simulate(
     else:
         clock = virtual_clock(start_ms=int(opts.start.timestamp() * 1000), real_redis=bool(opts.redis_url))
     start_ms = int(opts.start.timestamp() * 1000)
-    rng = random.Random(opts.seed)
+    rng = random.Random(opts.seed if opts.salon == 0 else f"{opts.seed}:salon:{opts.salon}")
     transcript = Transcript()
     salon = Salon.from_fixture(BARBERSHOP_FIXTURE, start=opts.start)
     users = scenario(salon, opts) if scenario else make_users(opts, salon, rng)
@@ -328,7 +335,7 @@ async def simulate(
     box = ReplyBox(transcript)
     llm = CountingApp(
         fake_llm.create_app(
-            seed=opts.seed + TRIAL_SEED_STEP * opts.trial,
+            seed=opts.seed + TRIAL_SEED_STEP * opts.trial + SALON_SEED_STEP * opts.salon,
             latency=fake_llm.LatencyModel(*opts.llm_latency_s),
             clock=clock,
             api_key=TOKENS["llm"],

@@ -7,18 +7,15 @@ pass^k of a persona is the chance that all of k trials of one of its users pass,
 
 from __future__ import annotations
 
-import asyncio
 import math
-import multiprocessing
 import statistics
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from simulator.judges import VIOLATIONS
-from simulator.simulation import SimOptions, SimResult, simulate
+from simulator.simulation import SimResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,23 +55,6 @@ def outcomes(result: SimResult) -> list[UserOutcome]:
             )
         )
     return out
-
-
-def _run_trial(opts: SimOptions) -> SimResult:
-    from system.logs import configure_logging
-
-    configure_logging(level="WARNING", json=True)  # a spawned process starts with no logging set up
-    # The users look at the world through closures: they stay in the process; their verdicts travel.
-    return replace(asyncio.run(simulate(opts)), users=[])
-
-
-def run_trials(opts: SimOptions, *, trials: int, jobs: int) -> list[SimResult]:
-    """Trials 0..trials-1 of the same users; in `jobs` processes when more than one."""
-    runs = [replace(opts, trial=i) for i in range(trials)]
-    if jobs <= 1 or trials == 1:
-        return [_run_trial(o) for o in runs]
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(_run_trial, runs))
 
 
 def pass_hat_k(passed_per_user: Sequence[int], *, n: int, k: int) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import orjson
@@ -43,3 +44,10 @@ def test_each_point_is_a_simulation_process_with_its_time_and_verdict(tmp_path: 
     assert report["per_user_spread"] >= 1 and report["cpu_per_user_spread"] >= 1
     assert (tmp_path / "bench-logs" / "sim-4.log").exists()
     assert "per-user wall time" in result.output
+    hyperfine = report["hyperfine"]  # an outside tool's time of the same command, beside ours
+    if shutil.which("hyperfine"):
+        assert hyperfine["users"] == 4 and hyperfine["runs"] == 2
+        assert hyperfine["ratio_ours_to_hyperfine"] == pytest.approx(hyperfine["ours_s"] / hyperfine["median_s"], 0.01)
+        assert "ratio ours/hyperfine" in result.output
+    else:
+        assert "not installed" in hyperfine["skipped"]

@@ -5,12 +5,18 @@ caches or heap. The wall time a user waits (the process, start-up included) is j
 users under 30 s and 10,000 under 5 minutes; the simulation's own wall time per user (start-up excluded) must
 stay flat, within `FLAT_SPREAD_MAX` from the cheapest point to the dearest. CPU time is printed beside it:
 on a shared machine it shows the cost when the wall time also shows the neighbours.
+
+Beside our own timing, `hyperfine` (a tool we did not write) times the same command for the point nearest 1,000
+users in the same run, and the two are quoted as a ratio; skipped with a note when it is not installed (Debian
+package `hyperfine`).
 """
 
 from __future__ import annotations
 
 import os
 import resource
+import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,6 +43,8 @@ POINT_TIMEOUT_S = 3600.0
 SIM_REDIS_ENV = "AIADMIN_SIM_REDIS_URL"
 TITLE = "aiadmin bench sim — one `aiadmin simulate` process per point, embedded default"
 REFERENCE_WALL_S = {250: "19 s", 500: "48 s", 1000: "95-98 s"}  # the issue's measurements before the work
+HYPERFINE_USERS = 1000  # hyperfine times the curve's point nearest this
+HYPERFINE_RUNS = 2
 
 
 class SimCurveError(Exception):
@@ -82,6 +90,7 @@ def run_sim_curve(cfg: SimCurveConfig, console: Console) -> dict[str, Any]:
                 f"  {users} users: {point['wall_s']:.1f} s, {point['sim_per_user_ms']:.1f} ms per user, "
                 f"CPU {point['cpu_s']:.1f} s"
             )
+        hyperfine = run_hyperfine(points, seed=cfg.seed, out_dir=Path(work), cfg=cfg)
     problems = [f"{p['users']} users: {p['failed']}" for p in points if p["failed"]]
     return {
         "seed": cfg.seed,
@@ -93,15 +102,34 @@ def run_sim_curve(cfg: SimCurveConfig, console: Console) -> dict[str, Any]:
         },
         "per_user_spread": _spread([p["sim_per_user_ms"] for p in points]),
         "cpu_per_user_spread": _spread([p["cpu_per_user_ms"] for p in points]),
+        "hyperfine": hyperfine,
         "problems": problems,
     }
 
 
+def _command(users: int, *, seed: int, out_dir: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "system",
+        "simulate",
+        "--users",
+        str(users),
+        "--seed",
+        str(seed),
+        "--out",
+        str(out_dir),
+    ]
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != SIM_REDIS_ENV}
+
+
 def run_point(users: int, *, seed: int, out_dir: Path, cfg: SimCurveConfig) -> dict[str, Any]:
     """One `aiadmin simulate` process: its wall and CPU time and what its summary says."""
-    command = [sys.executable, "-m", "system", "simulate", "--users", str(users), "--seed", str(seed)]
-    command += ["--out", str(out_dir)]
-    env = {k: v for k, v in os.environ.items() if k != SIM_REDIS_ENV}
+    command = _command(users, seed=seed, out_dir=out_dir)
+    env = _env()
     cpu_before = _children_cpu_s()  # of reaped children: the simulation, once waited for
     started = time.perf_counter()
     with spawned(f"sim-{users}", command, env=env, log_dir=cfg.log_dir) as proc:
@@ -132,6 +160,30 @@ def run_point(users: int, *, seed: int, out_dir: Path, cfg: SimCurveConfig) -> d
     }
 
 
+def run_hyperfine(points: list[dict[str, Any]], *, seed: int, out_dir: Path, cfg: SimCurveConfig) -> dict[str, Any]:
+    """hyperfine's wall time of the point nearest HYPERFINE_USERS, beside ours (a ratio near 1 agrees)."""
+    tool = shutil.which("hyperfine")
+    if tool is None or not points:
+        return {"skipped": "hyperfine is not installed (Debian package hyperfine)" if points else "no points"}
+    point = min(points, key=lambda p: abs(p["users"] - HYPERFINE_USERS))
+    export = out_dir / "hyperfine.json"
+    command = shlex.join(_command(point["users"], seed=seed, out_dir=out_dir / "hyperfine"))
+    hyperfine = [tool, "--runs", str(HYPERFINE_RUNS), "--style", "none", "--export-json", str(export), command]
+    done = subprocess.run(hyperfine, env=_env(), capture_output=True, text=True, timeout=cfg.timeout_s, check=False)
+    if done.returncode != 0 or not export.exists():
+        return {"skipped": f"hyperfine exited {done.returncode}: {done.stderr.strip()[-500:]}"}
+    result = orjson.loads(export.read_bytes())["results"][0]
+    return {
+        "users": point["users"],
+        "runs": len(result["times"]),
+        "median_s": round(result["median"], 2),
+        "min_s": round(result["min"], 2),
+        "max_s": round(result["max"], 2),
+        "ours_s": point["wall_s"],
+        "ratio_ours_to_hyperfine": round(point["wall_s"] / result["median"], 3),
+    }
+
+
 def render_sim_curve(console: Console, report: dict[str, Any], out: Path) -> None:
     """The curve beside the goals and the issue's figures before the work."""
     table = Table(title=TITLE)
@@ -156,6 +208,15 @@ def render_sim_curve(console: Console, report: dict[str, Any], out: Path) -> Non
         console.print(
             f"per-user wall time, dearest point over cheapest: {spread:.2f} "
             f"(flat: ≤ {FLAT_SPREAD_MAX}) {_met(spread <= FLAT_SPREAD_MAX)}; per-user CPU time: {cpu_spread or 0:.2f}"
+        )
+    hyperfine = report["hyperfine"]
+    if "skipped" in hyperfine:
+        console.print(f"hyperfine: not measured ({hyperfine['skipped']})")
+    else:
+        console.print(
+            f"hyperfine, {hyperfine['users']:,} users, {hyperfine['runs']} runs: median {hyperfine['median_s']:.1f} s "
+            f"(min {hyperfine['min_s']:.1f}, max {hyperfine['max_s']:.1f}); ours {hyperfine['ours_s']:.1f} s, "
+            f"ratio ours/hyperfine {hyperfine['ratio_ours_to_hyperfine']:.2f}"
         )
     console.print(f"load average (1 min) at the end: {report['machine']['load_avg_1m']}")
     if report["problems"]:

@@ -26,7 +26,7 @@ WRK_THREADS = 1
 WRK_TIMEOUT_S = 5  # wrk's own per-request timeout: an answer slower than this counts as an error
 GOAL_RATIO = 0.70
 APT_PACKAGE = "wrk"
-# Senders each run starts after the last run's: none is in the API's phone cache (16,384 entries) from before.
+# Senders each run starts after the last run's: none is in the API's phone caches from before.
 SENDERS_PER_RUN = 1_000_000
 # Every request a new sender (+7 900 …, a valid Russian mobile range) and a new messageId; `init` takes the
 # run's tag and its first sender, so one run never repeats another's. Meant for one wrk thread (WRK_THREADS).
