@@ -10,13 +10,20 @@ import pytest
 from typer.testing import CliRunner
 
 from loadtests.bench._cli import app
-from loadtests.bench._sim_curve import CURVE_USERS, LONG_USERS, SimCurveConfig
+from loadtests.bench._sim_curve import CURVE_USERS, LONG_USERS, SimCurveConfig, _growth
 
 
 def test_the_curve_is_the_default_points_and_ten_thousand_only_when_asked(tmp_path: Path) -> None:
     assert SimCurveConfig.build(users=None, long=False, seed=3, log_dir=tmp_path).users == CURVE_USERS
     assert SimCurveConfig.build(users=None, long=True, seed=3, log_dir=tmp_path).users == (*CURVE_USERS, LONG_USERS)
     assert SimCurveConfig.build(users="250,100,250", long=False, seed=3, log_dir=tmp_path).users == (100, 250)
+
+
+def test_flat_means_no_point_costs_much_more_per_user_than_a_smaller_one() -> None:
+    assert _growth([40.0, 44.0, 30.0]) == 1.1  # 44 after 40; falling to 30 (salons side by side) is no growth
+    assert _growth([20.0, 30.0, 25.0]) == 1.5
+    assert _growth([40.0, 20.0]) == 0.5
+    assert _growth([40.0]) is None
 
 
 @pytest.mark.parametrize("users", ["a,b", "0", "100,200000", ","])
@@ -42,6 +49,7 @@ def test_each_point_is_a_simulation_process_with_its_time_and_verdict(tmp_path: 
         assert point["cpu_s"] > 0 and len(point["transcript_sha256"]) == 64
         assert point["sim_per_user_ms"] == pytest.approx(1000 * point["sim_wall_s"] / point["users"], abs=0.01)
     assert report["per_user_spread"] >= 1 and report["cpu_per_user_spread"] >= 1
+    assert report["per_user_growth"] == _growth([p["sim_per_user_ms"] for p in report["points"]])
     assert (tmp_path / "bench-logs" / "sim-4.log").exists()
     assert "per-user wall time" in result.output
     hyperfine = report["hyperfine"]  # an outside tool's time of the same command, beside ours
