@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 
-from simulator.personas import CATALOGUE, MASTERS, Goal, day_fits, in_window, tolerance_min
+from simulator.personas import CATALOGUE, MASTERS, Goal, in_window, time_fits
 from simulator.reading import Ask, read_reply
 from simulator.users import Said, User
 
@@ -178,12 +178,4 @@ def _fits(user: User, s: Said) -> bool:
         return False
     if w.goal is Goal.BOOK_FLEXIBLE:
         return in_window(w.window, day, at, today=user.today)
-    asked = [(x.part.day, x.part.at) for x in user.said if x.at_ms < s.at_ms and not x.part.accepted]
-    days = {d for d, _ in asked if d is not None}
-    hours = [a for _, a in asked if a is not None]
-    close = any(abs(_minutes(at) - _minutes(h)) <= tolerance_min(len(hours)) for h in hours)
-    return day_fits(day, days, times_asked=len(hours)) and close
-
-
-def _minutes(at: time) -> int:
-    return at.hour * 60 + at.minute
+    return time_fits(day, at, [(x.part.day, x.part.at) for x in user.said if x.at_ms < s.at_ms and not x.part.accepted])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import date, time, timedelta
 from enum import StrEnum
@@ -116,6 +116,23 @@ def day_fits(day: date, asked_days: Collection[date], *, times_asked: int) -> bo
     if times_asked < ASKS_BEFORE_ANOTHER_DAY or not asked_days:
         return False
     return min(asked_days) <= day <= max(asked_days) + timedelta(days=ANOTHER_DAY_SPAN_DAYS)
+
+
+def time_fits(day: date, at: time, asked: Sequence[tuple[date | None, time | None]]) -> bool:
+    """Whether a client takes a time `at` on `day`, having asked for the (day, hour)s `asked` (never offers it took).
+
+    Judged against what the client asked for, never against an offer it took that turned out taken: a client who
+    wanted 16:00 and took 17:00 does not take 18:00 next unless that is within its tolerance of 16:00.
+    """
+    days = {d for d, _ in asked if d is not None}
+    hours = [a for _, a in asked if a is not None]
+    tolerance = tolerance_min(len(hours))
+    close = any(abs(_minutes(at) - _minutes(h)) <= tolerance for h in hours)
+    return close and day_fits(day, days, times_asked=len(hours))
+
+
+def _minutes(at: time) -> int:
+    return at.hour * 60 + at.minute
 
 
 def tolerance_min(times_asked: int) -> int:

@@ -22,9 +22,8 @@ from simulator.personas import (
     Goal,
     Persona,
     Want,
-    day_fits,
     in_window,
-    tolerance_min,
+    time_fits,
 )
 from simulator.reading import Ask, Confirmation, Done, Reading, Slot, dates_in, read_reply
 
@@ -249,13 +248,7 @@ class User:
             return False
         if self.want.goal is Goal.BOOK_FLEXIBLE:
             return in_window(self.want.window, day, slot.at, today=self.today)
-        if self.choice is None:
-            return False
-        asked = sum(1 for x in self.said if x.part.at is not None and not x.part.accepted)
-        asked_days = {x.part.day for x in self.said if x.part.day is not None and not x.part.accepted}
-        if day != self.choice.day and not day_fits(day, asked_days, times_asked=asked):
-            return False
-        return abs(_minutes(slot.at) - _minutes(self.choice.at)) <= tolerance_min(asked)
+        return time_fits(day, slot.at, [(x.part.day, x.part.at) for x in self.said if not x.part.accepted])
 
     def _take_offer(self, offers: Sequence[Slot], lead: str) -> Part:
         fitting = [o for o in offers if self._fits(o)]

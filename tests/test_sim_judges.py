@@ -95,6 +95,20 @@ def test_the_goal_holding_user_refuses_the_offer_that_contradicts_its_message() 
     assert "послезавтра в 17:00" in answer.text
 
 
+def test_a_client_who_took_an_offer_that_was_gone_still_judges_the_next_by_its_own_hour() -> None:
+    """Wanting 17:00, it took 18:00 (within an hour); 18:00 was gone too. 19:00 is two hours from what it wants:
+    it asks again rather than drift an hour at a time (seen at 1,000 users: 16:00 wanted, 18:00 taken)."""
+    user = slow_typist()
+    asked = [Said(T0, 1, part) for part in user.opening_parts()]
+    user.said = list(asked)
+    first = user.next_part("На 17:00 уже занято. Свободно: послезавтра, 14 января — 18:00, 18:15. Какое время удобно?")
+    assert first is not None and first.accepted and first.at == time(18)
+    user.said.append(Said(T0 + 30_000, 2, first))
+    again = user.next_part("Увы, это время уже занято. Ближайшее свободное: послезавтра, 14 января — 19:00, 19:15.")
+    assert again is not None and not again.accepted
+    assert again.at == time(17)  # its own hour again (on another day, the one asked for being full)
+
+
 def test_a_client_refused_day_after_day_takes_its_time_on_a_day_the_bot_offers() -> None:
     """In a full salon a client wanting one master at one hour asked day after day until it gave up; a real client,
     told «во вторник в 12:00 есть», takes it."""
