@@ -138,13 +138,21 @@ class User:
 
     # --- what to say -------------------------------------------------------------------------------------
 
+    # `opening` and `follow_up` are for a driver that sends the texts itself (the load tests): what they return is
+    # recorded as said, as `_say` records it, since what the user takes next is judged by what it asked for.
+
     def opening(self) -> list[str]:
-        return [p.text for p in self.opening_parts()]
+        return self._said_now(self.opening_parts())
 
     def follow_up(self, reply: str) -> str | None:
         """The next message after the bot's reply, or None when the user has nothing to say to it."""
         part = self.next_part(reply)
-        return None if part is None else part.text
+        return None if part is None else self._said_now([part])[0]
+
+    def _said_now(self, parts: Sequence[Part]) -> list[str]:
+        self.turns += 1
+        self.said.extend(Said(self.start_ms, self.turns, part) for part in parts)
+        return [part.text for part in parts]
 
     def opening_parts(self) -> list[Part]:
         w = self.want
