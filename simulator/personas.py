@@ -127,11 +127,11 @@ def time_fits(day: date, at: time, asked: Sequence[tuple[date | None, time | Non
     days = {d for d, _ in asked if d is not None}
     hours = [a for _, a in asked if a is not None]
     tolerance = tolerance_min(len(hours))
-    close = any(abs(_minutes(at) - _minutes(h)) <= tolerance for h in hours)
+    close = any(abs(minute_of_day(at) - minute_of_day(h)) <= tolerance for h in hours)
     return close and day_fits(day, days, times_asked=len(hours))
 
 
-def _minutes(at: time) -> int:
+def minute_of_day(at: time) -> int:
     return at.hour * 60 + at.minute
 
 

@@ -23,6 +23,7 @@ from simulator.personas import (
     Persona,
     Want,
     in_window,
+    minute_of_day,
     time_fits,
 )
 from simulator.reading import Ask, Confirmation, Done, Reading, Slot, dates_in, read_reply
@@ -263,7 +264,7 @@ class User:
         if not fitting:
             return self._restate(correction=True)
         if self.choice is not None:  # the wanted time itself, else the nearest to it
-            fitting.sort(key=lambda o: abs(_minutes(o.at) - _minutes(self.choice.at)))  # type: ignore[union-attr]
+            fitting.sort(key=lambda o: abs(minute_of_day(o.at) - minute_of_day(self.choice.at)))  # type: ignore[union-attr]
         best = fitting[0]
         several_days = len({o.day for o in offers}) > 1
         day = best.day or (self.choice.day if self.choice else None)
@@ -403,7 +404,3 @@ def _merge(parts: Sequence[Part]) -> Part:
         at=next((p.at for p in parts if p.at), None),
         master=next((p.master for p in parts if p.master), ""),
     )
-
-
-def _minutes(at: time) -> int:
-    return at.hour * 60 + at.minute
